@@ -1,0 +1,399 @@
+//! One request through the gateway: match, rewrite, pick an endpoint, forward, relay.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::error::ProxyError;
+use crate::path;
+use crate::router::{Candidate, RequestView};
+use crate::server::{Gateway, Live};
+use crate::snapshot::{PathRewrite, Rule};
+
+/// Body of every response the gateway sends: the backend's, streamed, or one of its own.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// Identity headers only the gateway may set (from verified credentials): a client never gets
+/// to assert who it is by sending them.
+static IDENTITY_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("x-user-id"),
+    HeaderName::from_static("x-user-roles"),
+];
+
+/// What happened to one request, for metrics and the access log.
+pub(crate) struct Outcome {
+    pub result: Result<Response<Incoming>, ProxyError>,
+    pub rule: Option<u32>,
+    pub upstream: Option<SocketAddr>,
+}
+
+impl Outcome {
+    fn failed(error: ProxyError, rule: Option<u32>) -> Self {
+        Outcome {
+            result: Err(error),
+            rule,
+            upstream: None,
+        }
+    }
+}
+
+/// Routes and forwards one request on the snapshot `live`.
+pub(crate) async fn forward(
+    gw: &Gateway,
+    live: &Live,
+    mut req: Request<Incoming>,
+    remote: SocketAddr,
+    request_id: &HeaderValue,
+    started: Instant,
+) -> Outcome {
+    let wants_upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+    let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    let Ok(path) = path::normalize(parts.uri.path()) else {
+        return Outcome::failed(ProxyError::BadRequest("invalid request path"), None);
+    };
+    let original_host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(HOST).cloned());
+    let host = original_host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .map(host_for_matching)
+        .unwrap_or(Cow::Borrowed(""));
+    let snapshot = &live.snapshot;
+    let view = RequestView {
+        host: &host,
+        path: &path,
+        query: parts.uri.query(),
+        method: &parts.method,
+        headers: &parts.headers,
+    };
+    let Some(candidate) = snapshot.router.find(&view) else {
+        return Outcome::failed(ProxyError::NoRoute, None);
+    };
+    let rule = snapshot.rule(candidate.rule);
+    let Some(endpoint) = rule.pick() else {
+        return Outcome::failed(ProxyError::NoReadyEndpoint, Some(candidate.rule));
+    };
+    let Some(path_and_query) = upstream_path(&parts.uri, &path, rule, candidate) else {
+        return Outcome::failed(
+            ProxyError::BadRequest("rewritten path is not a valid URI"),
+            Some(candidate.rule),
+        );
+    };
+    drop(path);
+
+    prepare_headers(&mut parts.headers, wants_upgrade, remote, original_host, request_id);
+    rule.request_headers.apply(&mut parts.headers);
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(endpoint.authority().clone());
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path are all set");
+    parts.version = Version::HTTP_11;
+
+    let upstream = Request::from_parts(parts, body);
+    let result = match deadline(rule, started) {
+        Some(limit) => match tokio::time::timeout(limit, gw.client.request(upstream)).await {
+            Ok(r) => r.map_err(ProxyError::Backend),
+            Err(_) => Err(ProxyError::BackendTimeout),
+        },
+        None => gw.client.request(upstream).await.map_err(ProxyError::Backend),
+    };
+    let result = result.map(|mut response| {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client) = client_upgrade {
+                tunnel(client, hyper::upgrade::on(&mut response));
+            }
+        } else {
+            strip_hop_by_hop(response.headers_mut(), false);
+        }
+        rule.response_headers.apply(response.headers_mut());
+        response
+    });
+    Outcome {
+        result,
+        rule: Some(candidate.rule),
+        upstream: Some(endpoint.addr),
+    }
+}
+
+/// The tighter of the rule's request timeout (counted from arrival) and its backend timeout.
+fn deadline(rule: &Rule, started: Instant) -> Option<Duration> {
+    let request = rule
+        .timeouts
+        .request
+        .map(|t| t.saturating_sub(started.elapsed()));
+    match (request, rule.timeouts.backend_request) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The path and query sent upstream: the client's own bytes when nothing changed, so the common
+/// case allocates nothing.
+fn upstream_path(
+    uri: &Uri,
+    normalized: &str,
+    rule: &Rule,
+    candidate: &Candidate,
+) -> Option<PathAndQuery> {
+    let new_path: Cow<'_, str> = match &rule.rewrite {
+        None => Cow::Borrowed(normalized),
+        Some(PathRewrite::ReplaceFullPath(p)) => Cow::Borrowed(p),
+        Some(PathRewrite::ReplacePrefixMatch(r)) => {
+            Cow::Owned(replace_prefix(normalized, candidate.prefix_len(), r))
+        }
+    };
+    if new_path == uri.path() {
+        if let Some(pq) = uri.path_and_query() {
+            return Some(pq.clone());
+        }
+    }
+    let mut s = String::with_capacity(new_path.len() + uri.query().map_or(0, |q| q.len() + 1));
+    s.push_str(&new_path);
+    if let Some(q) = uri.query() {
+        s.push('?');
+        s.push_str(q);
+    }
+    PathAndQuery::try_from(s).ok()
+}
+
+/// Gateway API `ReplacePrefixMatch`: `/foo/bar` with prefix `/foo` and replacement `/xyz` gives
+/// `/xyz/bar`; a replacement of `/` gives `/bar`; never a doubled or missing slash.
+pub fn replace_prefix(path: &str, prefix_len: usize, replacement: &str) -> String {
+    let rest = path.get(prefix_len..).unwrap_or("");
+    let head = replacement.trim_end_matches('/');
+    let mut out = String::with_capacity(head.len() + rest.len() + 1);
+    out.push_str(head);
+    if !rest.is_empty() && !rest.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(rest);
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Lower-case host without port or trailing dot: `API.Example.com:8080` → `api.example.com`.
+pub fn host_for_matching(raw: &str) -> Cow<'_, str> {
+    let host = if raw.starts_with('[') {
+        raw.find(']').map_or(raw, |end| &raw[..=end])
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names. For an upgrade,
+/// `Connection: upgrade` and `Upgrade` are end-to-end in effect and are kept.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && *n == UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        if keep_upgrade && (*name == CONNECTION || *name == UPGRADE) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+fn prepare_headers(
+    headers: &mut HeaderMap,
+    upgrade: bool,
+    remote: SocketAddr,
+    original_host: Option<HeaderValue>,
+    request_id: &HeaderValue,
+) {
+    strip_hop_by_hop(headers, upgrade);
+    for name in &IDENTITY_HEADERS {
+        headers.remove(name);
+    }
+    let client_ip = remote.ip().to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => HeaderValue::try_from(format!("{prior}, {client_ip}")),
+        None => HeaderValue::try_from(client_ip),
+    };
+    if let Ok(v) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(host) = original_host {
+        if !headers.contains_key(HOST) {
+            // HTTP/2 carries the host in `:authority`; an HTTP/1.1 backend needs `Host`.
+            headers.insert(HOST, host.clone());
+        }
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// Splices the client and backend connections once both sides have switched protocols.
+fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, backend) = match tokio::try_join!(client, backend) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut backend = TokioIo::new(backend);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+}
+
+/// The client's `X-Request-Id` when it is sane (1–128 of `[A-Za-z0-9._:-]`), a new one otherwise.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if (1..=128).contains(&b.len())
+            && b
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+        {
+            return v.clone();
+        }
+    }
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::try_from(id).expect("hex digits are a valid header value")
+}
+
+/// The header carrying the request id.
+pub fn request_id_header() -> &'static HeaderName {
+    &X_REQUEST_ID
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_prefix_follows_gateway_api_examples() {
+        assert_eq!(replace_prefix("/foo/bar", 4, "/xyz"), "/xyz/bar");
+        assert_eq!(replace_prefix("/foo/bar", 4, "/xyz/"), "/xyz/bar");
+        assert_eq!(replace_prefix("/foo", 4, "/xyz"), "/xyz");
+        assert_eq!(replace_prefix("/foo/", 4, "/xyz"), "/xyz/");
+        assert_eq!(replace_prefix("/foo/bar", 4, "/"), "/bar");
+        assert_eq!(replace_prefix("/foo", 4, "/"), "/");
+        assert_eq!(replace_prefix("/foo", 0, "/api"), "/api/foo");
+    }
+
+    #[test]
+    fn host_is_lowercased_without_port_or_trailing_dot() {
+        assert_eq!(host_for_matching("API.Example.com:8080"), "api.example.com");
+        assert_eq!(host_for_matching("example.com."), "example.com");
+        assert_eq!(host_for_matching("[::1]:8080"), "[::1]");
+        assert!(matches!(host_for_matching("plain"), Cow::Borrowed("plain")));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_keeps_connection_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(CONNECTION).map(|v| v.as_bytes()), Some(&b"upgrade"[..]));
+        assert_eq!(h.get(UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+    }
+
+    #[test]
+    fn sane_request_ids_are_kept_and_others_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123.x_y:z"));
+        assert_eq!(request_id(&h), "abc-123.x_y:z");
+        h.insert("x-request-id", HeaderValue::from_static("bad id<script>"));
+        let generated = request_id(&h);
+        assert_eq!(generated.len(), 32);
+        assert_ne!(generated, request_id(&HeaderMap::new()), "ids are random");
+    }
+
+    #[test]
+    fn client_identity_headers_are_stripped_and_forwarding_headers_set() {
+        let mut h = HeaderMap::new();
+        h.insert("x-user-id", HeaderValue::from_static("admin"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let remote: SocketAddr = "192.0.2.7:5555".parse().expect("addr");
+        let id = HeaderValue::from_static("rid");
+        prepare_headers(&mut h, false, remote, Some(HeaderValue::from_static("a.example")), &id);
+        assert!(!h.contains_key("x-user-id"));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        assert_eq!(h["host"], "a.example");
+        assert_eq!(h["x-request-id"], "rid");
+    }
+}

@@ -1,0 +1,160 @@
+//! Prometheus metrics with bounded labels: route, rule and status class, never the path or the
+//! client. Handles are bound to a snapshot's rules at install time and a series is created the
+//! first time it is used, so a request only increments atomics it already holds and the series
+//! count follows the traffic a rule actually saw, not the size of the configuration.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::snapshot::Snapshot;
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Seconds; from sub-millisecond proxying to slow backends.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The metric families of one gateway process.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    generation: IntGauge,
+    bound: Mutex<HashMap<(Arc<str>, Arc<str>), Arc<RuleStats>>>,
+}
+
+/// Handles for one rule (or for unmatched requests), kept across snapshots while the rule exists.
+pub struct RuleStats {
+    route: Arc<str>,
+    rule: Arc<str>,
+    requests: IntCounterVec,
+    durations: HistogramVec,
+    by_class: [OnceLock<IntCounter>; 5],
+    duration: OnceLock<Histogram>,
+}
+
+impl RuleStats {
+    /// Counts one response with `status` that took `seconds` to its headers.
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let class = usize::from((status / 100).clamp(1, 5) - 1);
+        self.by_class[class]
+            .get_or_init(|| {
+                self.requests
+                    .with_label_values(&[&*self.route, &*self.rule, CLASSES[class]])
+            })
+            .inc();
+        self.duration
+            .get_or_init(|| self.durations.with_label_values(&[&*self.route, &*self.rule]))
+            .observe(seconds);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers the families.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("sluice_http_requests_total", "HTTP requests answered, by route, rule and status class"),
+            &["route", "rule", "code"],
+        )
+        .expect("valid metric definition");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_http_request_duration_seconds",
+                "Time from request arrival to response headers, by route and rule",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "rule"],
+        )
+        .expect("valid metric definition");
+        let generation = IntGauge::new(
+            "sluice_snapshot_generation",
+            "Generation of the routing snapshot being served",
+        )
+        .expect("valid metric definition");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(generation.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            generation,
+            bound: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Handles for every rule of `snapshot`, in rule order; series of rules that left the
+    /// configuration are dropped so the label set stays bounded by what is configured.
+    pub fn bind(&self, snapshot: &Snapshot) -> Box<[Arc<RuleStats>]> {
+        let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = HashMap::with_capacity(snapshot.rules.len());
+        let stats = snapshot
+            .rules
+            .iter()
+            .map(|r| {
+                let key = (r.route.clone(), r.name.clone());
+                let stats = bound
+                    .remove(&key)
+                    .unwrap_or_else(|| Arc::new(self.stats_for(&r.route, &r.name)));
+                next.insert(key, stats.clone());
+                stats
+            })
+            .collect();
+        for ((route, rule), _) in bound.drain() {
+            for class in CLASSES {
+                let _ = self.requests.remove_label_values(&[&route, &rule, class]);
+            }
+            let _ = self.duration.remove_label_values(&[&route, &rule]);
+        }
+        *bound = next;
+        self.generation.set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
+        stats
+    }
+
+    /// Handles for requests no rule matched (route and rule labels empty).
+    pub fn unmatched(&self) -> RuleStats {
+        self.stats_for(&Arc::from(""), &Arc::from(""))
+    }
+
+    fn stats_for(&self, route: &Arc<str>, rule: &Arc<str>) -> RuleStats {
+        RuleStats {
+            route: route.clone(),
+            rule: rule.clone(),
+            requests: self.requests.clone(),
+            durations: self.duration.clone(),
+            by_class: Default::default(),
+            duration: OnceLock::new(),
+        }
+    }
+
+    /// The registry for other components (the controller) to add their metrics to.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text exposition of every registered family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}

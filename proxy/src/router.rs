@@ -1,0 +1,166 @@
+//! Request matching: host table, then path tables, then method/header/query conditions.
+//!
+//! Precedence follows the Gateway API's HTTPRoute rules. Hosts first: an exact hostname, then
+//! wildcards from the longest suffix to the shortest, then routes with no hostname; a request
+//! falls through to a less specific host group only when nothing in a more specific one matches.
+//! Within a host group: an exact path, then prefixes from the longest to the shortest, then
+//! regular expressions; among candidates for the same path, the one with a method, then more
+//! header matches, then more query matches wins; remaining ties go to the oldest route, then
+//! `namespace/name`, then rule and match order (the `tiebreak` the controller computes).
+//!
+//! Lookup cost grows with the number of path segments, not with the number of routes: exact
+//! paths and every segment-boundary prefix are hash lookups. Only regular expressions are
+//! scanned, and only after no exact or prefix candidate matched.
+
+mod matching;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+pub use matching::{Candidate, HeaderMatch, PathMatch, QueryMatch, RequestView, ValueMatch};
+
+/// Routes grouped by hostname.
+#[derive(Debug, Default, Serialize)]
+pub struct Router {
+    exact_hosts: HashMap<Box<str>, MatchTable>,
+    /// Keyed by the suffix after `*.` (`*.example.com` → `example.com`).
+    wildcard_hosts: HashMap<Box<str>, MatchTable>,
+    any_host: MatchTable,
+}
+
+/// The candidates of one host group, indexed by path.
+#[derive(Debug, Default, Serialize)]
+struct MatchTable {
+    exact: HashMap<Box<str>, Box<[Candidate]>>,
+    /// Keyed by the prefix without its trailing `/` (the root prefix is `/`).
+    prefix: HashMap<Box<str>, Box<[Candidate]>>,
+    regex: Box<[Candidate]>,
+}
+
+impl Router {
+    /// The best candidate for a request, if any. `view.host` must be lower-case without port and
+    /// `view.path` normalised (see [`crate::path::normalize`]).
+    pub fn find(&self, view: &RequestView<'_>) -> Option<&Candidate> {
+        if let Some(found) = self
+            .exact_hosts
+            .get(view.host)
+            .and_then(|table| table.find(view))
+        {
+            return Some(found);
+        }
+        if !self.wildcard_hosts.is_empty() {
+            // `a.b.example.com` tries `b.example.com`, `example.com`, `com`: longest suffix first.
+            let mut rest = view.host;
+            while let Some(dot) = rest.find('.') {
+                rest = &rest[dot + 1..];
+                if let Some(found) = self.wildcard_hosts.get(rest).and_then(|t| t.find(view)) {
+                    return Some(found);
+                }
+            }
+        }
+        self.any_host.find(view)
+    }
+
+    /// Number of host groups (exact, wildcard, and the catch-all), for diagnostics.
+    pub fn host_groups(&self) -> usize {
+        self.exact_hosts.len() + self.wildcard_hosts.len() + 1
+    }
+}
+
+impl MatchTable {
+    fn find(&self, view: &RequestView<'_>) -> Option<&Candidate> {
+        let path = view.path;
+        if let Some(found) = first_match(self.exact.get(path), view) {
+            return Some(found);
+        }
+        if !self.prefix.is_empty() {
+            let mut end = path.trim_end_matches('/').len();
+            loop {
+                let key = if end == 0 { "/" } else { &path[..end] };
+                if let Some(found) = first_match(self.prefix.get(key), view) {
+                    return Some(found);
+                }
+                if end == 0 {
+                    break;
+                }
+                end = path[..end].rfind('/').unwrap_or(0);
+            }
+        }
+        self.regex
+            .iter()
+            .find(|c| c.path_matches(path) && c.conditions_match(view))
+    }
+}
+
+fn first_match<'a>(
+    candidates: Option<&'a Box<[Candidate]>>,
+    view: &RequestView<'_>,
+) -> Option<&'a Candidate> {
+    candidates?.iter().find(|c| c.conditions_match(view))
+}
+
+/// A hostname a route attaches to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// Any host (the route has no hostnames).
+    Any,
+    /// Exactly this lower-case name.
+    Exact(Box<str>),
+    /// `*.suffix`: any name with one or more labels before `suffix`.
+    Wildcard(Box<str>),
+}
+
+/// Collects candidates and builds a [`Router`] with every bucket in precedence order.
+#[derive(Debug, Default)]
+pub struct RouterBuilder {
+    tables: HashMap<HostPattern, Vec<Candidate>>,
+}
+
+impl RouterBuilder {
+    /// Attaches `candidate` to `host`.
+    pub fn add(&mut self, host: HostPattern, candidate: Candidate) {
+        self.tables.entry(host).or_default().push(candidate);
+    }
+
+    /// Sorts every bucket by precedence and builds the lookup tables.
+    pub fn build(self) -> Router {
+        let mut router = Router::default();
+        for (host, candidates) in self.tables {
+            let table = MatchTable::build(candidates);
+            match host {
+                HostPattern::Any => router.any_host = table,
+                HostPattern::Exact(h) => {
+                    router.exact_hosts.insert(h, table);
+                }
+                HostPattern::Wildcard(h) => {
+                    router.wildcard_hosts.insert(h, table);
+                }
+            }
+        }
+        router
+    }
+}
+
+impl MatchTable {
+    fn build(mut candidates: Vec<Candidate>) -> MatchTable {
+        candidates.sort_by(Candidate::precedence);
+        let mut exact: HashMap<Box<str>, Vec<Candidate>> = HashMap::new();
+        let mut prefix: HashMap<Box<str>, Vec<Candidate>> = HashMap::new();
+        let mut regex = Vec::new();
+        for c in candidates {
+            match &c.path {
+                PathMatch::Exact(p) => exact.entry(p.clone()).or_default().push(c),
+                PathMatch::Prefix(p) => prefix.entry(p.clone()).or_default().push(c),
+                PathMatch::Regex(_) => regex.push(c),
+            }
+        }
+        MatchTable {
+            exact: exact.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            prefix: prefix.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            regex: regex.into(),
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! One match of one rule, and the request facts it is tested against.
+
+use std::cmp::Ordering;
+
+use http::{HeaderMap, HeaderName, Method};
+use regex::Regex;
+use serde::{Serialize, Serializer};
+
+use crate::snapshot::RuleId;
+
+/// What the router needs to know about a request; borrowed, built once per request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// Lower-case host without port.
+    pub host: &'a str,
+    /// Normalised path.
+    pub path: &'a str,
+    /// Raw query string, if any.
+    pub query: Option<&'a str>,
+    /// Request method.
+    pub method: &'a Method,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// How a candidate matches the path.
+#[derive(Debug, Clone, Serialize)]
+pub enum PathMatch {
+    /// The whole normalised path equals this.
+    Exact(Box<str>),
+    /// The path starts with this, on a segment boundary; stored without a trailing `/`
+    /// (the root prefix is `/`).
+    Prefix(Box<str>),
+    /// The whole path matches this (anchored) expression.
+    Regex(#[serde(serialize_with = "ser_regex")] Regex),
+}
+
+/// A header or query value condition.
+#[derive(Debug, Clone, Serialize)]
+pub enum ValueMatch {
+    /// Equal to this.
+    Exact(Box<str>),
+    /// Matches this anchored expression.
+    Regex(#[serde(serialize_with = "ser_regex")] Regex),
+}
+
+impl ValueMatch {
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            ValueMatch::Exact(v) => **v == *value,
+            ValueMatch::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// A request header condition: some value of the header satisfies `value`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeaderMatch {
+    /// Header name.
+    #[serde(serialize_with = "ser_header_name")]
+    pub name: HeaderName,
+    /// Value condition.
+    pub value: ValueMatch,
+}
+
+/// A query parameter condition on the first occurrence of the parameter.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryMatch {
+    /// Parameter name, compared after percent-decoding.
+    pub name: Box<str>,
+    /// Value condition, on the percent-decoded value.
+    pub value: ValueMatch,
+}
+
+/// One `matches[]` entry of one rule, compiled.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    /// The rule this candidate selects.
+    pub rule: RuleId,
+    /// Path condition.
+    pub path: PathMatch,
+    /// Method condition.
+    #[serde(serialize_with = "ser_method")]
+    pub method: Option<Method>,
+    /// Header conditions, all of which must hold.
+    pub headers: Box<[HeaderMatch]>,
+    /// Query conditions, all of which must hold.
+    pub query: Box<[QueryMatch]>,
+    /// Final tie-break after specificity: route age, then name, then rule and match order.
+    pub tiebreak: u64,
+}
+
+impl Candidate {
+    /// Gateway API precedence: `Less` means `self` wins.
+    pub fn precedence(&self, other: &Self) -> Ordering {
+        let kind = |c: &Self| match c.path {
+            PathMatch::Exact(_) => 0,
+            PathMatch::Prefix(_) => 1,
+            PathMatch::Regex(_) => 2,
+        };
+        let prefix_len = |c: &Self| match &c.path {
+            PathMatch::Prefix(p) => p.len(),
+            _ => 0,
+        };
+        kind(self)
+            .cmp(&kind(other))
+            .then_with(|| prefix_len(other).cmp(&prefix_len(self)))
+            .then_with(|| other.method.is_some().cmp(&self.method.is_some()))
+            .then_with(|| other.headers.len().cmp(&self.headers.len()))
+            .then_with(|| other.query.len().cmp(&self.query.len()))
+            .then_with(|| self.tiebreak.cmp(&other.tiebreak))
+    }
+
+    /// Length of the matched prefix to replace for `ReplacePrefixMatch` (0 for the root prefix).
+    pub fn prefix_len(&self) -> usize {
+        match &self.path {
+            PathMatch::Prefix(p) if &**p != "/" => p.len(),
+            _ => 0,
+        }
+    }
+
+    pub(crate) fn path_matches(&self, path: &str) -> bool {
+        match &self.path {
+            PathMatch::Regex(r) => r.is_match(path),
+            // Exact and prefix candidates are only reached through their hash bucket.
+            PathMatch::Exact(_) | PathMatch::Prefix(_) => true,
+        }
+    }
+
+    pub(crate) fn conditions_match(&self, view: &RequestView<'_>) -> bool {
+        if self.method.as_ref().is_some_and(|m| m != view.method) {
+            return false;
+        }
+        let headers_ok = self.headers.iter().all(|h| {
+            view.headers
+                .get_all(&h.name)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| h.value.matches(v)))
+        });
+        headers_ok
+            && self.query.iter().all(|q| {
+                query_value(view.query, &q.name).is_some_and(|v| q.value.matches(&v))
+            })
+    }
+}
+
+/// The percent-decoded value of the first `name` parameter in `query`.
+fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<std::borrow::Cow<'q, str>> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains('%') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn ser_regex<S: Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.as_str())
+}
+
+fn ser_header_name<S: Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(n.as_str())
+}
+
+fn ser_method<S: Serializer>(m: &Option<Method>, s: S) -> Result<S::Ok, S::Error> {
+    match m {
+        Some(m) => s.serialize_some(m.as_str()),
+        None => s.serialize_none(),
+    }
+}
