@@ -1,1 +1,16 @@
-//! placeholder
+//! Sluice's control plane and the `sluice` binary.
+//!
+//! ```text
+//!  sources (kube watchers | manifest directory)
+//!         │  typed objects: GatewayRoute, RateLimitPolicy, EndpointSlice, Service
+//!         ▼
+//!  compile(inputs, previous snapshot) ──► Snapshot + per-object status (pure, no I/O)
+//!         │  Gateway::install (one ArcSwap store)
+//!         ▼
+//!  proxy: each request loads the current snapshot once, matches, balances, forwards
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod compile;
+pub mod resources;

@@ -64,6 +64,40 @@ impl Router {
         self.any_host.find(view)
     }
 
+    /// Every compiled regular expression (paths, headers, query values), so that the next
+    /// compile can reuse them instead of compiling the same patterns again.
+    pub fn regexes(&self) -> Vec<&regex::Regex> {
+        let tables = self
+            .exact_hosts
+            .values()
+            .chain(self.wildcard_hosts.values())
+            .chain(std::iter::once(&self.any_host));
+        let mut out = Vec::new();
+        for table in tables {
+            let candidates = table
+                .exact
+                .values()
+                .chain(table.prefix.values())
+                .flat_map(|b| b.iter())
+                .chain(table.regex.iter());
+            for c in candidates {
+                if let PathMatch::Regex(r) = &c.path {
+                    out.push(r);
+                }
+                let values = c
+                    .headers
+                    .iter()
+                    .map(|h| &h.value)
+                    .chain(c.query.iter().map(|q| &q.value));
+                out.extend(values.filter_map(|v| match v {
+                    ValueMatch::Regex(r) => Some(r),
+                    ValueMatch::Exact(_) => None,
+                }));
+            }
+        }
+        out
+    }
+
     /// Number of host groups (exact, wildcard, and the catch-all), for diagnostics.
     pub fn host_groups(&self) -> usize {
         self.exact_hosts.len() + self.wildcard_hosts.len() + 1

@@ -176,10 +176,10 @@ pub struct Backend {
     pub port: u16,
     /// Relative share of the rule's requests.
     pub weight: u32,
-    /// Endpoints that receive new requests (ready).
-    pub endpoints: Box<[Endpoint]>,
+    /// Endpoints that receive new requests (ready); shared by every rule naming the same port.
+    pub endpoints: Arc<[Endpoint]>,
     /// Endpoints known but not ready (shown in `/debug/snapshot`, never picked).
-    pub not_ready: Box<[SocketAddr]>,
+    pub not_ready: Arc<[SocketAddr]>,
     #[serde(skip)]
     cursor: AtomicUsize,
 }
@@ -190,15 +190,15 @@ impl Backend {
         service: Arc<str>,
         port: u16,
         weight: u32,
-        endpoints: Vec<SocketAddr>,
-        not_ready: Vec<SocketAddr>,
+        endpoints: Arc<[Endpoint]>,
+        not_ready: Arc<[SocketAddr]>,
     ) -> Self {
         Backend {
             service,
             port,
             weight,
-            endpoints: endpoints.into_iter().map(Endpoint::new).collect(),
-            not_ready: not_ready.into_boxed_slice(),
+            endpoints,
+            not_ready,
             cursor: AtomicUsize::new(0),
         }
     }

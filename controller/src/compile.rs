@@ -1,0 +1,186 @@
+//! The pure compile step: resources in, one immutable snapshot and a status per object out.
+//!
+//! No I/O, no clock, no tokio: the same inputs give the same snapshot, which is what makes
+//! `sluice check`, the directory source and the cluster source agree. An invalid rule is dropped
+//! alone with a diagnostic naming the field; every other rule keeps serving.
+
+mod endpoints;
+mod policies;
+mod routes;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use regex::Regex;
+use sluice_proxy::Snapshot;
+use sluice_proxy::router::RouterBuilder;
+
+use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Service};
+pub use status::{Condition, StatusReport};
+
+/// Everything compile reads.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// GatewayRoutes.
+    pub routes: Vec<Arc<GatewayRoute>>,
+    /// RateLimitPolicies.
+    pub policies: Vec<Arc<RateLimitPolicy>>,
+    /// Services the routes may name.
+    pub services: Vec<Arc<Service>>,
+    /// EndpointSlices of those Services.
+    pub slices: Vec<Arc<EndpointSlice>>,
+}
+
+/// Identity of an object in diagnostics and statuses.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    /// `GatewayRoute`, `RateLimitPolicy`, ...
+    pub kind: &'static str,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjectRef {
+    /// The reference of a namespaced resource.
+    pub fn of<K: kube::Resource<DynamicType = ()>>(obj: &K) -> Self {
+        ObjectRef {
+            kind: kind_name::<K>(),
+            namespace: obj.namespace().unwrap_or_else(|| "default".to_owned()),
+            name: obj.name_any(),
+        }
+    }
+}
+
+fn kind_name<K: kube::Resource<DynamicType = ()>>() -> &'static str {
+    match &*K::kind(&()) {
+        "GatewayRoute" => "GatewayRoute",
+        "RateLimitPolicy" => "RateLimitPolicy",
+        "Service" => "Service",
+        "EndpointSlice" => "EndpointSlice",
+        _ => "Object",
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// One problem found in one object: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The object.
+    pub object: ObjectRef,
+    /// Path of the field, e.g. `spec.rules[1].matches[0].path.value`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.object, self.field, self.reason)
+    }
+}
+
+/// What compile produces.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The snapshot to serve.
+    pub snapshot: Snapshot,
+    /// Conditions for every GatewayRoute and RateLimitPolicy.
+    pub statuses: Vec<StatusReport>,
+    /// Every problem found, in object order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Compiles `inputs` into snapshot `generation`. Regular expressions already compiled in `prev`
+/// are reused, so a recompile pays only for what changed.
+pub fn compile(inputs: &Inputs, generation: u64, prev: Option<&Snapshot>) -> Compiled {
+    let mut regexes = RegexCache::from_snapshot(prev);
+    let mut endpoints = endpoints::EndpointIndex::new(&inputs.services, &inputs.slices);
+    let mut order: Vec<&GatewayRoute> = inputs.routes.iter().map(|r| &**r).collect();
+    // Gateway API tie-break: the oldest route wins, then `namespace/name`.
+    order.sort_by(|a, b| {
+        let created = |r: &GatewayRoute| r.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        created(a)
+            .cmp(&created(b))
+            .then_with(|| a.namespace().cmp(&b.namespace()))
+            .then_with(|| a.name_any().cmp(&b.name_any()))
+    });
+
+    let mut out = routes::Output {
+        rules: Vec::new(),
+        router: RouterBuilder::default(),
+        statuses: Vec::new(),
+        diagnostics: Vec::new(),
+    };
+    for (rank, route) in order.iter().enumerate() {
+        routes::compile_route(route, rank as u64, &mut endpoints, &mut regexes, &mut out);
+    }
+    policies::compile_policies(&inputs.policies, &mut out.statuses, &mut out.diagnostics);
+
+    Compiled {
+        snapshot: Snapshot {
+            generation,
+            rules: out.rules.into_boxed_slice(),
+            router: out.router.build(),
+        },
+        statuses: out.statuses,
+        diagnostics: out.diagnostics,
+    }
+}
+
+/// Compiled regular expressions by their full (anchored) pattern.
+#[derive(Default)]
+pub(crate) struct RegexCache {
+    compiled: HashMap<String, Regex>,
+}
+
+/// Largest compiled program accepted for one expression: a manifest must not be able to make the
+/// gateway allocate without bound.
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+
+impl RegexCache {
+    fn from_snapshot(prev: Option<&Snapshot>) -> Self {
+        let compiled = prev
+            .map(|s| {
+                s.router
+                    .regexes()
+                    .into_iter()
+                    .map(|r| (r.as_str().to_owned(), r.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        RegexCache { compiled }
+    }
+
+    /// `pattern` anchored at both ends (a regex match is a whole-value match).
+    pub(crate) fn anchored(&mut self, pattern: &str) -> Result<Regex, String> {
+        let full = format!("^(?:{pattern})$");
+        if let Some(r) = self.compiled.get(&full) {
+            return Ok(r.clone());
+        }
+        let r = regex::RegexBuilder::new(&full)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map_err(|e| match e {
+                regex::Error::CompiledTooBig(_) => "regular expression is too large".to_owned(),
+                e => format!("invalid regular expression: {}", one_line(&e.to_string())),
+            })?;
+        self.compiled.insert(full, r.clone());
+        Ok(r)
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,157 @@
+//! Backend resolution as Kubernetes does it: the route names a Service port; the Service port's
+//! name selects the EndpointSlice port, whose number is the pod's target port. Only endpoints
+//! with `conditions.ready` (absent counts as ready) that are not terminating receive traffic.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use sluice_proxy::snapshot::Endpoint;
+
+use crate::resources::{EndpointSlice, Service};
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The endpoints of one Service port.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Ready endpoints.
+    pub ready: Arc<[Endpoint]>,
+    /// Known but not ready (or terminating) endpoints.
+    pub not_ready: Arc<[SocketAddr]>,
+}
+
+type Key<'a> = (&'a str, &'a str);
+
+/// Services and slices by `(namespace, service)`, with resolutions memoised per port.
+pub struct EndpointIndex<'a> {
+    /// namespace → name → Service (nested so lookups borrow the caller's strings).
+    services: HashMap<&'a str, HashMap<&'a str, &'a Service>>,
+    slices: HashMap<Key<'a>, Vec<&'a EndpointSlice>>,
+    resolved: HashMap<(Key<'a>, i32), Result<Resolved, String>>,
+}
+
+fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
+impl<'a> EndpointIndex<'a> {
+    /// Indexes the inputs once per compile.
+    pub fn new(services: &'a [Arc<Service>], slices: &'a [Arc<EndpointSlice>]) -> Self {
+        let mut by_name: HashMap<&'a str, HashMap<&'a str, &'a Service>> = HashMap::new();
+        for s in services {
+            if let Some(name) = s.metadata.name.as_deref() {
+                by_name
+                    .entry(namespace_of(&s.metadata))
+                    .or_default()
+                    .insert(name, &**s);
+            }
+        }
+        let mut by_service: HashMap<Key<'a>, Vec<&'a EndpointSlice>> = HashMap::new();
+        for slice in slices {
+            if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
+                by_service
+                    .entry((namespace_of(&slice.metadata), service.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        EndpointIndex {
+            services: by_name,
+            slices: by_service,
+            resolved: HashMap::new(),
+        }
+    }
+
+    /// The endpoints behind Service `namespace/name` port `port`, or why there are none to have.
+    pub fn resolve(&mut self, namespace: &str, name: &str, port: i32) -> Result<Resolved, String> {
+        let found = self.services.get_key_value(namespace).and_then(|(&ns, by_name)| {
+            by_name
+                .get_key_value(name)
+                .map(|(&name, &service)| ((ns, name), service))
+        });
+        let Some((key, service)) = found else {
+            return Err(format!("Service {namespace}/{name} not found"));
+        };
+        if let Some(hit) = self.resolved.get(&(key, port)) {
+            return hit.clone();
+        }
+        let result = self.resolve_uncached(key, service, port);
+        self.resolved.insert((key, port), result.clone());
+        result
+    }
+
+    fn resolve_uncached(&self, key: Key<'a>, service: &Service, port: i32) -> Result<Resolved, String> {
+        let (namespace, name) = key;
+        let spec = service.spec.as_ref();
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            return Err(format!(
+                "Service {namespace}/{name} is of type ExternalName, which is not supported"
+            ));
+        }
+        let Some(service_port) = spec
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ports| ports.iter().find(|p| p.port == port))
+        else {
+            return Err(format!("Service {namespace}/{name} has no port {port}"));
+        };
+        let port_name = service_port.name.as_deref().unwrap_or("");
+        let slices = self.slices.get(&key).map(Vec::as_slice).unwrap_or_default();
+
+        let mut ready = Vec::new();
+        let mut not_ready = Vec::new();
+        let mut slices_with_port = 0;
+        for slice in slices {
+            if slice.address_type == "FQDN" {
+                continue;
+            }
+            let number = slice.ports.iter().flatten().find_map(|p| {
+                let same_name = p.name.as_deref().unwrap_or("") == port_name;
+                let tcp = p.protocol.as_deref().is_none_or(|proto| proto == "TCP");
+                (same_name && tcp).then_some(p.port).flatten()
+            });
+            let Some(number) = number.and_then(|n| u16::try_from(n).ok()) else {
+                continue;
+            };
+            slices_with_port += 1;
+            for endpoint in slice.endpoints.iter().flatten() {
+                // Kubernetes: consumers may use only the first address; all are fungible.
+                let Some(ip) = endpoint
+                    .addresses
+                    .first()
+                    .and_then(|a| a.parse::<IpAddr>().ok())
+                else {
+                    continue;
+                };
+                let conditions = endpoint.conditions.as_ref();
+                let is_ready = conditions.and_then(|c| c.ready).unwrap_or(true)
+                    && !conditions.and_then(|c| c.terminating).unwrap_or(false);
+                let addr = SocketAddr::new(ip, number);
+                if is_ready {
+                    ready.push(addr);
+                } else {
+                    not_ready.push(addr);
+                }
+            }
+        }
+        if !slices.is_empty() && slices_with_port == 0 {
+            let shown = if port_name.is_empty() { "(unnamed)" } else { port_name };
+            return Err(format!(
+                "no EndpointSlice of Service {namespace}/{name} has the port named {shown} \
+                 that Service port {port} uses"
+            ));
+        }
+        // A pod can sit in two slices while they are being rebalanced; count it once.
+        ready.sort_unstable();
+        ready.dedup();
+        not_ready.sort_unstable();
+        not_ready.dedup();
+        not_ready.retain(|a| ready.binary_search(a).is_err());
+        Ok(Resolved {
+            ready: ready.into_iter().map(Endpoint::new).collect(),
+            not_ready: not_ready.into(),
+        })
+    }
+}

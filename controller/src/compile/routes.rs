@@ -1,0 +1,582 @@
+//! GatewayRoute compile: each rule is validated and compiled on its own, so one bad rule costs
+//! only itself. Conversions destructure every field, so a field added to the resource does not
+//! compile until it is handled here.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use sluice_proxy::path;
+use sluice_proxy::router::{self, Candidate, HostPattern, RouterBuilder};
+use sluice_proxy::snapshot::{Backend, HeaderFilter, PathRewrite, Rule, Timeouts};
+
+use super::endpoints::EndpointIndex;
+use super::{Condition, Diagnostic, ObjectRef, RegexCache, StatusReport};
+use crate::resources::{
+    BackendRef, GatewayRoute, GatewayRouteSpec, HeaderMatch, HeaderModifier, HeaderValuePair,
+    PathMatch, PathMatchType, PathModifier, PathModifierType, QueryParamMatch, RouteFilters,
+    RouteMatch, RouteRule, RouteTimeouts, UrlRewrite, ValueMatchType, parse_duration,
+};
+
+/// Bounds the schema sets, checked again here because standalone manifests never pass through
+/// an API server.
+const MAX_HOSTNAMES: usize = 16;
+const MAX_RULES: usize = 64;
+const MAX_MATCHES: usize = 64;
+const MAX_BACKENDS: usize = 16;
+const MAX_CONDITIONS: usize = 16;
+const MAX_WEIGHT: i32 = 1_000_000;
+
+/// Headers a filter may not touch: they frame the message or describe the connection.
+const FORBIDDEN_FILTER_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Accumulates the compile of every route.
+pub(super) struct Output {
+    pub rules: Vec<Rule>,
+    pub router: RouterBuilder,
+    pub statuses: Vec<StatusReport>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// A problem with one field.
+#[derive(Debug)]
+struct FieldError {
+    field: String,
+    reason: String,
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Why a rule was dropped.
+enum RuleError {
+    /// A field is invalid.
+    Invalid(FieldError),
+    /// A backend reference does not resolve.
+    Unresolved(FieldError),
+}
+
+impl From<FieldError> for RuleError {
+    fn from(e: FieldError) -> Self {
+        RuleError::Invalid(e)
+    }
+}
+
+/// Compiles one route into `out`: its valid rules into the snapshot, its status, and a
+/// diagnostic per problem.
+pub(super) fn compile_route(
+    route: &GatewayRoute,
+    rank: u64,
+    endpoints: &mut EndpointIndex<'_>,
+    regexes: &mut RegexCache,
+    out: &mut Output,
+) {
+    let object = ObjectRef::of(route);
+    let route_id: Arc<str> = format!("{}/{}", object.namespace, object.name).into();
+    let GatewayRouteSpec { hostnames, rules } = &route.spec;
+    let generation = route.metadata.generation;
+
+    let route_level = compile_hostnames(hostnames).and_then(|hosts| {
+        if rules.is_empty() || rules.len() > MAX_RULES {
+            Err(err("spec.rules", format!("must have 1 to {MAX_RULES} rules")))
+        } else {
+            Ok(hosts)
+        }
+    });
+    let hosts = match route_level {
+        Ok(hosts) => hosts,
+        Err(e) => {
+            out.statuses.push(StatusReport {
+                object: object.clone(),
+                observed_generation: generation,
+                conditions: vec![Condition::new(
+                    "Accepted",
+                    false,
+                    "UnsupportedValue",
+                    format!("{}: {}", e.field, e.reason),
+                )],
+            });
+            out.diagnostics.push(diagnostic(&object, e));
+            return;
+        }
+    };
+
+    let mut accepted = 0;
+    let mut invalid = Vec::new();
+    let mut unresolved = Vec::new();
+    let mut names = HashSet::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let name = rule.name.clone().unwrap_or_else(|| i.to_string());
+        if !names.insert(name.clone()) {
+            invalid.push(err(
+                format!("spec.rules[{i}].name"),
+                format!("duplicate rule name {name:?}"),
+            ));
+            continue;
+        }
+        let ctx = RuleContext {
+            namespace: &object.namespace,
+            route: &route_id,
+            index: i,
+            tiebreak: (rank << 24) | ((i as u64) << 12),
+        };
+        match compile_rule(&ctx, name, rule, endpoints, regexes) {
+            Ok((compiled, candidates)) => {
+                let id = u32::try_from(out.rules.len()).unwrap_or(u32::MAX);
+                out.rules.push(compiled);
+                for mut candidate in candidates {
+                    candidate.rule = id;
+                    for host in &hosts {
+                        out.router.add(host.clone(), candidate.clone());
+                    }
+                }
+                accepted += 1;
+            }
+            Err(RuleError::Invalid(e)) => invalid.push(e),
+            Err(RuleError::Unresolved(e)) => unresolved.push(e),
+        }
+    }
+
+    let mut conditions = Vec::with_capacity(3);
+    let dropped = invalid.len() + unresolved.len();
+    conditions.push(if accepted > 0 {
+        Condition::new("Accepted", true, "Accepted", format!("{accepted} of {} rules accepted", rules.len()))
+    } else {
+        Condition::new("Accepted", false, "UnsupportedValue", summary(invalid.iter().chain(&unresolved)))
+    });
+    conditions.push(if unresolved.is_empty() {
+        Condition::new("ResolvedRefs", true, "ResolvedRefs", "all backend references resolved")
+    } else {
+        Condition::new("ResolvedRefs", false, "BackendNotFound", summary(unresolved.iter()))
+    });
+    if accepted > 0 && dropped > 0 {
+        conditions.push(Condition::new(
+            "PartiallyInvalid",
+            true,
+            "UnsupportedValue",
+            format!("dropped {dropped} rule(s): {}", summary(invalid.iter().chain(&unresolved))),
+        ));
+    }
+    out.statuses.push(StatusReport {
+        object: object.clone(),
+        observed_generation: generation,
+        conditions,
+    });
+    out.diagnostics
+        .extend(invalid.into_iter().chain(unresolved).map(|e| diagnostic(&object, e)));
+}
+
+fn summary<'a>(errors: impl Iterator<Item = &'a FieldError>) -> String {
+    errors
+        .map(|e| format!("{}: {}", e.field, e.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn diagnostic(object: &ObjectRef, e: FieldError) -> Diagnostic {
+    Diagnostic {
+        object: object.clone(),
+        field: e.field,
+        reason: e.reason,
+    }
+}
+
+fn compile_hostnames(hostnames: &[String]) -> Result<Vec<HostPattern>, FieldError> {
+    if hostnames.is_empty() {
+        return Ok(vec![HostPattern::Any]);
+    }
+    if hostnames.len() > MAX_HOSTNAMES {
+        return Err(err("spec.hostnames", format!("at most {MAX_HOSTNAMES} hostnames")));
+    }
+    let mut seen = HashSet::new();
+    let mut hosts = Vec::with_capacity(hostnames.len());
+    for (i, h) in hostnames.iter().enumerate() {
+        let field = || format!("spec.hostnames[{i}]");
+        let (wildcard, name) = match h.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, h.as_str()),
+        };
+        if name.parse::<std::net::IpAddr>().is_ok() {
+            return Err(err(field(), format!("{h:?} is an IP address; hostnames must be DNS names")));
+        }
+        if !is_dns_name(name) {
+            return Err(err(
+                field(),
+                format!("{h:?} is not a lower-case DNS name (a `*.` prefix is the only wildcard allowed)"),
+            ));
+        }
+        let pattern = if wildcard {
+            HostPattern::Wildcard(name.into())
+        } else {
+            HostPattern::Exact(name.into())
+        };
+        if seen.insert(pattern.clone()) {
+            hosts.push(pattern);
+        }
+    }
+    Ok(hosts)
+}
+
+fn is_dns_name(name: &str) -> bool {
+    (1..=253).contains(&name.len())
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+struct RuleContext<'a> {
+    namespace: &'a str,
+    route: &'a Arc<str>,
+    index: usize,
+    tiebreak: u64,
+}
+
+impl RuleContext<'_> {
+    fn field(&self, rest: &str) -> String {
+        format!("spec.rules[{}].{rest}", self.index)
+    }
+}
+
+fn compile_rule(
+    ctx: &RuleContext<'_>,
+    name: String,
+    rule: &RouteRule,
+    endpoints: &mut EndpointIndex<'_>,
+    regexes: &mut RegexCache,
+) -> Result<(Rule, Vec<Candidate>), RuleError> {
+    let RouteRule {
+        name: declared_name,
+        matches,
+        filters,
+        backend_refs,
+        timeouts,
+    } = rule;
+    if let Some(n) = declared_name {
+        if !is_dns_label(n) {
+            return Err(err(ctx.field("name"), format!("{n:?} must be a lower-case DNS label")).into());
+        }
+    }
+    if matches.len() > MAX_MATCHES {
+        return Err(err(ctx.field("matches"), format!("at most {MAX_MATCHES} matches")).into());
+    }
+    let default_match = [RouteMatch::default()];
+    let matches = if matches.is_empty() { &default_match[..] } else { matches };
+    let candidates = matches
+        .iter()
+        .enumerate()
+        .map(|(j, m)| compile_match(ctx, j, m, regexes))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let RouteFilters {
+        url_rewrite,
+        request_headers,
+        response_headers,
+    } = filters.clone().unwrap_or_default();
+    let rewrite = url_rewrite
+        .map(|r| compile_rewrite(ctx, &r, matches))
+        .transpose()?;
+    let request_headers = compile_header_filter(&ctx.field("filters.requestHeaders"), request_headers)?;
+    let response_headers = compile_header_filter(&ctx.field("filters.responseHeaders"), response_headers)?;
+    let timeouts = compile_timeouts(ctx, timeouts.as_ref())?;
+    let backends = compile_backends(ctx, backend_refs, endpoints)?;
+
+    let rule = Rule::new(
+        ctx.route.clone(),
+        name.into(),
+        rewrite,
+        request_headers,
+        response_headers,
+        timeouts,
+        backends,
+    );
+    Ok((rule, candidates))
+}
+
+fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len()) && is_dns_name(s) && !s.contains('.')
+}
+
+fn compile_match(
+    ctx: &RuleContext<'_>,
+    j: usize,
+    m: &RouteMatch,
+    regexes: &mut RegexCache,
+) -> Result<Candidate, FieldError> {
+    let RouteMatch {
+        path,
+        method,
+        headers,
+        query_params,
+    } = m;
+    let field = |rest: &str| ctx.field(&format!("matches[{j}].{rest}"));
+    let path = match path {
+        None => router::PathMatch::Prefix("/".into()),
+        Some(PathMatch { match_type, value }) => match match_type {
+            PathMatchType::Exact => router::PathMatch::Exact(valid_path(value).map_err(|r| err(field("path.value"), r))?.into()),
+            PathMatchType::PathPrefix => {
+                let p = valid_path(value).map_err(|r| err(field("path.value"), r))?;
+                let trimmed = p.trim_end_matches('/');
+                router::PathMatch::Prefix(if trimmed.is_empty() { "/" } else { trimmed }.into())
+            }
+            PathMatchType::RegularExpression => {
+                router::PathMatch::Regex(regexes.anchored(value).map_err(|r| err(field("path.value"), r))?)
+            }
+        },
+    };
+    let method = method.map(|m| {
+        Method::from_bytes(format!("{m:?}").as_bytes()).expect("enum variants are valid methods")
+    });
+    if headers.len() > MAX_CONDITIONS || query_params.len() > MAX_CONDITIONS {
+        return Err(err(field("headers"), format!("at most {MAX_CONDITIONS} header and query conditions each")));
+    }
+    let mut header_names = HashSet::new();
+    let headers = headers
+        .iter()
+        .enumerate()
+        .map(|(k, h)| {
+            let HeaderMatch { match_type, name, value } = h;
+            let f = |rest: &str| field(&format!("headers[{k}].{rest}"));
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| err(f("name"), format!("{name:?} is not a valid header name")))?;
+            if !header_names.insert(name.clone()) {
+                return Err(err(f("name"), format!("header {name} is matched twice")));
+            }
+            let value = value_match(*match_type, value, regexes).map_err(|r| err(f("value"), r))?;
+            Ok(router::HeaderMatch { name, value })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut query_names = HashSet::new();
+    let query = query_params
+        .iter()
+        .enumerate()
+        .map(|(k, q)| {
+            let QueryParamMatch { match_type, name, value } = q;
+            let f = |rest: &str| field(&format!("queryParams[{k}].{rest}"));
+            if name.is_empty() {
+                return Err(err(f("name"), "must not be empty"));
+            }
+            if !query_names.insert(name.clone()) {
+                return Err(err(f("name"), format!("query parameter {name:?} is matched twice")));
+            }
+            let value = value_match(*match_type, value, regexes).map_err(|r| err(f("value"), r))?;
+            Ok(router::QueryMatch {
+                name: name.as_str().into(),
+                value,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Candidate {
+        rule: 0,
+        path,
+        method,
+        headers: headers.into(),
+        query: query.into(),
+        tiebreak: ctx.tiebreak | j as u64,
+    })
+}
+
+fn value_match(kind: ValueMatchType, value: &str, regexes: &mut RegexCache) -> Result<router::ValueMatch, String> {
+    Ok(match kind {
+        ValueMatchType::Exact => router::ValueMatch::Exact(value.into()),
+        ValueMatchType::RegularExpression => router::ValueMatch::Regex(regexes.anchored(value)?),
+    })
+}
+
+/// A configured path must already be in the normal form requests are matched in; otherwise it
+/// could never match (or would match something other than what it says).
+fn valid_path(value: &str) -> Result<&str, String> {
+    if !value.starts_with('/') {
+        return Err(format!("{value:?} must start with '/'"));
+    }
+    if value.contains(['?', '#']) {
+        return Err(format!("{value:?} must not contain '?' or '#'"));
+    }
+    if http::uri::PathAndQuery::try_from(value).is_err() {
+        return Err(format!("{value:?} contains characters not allowed in a URI path"));
+    }
+    match path::normalize(value) {
+        Ok(n) if n == value => Ok(value),
+        Ok(n) => Err(format!("{value:?} is not normalised (requests are matched as {n:?})")),
+        Err(e) => Err(format!("{value:?}: {e}")),
+    }
+}
+
+fn compile_rewrite(
+    ctx: &RuleContext<'_>,
+    rewrite: &UrlRewrite,
+    matches: &[RouteMatch],
+) -> Result<PathRewrite, FieldError> {
+    let UrlRewrite {
+        path: PathModifier {
+            modifier_type,
+            replace_prefix_match,
+            replace_full_path,
+        },
+    } = rewrite;
+    let field = |rest: &str| ctx.field(&format!("filters.urlRewrite.path.{rest}"));
+    match modifier_type {
+        PathModifierType::ReplacePrefixMatch => {
+            if replace_full_path.is_some() {
+                return Err(err(field("replaceFullPath"), "conflicts with type ReplacePrefixMatch"));
+            }
+            let Some(value) = replace_prefix_match else {
+                return Err(err(field("replacePrefixMatch"), "required with type ReplacePrefixMatch"));
+            };
+            for (j, m) in matches.iter().enumerate() {
+                if let Some(p) = &m.path {
+                    if p.match_type != PathMatchType::PathPrefix {
+                        return Err(err(
+                            field("type"),
+                            format!(
+                                "conflicting rewrite: ReplacePrefixMatch needs PathPrefix matches, \
+                                 but matches[{j}] uses {:?}",
+                                p.match_type
+                            ),
+                        ));
+                    }
+                }
+            }
+            let v = valid_path(value).map_err(|r| err(field("replacePrefixMatch"), r))?;
+            Ok(PathRewrite::ReplacePrefixMatch(v.into()))
+        }
+        PathModifierType::ReplaceFullPath => {
+            if replace_prefix_match.is_some() {
+                return Err(err(field("replacePrefixMatch"), "conflicts with type ReplaceFullPath"));
+            }
+            let Some(value) = replace_full_path else {
+                return Err(err(field("replaceFullPath"), "required with type ReplaceFullPath"));
+            };
+            let v = valid_path(value).map_err(|r| err(field("replaceFullPath"), r))?;
+            Ok(PathRewrite::ReplaceFullPath(v.into()))
+        }
+    }
+}
+
+fn compile_header_filter(field: &str, modifier: Option<HeaderModifier>) -> Result<HeaderFilter, FieldError> {
+    let Some(HeaderModifier { set, add, remove }) = modifier else {
+        return Ok(HeaderFilter::default());
+    };
+    let mut seen = HashSet::new();
+    let mut name_of = |list: &str, k: usize, raw: &str| -> Result<HeaderName, FieldError> {
+        let f = format!("{field}.{list}[{k}]");
+        let name = HeaderName::from_bytes(raw.as_bytes())
+            .map_err(|_| err(format!("{f}.name"), format!("{raw:?} is not a valid header name")))?;
+        if FORBIDDEN_FILTER_HEADERS.contains(&name.as_str()) {
+            return Err(err(format!("{f}.name"), format!("{name} is managed by the gateway and cannot be changed")));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(err(format!("{f}.name"), format!("conflicting filter: {name} appears more than once")));
+        }
+        Ok(name)
+    };
+    let pairs = |list: &str, items: &[HeaderValuePair], name_of: &mut dyn FnMut(&str, usize, &str) -> Result<HeaderName, FieldError>| {
+        items
+            .iter()
+            .enumerate()
+            .map(|(k, HeaderValuePair { name, value })| {
+                let name = name_of(list, k, name)?;
+                let value = HeaderValue::from_str(value)
+                    .map_err(|_| err(format!("{field}.{list}[{k}].value"), "not a valid header value"))?;
+                Ok((name, value))
+            })
+            .collect::<Result<Vec<_>, FieldError>>()
+    };
+    let set = pairs("set", &set, &mut name_of)?;
+    let add = pairs("add", &add, &mut name_of)?;
+    let remove = remove
+        .iter()
+        .enumerate()
+        .map(|(k, n)| {
+            name_of("remove", k, n).map_err(|mut e| {
+                e.field = format!("{field}.remove[{k}]");
+                e
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(HeaderFilter {
+        set: set.into(),
+        add: add.into(),
+        remove: remove.into(),
+    })
+}
+
+fn compile_timeouts(ctx: &RuleContext<'_>, timeouts: Option<&RouteTimeouts>) -> Result<Timeouts, FieldError> {
+    let Some(RouteTimeouts { request, backend_request }) = timeouts else {
+        return Ok(Timeouts::default());
+    };
+    let parse = |name: &str, v: &Option<String>| -> Result<Option<Duration>, FieldError> {
+        v.as_deref()
+            .map(|s| {
+                parse_duration(s).ok_or_else(|| {
+                    err(ctx.field(&format!("timeouts.{name}")), format!("{s:?} is not a duration like 15s, 250ms or 1m30s"))
+                })
+            })
+            .transpose()
+    };
+    let request = parse("request", request)?;
+    let backend_request = parse("backendRequest", backend_request)?;
+    if let (Some(r), Some(b)) = (request, backend_request) {
+        if b > r {
+            return Err(err(ctx.field("timeouts.backendRequest"), "must not be longer than timeouts.request"));
+        }
+    }
+    if request == Some(Duration::ZERO) || backend_request == Some(Duration::ZERO) {
+        return Err(err(ctx.field("timeouts"), "a timeout of zero would fail every request"));
+    }
+    Ok(Timeouts { request, backend_request })
+}
+
+fn compile_backends(
+    ctx: &RuleContext<'_>,
+    refs: &[BackendRef],
+    endpoints: &mut EndpointIndex<'_>,
+) -> Result<Vec<Backend>, RuleError> {
+    if refs.is_empty() || refs.len() > MAX_BACKENDS {
+        return Err(err(ctx.field("backendRefs"), format!("must have 1 to {MAX_BACKENDS} backends")).into());
+    }
+    refs.iter()
+        .enumerate()
+        .map(|(k, BackendRef { name, port, weight })| {
+            let field = |rest: &str| ctx.field(&format!("backendRefs[{k}]{rest}"));
+            let Ok(port_u16) = u16::try_from(*port) else {
+                return Err(err(field(".port"), format!("{port} is not a port (1-65535)")).into());
+            };
+            if port_u16 == 0 {
+                return Err(err(field(".port"), "0 is not a port (1-65535)").into());
+            }
+            let weight = weight.unwrap_or(1);
+            if !(0..=MAX_WEIGHT).contains(&weight) {
+                return Err(err(field(".weight"), format!("{weight} is outside 0-{MAX_WEIGHT}")).into());
+            }
+            let resolved = endpoints
+                .resolve(ctx.namespace, name, *port)
+                .map_err(|reason| RuleError::Unresolved(err(field(""), reason)))?;
+            Ok(Backend::new(
+                format!("{}/{name}", ctx.namespace).into(),
+                port_u16,
+                weight.unsigned_abs(),
+                resolved.ready,
+                resolved.not_ready,
+            ))
+        })
+        .collect()
+}
