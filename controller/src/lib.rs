@@ -14,3 +14,5 @@
 
 pub mod compile;
 pub mod resources;
+pub mod cli;
+pub mod sources;

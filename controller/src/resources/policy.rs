@@ -16,6 +16,7 @@ use super::ObjectStatus;
     group = "sluice.dev",
     version = "v1alpha1",
     kind = "RateLimitPolicy",
+    derive = "PartialEq",
     plural = "ratelimitpolicies",
     namespaced,
     status = "ObjectStatus",

@@ -12,6 +12,7 @@ use super::ObjectStatus;
     group = "sluice.dev",
     version = "v1alpha1",
     kind = "GatewayRoute",
+    derive = "PartialEq",
     plural = "gatewayroutes",
     namespaced,
     status = "ObjectStatus",

@@ -1,0 +1,275 @@
+//! The `sluice` command line: `run`, `check`, `crds`, `version`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_proxy::{Gateway, ProxyConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::compile::compile;
+use crate::resources::{crds_yaml, parse_duration};
+use crate::sources::dir::{Debounce, DirSource};
+use crate::sources::manifests::ManifestSet;
+
+/// Exit status for unusable configuration (sysexits' EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+/// Sluice: a Kubernetes ingress controller and API gateway.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "json", global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run(RunArgs),
+    /// Compile manifests offline and print every problem; exit 1 if there is any.
+    Check {
+        /// Files or directories of manifests.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the CRD YAML.
+    Crds,
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Serve the manifests in this directory instead of watching a cluster.
+    #[arg(long, env = "SLUICE_MANIFESTS")]
+    manifests: Option<PathBuf>,
+    /// Proxy listen address.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Admin listen address [default: 127.0.0.1:9901, or 0.0.0.0:9901 inside a cluster].
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Worker threads [default: the number of cores].
+    #[arg(long, env = "SLUICE_WORKERS")]
+    workers: Option<usize>,
+    /// Redis URL for global rate limits.
+    #[arg(long, env = "SLUICE_REDIS")]
+    redis: Option<String>,
+    /// Only serve objects in this namespace (repeatable).
+    #[arg(long = "namespace", env = "SLUICE_NAMESPACE", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "25s", value_parser = duration_arg)]
+    drain_timeout: Duration,
+}
+
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 25s or 500ms"))
+}
+
+impl Cli {
+    /// Parses the command line and runs the command.
+    pub fn parse_and_run() -> ExitCode {
+        let cli = Cli::parse();
+        init_logging(cli.log_format);
+        match cli.command {
+            Command::Run(args) => run(args),
+            Command::Check { paths } => check(&paths),
+            Command::Crds => {
+                print!("{}", crds_yaml());
+                ExitCode::SUCCESS
+            }
+            Command::Version => {
+                println!("sluice {}", env!("CARGO_PKG_VERSION"));
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Plain => builder.init(),
+    }
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("sluice: {message}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let Some(manifests) = args.manifests.clone() else {
+        return usage_error(
+            "cluster mode is not available in this build yet; run with --manifests DIR",
+        );
+    };
+    if args.redis.is_some() {
+        return usage_error("--redis: global rate limiting is not implemented yet");
+    }
+    if !manifests.is_dir() {
+        return usage_error(&format!("--manifests {}: not a directory", manifests.display()));
+    }
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if workers == 0 {
+        return usage_error("--workers must be at least 1");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_standalone(args, manifests)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()> {
+    let admin_listen = args.admin_listen.unwrap_or_else(|| {
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let ip = if in_cluster { [0, 0, 0, 0] } else { [127, 0, 0, 1] };
+        SocketAddr::from((ip, 9901))
+    });
+    let gateway = Gateway::new(ProxyConfig {
+        drain_timeout: args.drain_timeout,
+        ..ProxyConfig::default()
+    });
+    let proxy_listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let admin_listener = TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {admin_listen} (admin)"))?;
+
+    let mut source = DirSource::new(manifests.clone(), args.namespaces);
+    let (source, ()) = {
+        let gw = gateway.clone();
+        let source = tokio::task::spawn_blocking(move || {
+            source.reload(&gw);
+            source
+        })
+        .await
+        .context("initial load failed")?;
+        (source, ())
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    tokio::spawn(sluice_proxy::admin::serve_admin(
+        gateway.clone(),
+        admin_listener,
+        stopped(stop_rx.clone()),
+    ));
+    let watch_gateway = gateway.clone();
+    let watch_stop = stopped(stop_rx.clone());
+    tokio::spawn(async move {
+        if let Err(e) = source
+            .watch(watch_gateway, Debounce::default(), watch_stop)
+            .await
+        {
+            tracing::error!(error = %e, "cannot watch the manifest directory; changes will not be picked up");
+        }
+    });
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+    tracing::info!(
+        listen = %args.listen,
+        admin = %admin_listen,
+        manifests = %manifests.display(),
+        "sluice is serving"
+    );
+    sluice_proxy::serve(Arc::clone(&gateway), proxy_listener, stopped(stop_rx)).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// `sluice check`: the same load and compile as `run`, printing every problem as
+/// `file: kind/namespace/name: field: reason`.
+fn check(paths: &[PathBuf]) -> ExitCode {
+    let mut set = ManifestSet::default();
+    let refresh = set.refresh(paths);
+    let (inputs, duplicates) = set.inputs(&[]);
+    let compiled = compile(&inputs, 1, None);
+    let mut problems = 0;
+    for e in refresh.errors.iter().chain(&duplicates) {
+        println!("{e}");
+        problems += 1;
+    }
+    for d in &compiled.diagnostics {
+        let file = set
+            .origin(&d.object)
+            .map_or_else(|| "?".to_owned(), |p| p.display().to_string());
+        println!("{file}: {d}");
+        problems += 1;
+    }
+    eprintln!(
+        "{} object(s), {} route(s), {} rule(s) accepted, {problems} problem(s)",
+        set.len(),
+        inputs.routes.len(),
+        compiled.snapshot.rules.len()
+    );
+    if problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

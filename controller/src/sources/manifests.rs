@@ -1,0 +1,328 @@
+//! Loading manifests from YAML files: multi-document, recursive, the same kinds and shapes a
+//! Kubernetes API server stores. A file that fails to load keeps what it held before.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::compile::{Inputs, ObjectRef};
+use crate::resources::{API_VERSION, EndpointSlice, GatewayRoute, RateLimitPolicy, Service};
+
+/// One object of a kind Sluice reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    /// A GatewayRoute.
+    Route(Arc<GatewayRoute>),
+    /// A RateLimitPolicy.
+    Policy(Arc<RateLimitPolicy>),
+    /// A Service.
+    Service(Arc<Service>),
+    /// An EndpointSlice.
+    Slice(Arc<EndpointSlice>),
+}
+
+/// A problem loading a file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The object, when the document got far enough to name one.
+    pub object: Option<ObjectRef>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(object) = &self.object {
+            write!(f, ": {object}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Parses every document of one file. Documents of other kinds are skipped; an empty document
+/// is fine. The first error fails the whole file, so that a half-read file never replaces a
+/// whole one.
+pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(ObjectRef, Object)>, LoadError> {
+    let mut out = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| LoadError {
+            path: path.to_owned(),
+            line: e.location().map(|l| l.line()),
+            object: None,
+            message: format!("invalid YAML: {}", strip_location(&e)),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        let field = |name: &str| value.get(name).and_then(|v| v.as_str()).unwrap_or("");
+        let (api_version, kind) = (field("apiVersion"), field("kind"));
+        let meta = value.get("metadata");
+        let meta_str = |name: &str| meta.and_then(|m| m.get(name)).and_then(|v| v.as_str());
+        let object = |kind: &'static str| ObjectRef {
+            kind,
+            namespace: meta_str("namespace").unwrap_or("default").to_owned(),
+            name: meta_str("name").unwrap_or("").to_owned(),
+        };
+        let fail = |object: ObjectRef, line: Option<usize>, message: String| LoadError {
+            path: path.to_owned(),
+            line,
+            object: Some(object),
+            message,
+        };
+        let (object_ref, parsed) = match (api_version, kind) {
+            (API_VERSION, "GatewayRoute") => {
+                let o = object("GatewayRoute");
+                (o.clone(), Object::Route(typed(path, text, index, &value, &o)?))
+            }
+            (API_VERSION, "RateLimitPolicy") => {
+                let o = object("RateLimitPolicy");
+                (o.clone(), Object::Policy(typed(path, text, index, &value, &o)?))
+            }
+            ("v1", "Service") => {
+                let o = object("Service");
+                (o.clone(), Object::Service(typed(path, text, index, &value, &o)?))
+            }
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                let o = object("EndpointSlice");
+                (o.clone(), Object::Slice(typed(path, text, index, &value, &o)?))
+            }
+            (api, "GatewayRoute" | "RateLimitPolicy") => {
+                return Err(fail(
+                    object("Object"),
+                    None,
+                    format!("apiVersion {api:?} is not supported; use {API_VERSION}"),
+                ));
+            }
+            ("", _) | (_, "") => {
+                return Err(LoadError {
+                    path: path.to_owned(),
+                    line: None,
+                    object: None,
+                    message: format!("document {} has no apiVersion or kind", index + 1),
+                });
+            }
+            _ => continue,
+        };
+        if object_ref.name.is_empty() {
+            return Err(fail(object_ref, None, "metadata.name is required".to_owned()));
+        }
+        out.push((object_ref, parsed));
+    }
+    Ok(out)
+}
+
+/// Deserialises document `index` as `K`. The fast path goes through the already parsed value;
+/// only on error is the document parsed again from the text, to report the line.
+fn typed<K>(
+    path: &Path,
+    text: &str,
+    index: usize,
+    value: &serde_yaml::Value,
+    object: &ObjectRef,
+) -> Result<Arc<K>, LoadError>
+where
+    K: DeserializeOwned + kube::Resource,
+{
+    match serde_yaml::from_value::<K>(value.clone()) {
+        Ok(mut k) => {
+            if k.meta().namespace.is_none() {
+                // As `kubectl apply` does: no namespace means `default`.
+                k.meta_mut().namespace = Some("default".to_owned());
+            }
+            Ok(Arc::new(k))
+        }
+        Err(first) => {
+            let located = serde_yaml::Deserializer::from_str(text)
+                .nth(index)
+                .map(K::deserialize);
+            let (line, message) = match located {
+                Some(Err(e)) => (e.location().map(|l| l.line()), strip_location(&e)),
+                _ => (None, strip_location(&first)),
+            };
+            Err(LoadError {
+                path: path.to_owned(),
+                line,
+                object: Some(object.clone()),
+                message,
+            })
+        }
+    }
+}
+
+/// serde_yaml appends " at line L column C"; the line is reported separately.
+fn strip_location(e: &serde_yaml::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
+
+/// Every `.yaml`/`.yml` file under `root` (or `root` itself if it is a file), sorted, skipping
+/// hidden files and folders (editor swap files, Kubernetes' `..data` volume internals).
+pub fn yaml_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if root.is_file() {
+        out.push(root.to_owned());
+        return Ok(out);
+    }
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_none_or(|n| n.starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[derive(Debug)]
+struct FileState {
+    stamp: Option<(SystemTime, u64)>,
+    objects: Vec<(ObjectRef, Object)>,
+}
+
+/// The objects of a set of files, file by file.
+#[derive(Debug, Default)]
+pub struct ManifestSet {
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+/// What a refresh found.
+#[derive(Debug, Default)]
+pub struct Refresh {
+    /// True when some object was added, changed or removed.
+    pub changed: bool,
+    /// Files that failed to load (their previous objects are kept).
+    pub errors: Vec<LoadError>,
+}
+
+impl ManifestSet {
+    /// Re-reads the files under `roots` whose size or modification time changed, drops files
+    /// that disappeared, and keeps the previous objects of files that fail to load.
+    pub fn refresh(&mut self, roots: &[PathBuf]) -> Refresh {
+        let mut refresh = Refresh::default();
+        let mut present = Vec::new();
+        for root in roots {
+            match yaml_files(root) {
+                Ok(files) => present.extend(files),
+                Err(e) => {
+                    refresh.errors.push(LoadError {
+                        path: root.clone(),
+                        line: None,
+                        object: None,
+                        message: format!("cannot read: {e}"),
+                    });
+                    // Keep what this root held rather than dropping it on a transient error.
+                    present.extend(self.files.keys().filter(|p| p.starts_with(root)).cloned());
+                }
+            }
+        }
+        let before = self.files.len();
+        let wanted: std::collections::HashSet<&PathBuf> = present.iter().collect();
+        self.files.retain(|p, _| wanted.contains(p));
+        refresh.changed |= self.files.len() != before;
+
+        for path in present {
+            let stamp = std::fs::metadata(&path)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            let known = self.files.get(&path);
+            if stamp.is_some() && known.is_some_and(|f| f.stamp == stamp) {
+                continue;
+            }
+            let loaded = std::fs::read_to_string(&path)
+                .map_err(|e| LoadError {
+                    path: path.clone(),
+                    line: None,
+                    object: None,
+                    message: format!("cannot read: {e}"),
+                })
+                .and_then(|text| parse_file(&path, &text));
+            match loaded {
+                Ok(objects) => {
+                    let same = known.is_some_and(|f| f.objects == objects);
+                    refresh.changed |= !same;
+                    self.files.insert(path, FileState { stamp, objects });
+                }
+                Err(e) => refresh.errors.push(e),
+            }
+        }
+        refresh
+    }
+
+    /// The compile inputs, restricted to `namespaces` when it is not empty. An object defined in
+    /// two files is taken from the first (in path order) and the other is reported.
+    pub fn inputs(&self, namespaces: &[String]) -> (Inputs, Vec<LoadError>) {
+        let mut seen: BTreeMap<&ObjectRef, &Path> = BTreeMap::new();
+        let mut duplicates = Vec::new();
+        let mut inputs = Inputs::default();
+        for (path, file) in &self.files {
+            for (object_ref, object) in &file.objects {
+                if !namespaces.is_empty() && !namespaces.contains(&object_ref.namespace) {
+                    continue;
+                }
+                if let Some(first) = seen.get(object_ref) {
+                    duplicates.push(LoadError {
+                        path: path.clone(),
+                        line: None,
+                        object: Some(object_ref.clone()),
+                        message: format!("already defined in {}; this copy is ignored", first.display()),
+                    });
+                    continue;
+                }
+                seen.insert(object_ref, path);
+                match object {
+                    Object::Route(r) => inputs.routes.push(r.clone()),
+                    Object::Policy(p) => inputs.policies.push(p.clone()),
+                    Object::Service(s) => inputs.services.push(s.clone()),
+                    Object::Slice(s) => inputs.slices.push(s.clone()),
+                }
+            }
+        }
+        (inputs, duplicates)
+    }
+
+    /// The file an object was loaded from.
+    pub fn origin(&self, object: &ObjectRef) -> Option<&Path> {
+        self.files
+            .iter()
+            .find(|(_, f)| f.objects.iter().any(|(o, _)| o == object))
+            .map(|(p, _)| p.as_path())
+    }
+
+    /// Number of objects loaded.
+    pub fn len(&self) -> usize {
+        self.files.values().map(|f| f.objects.len()).sum()
+    }
+
+    /// True when nothing is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
