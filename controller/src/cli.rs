@@ -27,7 +27,13 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log format.
-    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "json", global = true)]
+    #[arg(
+        long,
+        env = "SLUICE_LOG_FORMAT",
+        value_enum,
+        default_value = "json",
+        global = true
+    )]
     log_format: LogFormat,
 }
 
@@ -109,7 +115,11 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         LogFormat::Plain => builder.init(),
     }
 }
@@ -129,7 +139,10 @@ fn run(args: RunArgs) -> ExitCode {
         return usage_error("--redis: global rate limiting is not implemented yet");
     }
     if !manifests.is_dir() {
-        return usage_error(&format!("--manifests {}: not a directory", manifests.display()));
+        return usage_error(&format!(
+            "--manifests {}: not a directory",
+            manifests.display()
+        ));
     }
     let workers = args
         .workers
@@ -161,7 +174,11 @@ fn run(args: RunArgs) -> ExitCode {
 async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()> {
     let admin_listen = args.admin_listen.unwrap_or_else(|| {
         let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-        let ip = if in_cluster { [0, 0, 0, 0] } else { [127, 0, 0, 1] };
+        let ip = if in_cluster {
+            [0, 0, 0, 0]
+        } else {
+            [127, 0, 0, 1]
+        };
         SocketAddr::from((ip, 9901))
     });
     let gateway = Gateway::new(ProxyConfig {

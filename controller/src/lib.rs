@@ -12,7 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod compile;
 pub mod resources;
-pub mod cli;
 pub mod sources;

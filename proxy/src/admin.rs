@@ -42,7 +42,11 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     with_type(status, "text/plain", body.as_bytes().to_vec())
 }
 
-fn with_type(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
+fn with_type(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut()

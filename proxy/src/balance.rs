@@ -58,7 +58,10 @@ mod tests {
 
     #[test]
     fn smooth_schedule_interleaves_like_nginx() {
-        assert_eq!(&*smooth_weighted_schedule(&[5, 1, 1]), &[0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(
+            &*smooth_weighted_schedule(&[5, 1, 1]),
+            &[0, 0, 1, 0, 2, 0, 0]
+        );
     }
 
     #[test]

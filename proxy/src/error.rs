@@ -71,7 +71,8 @@ impl ProxyError {
             "status": status.as_u16(),
             "requestId": request_id.to_str().unwrap_or_default(),
         });
-        let mut response = Response::new(ProxyBody::Right(Full::new(Bytes::from(body.to_string()))));
+        let mut response =
+            Response::new(ProxyBody::Right(Full::new(Bytes::from(body.to_string()))));
         *response.status_mut() = status;
         response
             .headers_mut()

@@ -110,7 +110,13 @@ pub(crate) async fn forward(
     };
     drop(path);
 
-    prepare_headers(&mut parts.headers, wants_upgrade, remote, original_host, request_id);
+    prepare_headers(
+        &mut parts.headers,
+        wants_upgrade,
+        remote,
+        original_host,
+        request_id,
+    );
     rule.request_headers.apply(&mut parts.headers);
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
@@ -125,7 +131,11 @@ pub(crate) async fn forward(
             Ok(r) => r.map_err(ProxyError::Backend),
             Err(_) => Err(ProxyError::BackendTimeout),
         },
-        None => gw.client.request(upstream).await.map_err(ProxyError::Backend),
+        None => gw
+            .client
+            .request(upstream)
+            .await
+            .map_err(ProxyError::Backend),
     };
     let result = result.map(|mut response| {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -306,8 +316,7 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
         if (1..=128).contains(&b.len())
-            && b
-                .iter()
+            && b.iter()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
         {
             return v.clone();
@@ -365,8 +374,14 @@ mod tests {
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         assert!(is_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
-        assert_eq!(h.get(CONNECTION).map(|v| v.as_bytes()), Some(&b"upgrade"[..]));
-        assert_eq!(h.get(UPGRADE).map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+        assert_eq!(
+            h.get(CONNECTION).map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
+        assert_eq!(
+            h.get(UPGRADE).map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
     }
 
     #[test]
@@ -388,7 +403,13 @@ mod tests {
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let remote: SocketAddr = "192.0.2.7:5555".parse().expect("addr");
         let id = HeaderValue::from_static("rid");
-        prepare_headers(&mut h, false, remote, Some(HeaderValue::from_static("a.example")), &id);
+        prepare_headers(
+            &mut h,
+            false,
+            remote,
+            Some(HeaderValue::from_static("a.example")),
+            &id,
+        );
         assert!(!h.contains_key("x-user-id"));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -50,7 +50,10 @@ impl RuleStats {
             })
             .inc();
         self.duration
-            .get_or_init(|| self.durations.with_label_values(&[&*self.route, &*self.rule]))
+            .get_or_init(|| {
+                self.durations
+                    .with_label_values(&[&*self.route, &*self.rule])
+            })
             .observe(seconds);
     }
 }
@@ -66,7 +69,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("sluice_http_requests_total", "HTTP requests answered, by route, rule and status class"),
+            Opts::new(
+                "sluice_http_requests_total",
+                "HTTP requests answered, by route, rule and status class",
+            ),
             &["route", "rule", "code"],
         )
         .expect("valid metric definition");
@@ -124,7 +130,8 @@ impl Metrics {
             let _ = self.duration.remove_label_values(&[&route, &rule]);
         }
         *bound = next;
-        self.generation.set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
+        self.generation
+            .set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
         stats
     }
 

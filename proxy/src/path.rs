@@ -132,7 +132,10 @@ mod tests {
     #[test]
     fn normal_paths_are_borrowed_unchanged() {
         for p in ["/", "/api/users", "/a/b/", "/file.txt", "/a.b/c"] {
-            assert!(matches!(normalize(p), Ok(Cow::Borrowed(x)) if x == p), "{p}");
+            assert!(
+                matches!(normalize(p), Ok(Cow::Borrowed(x)) if x == p),
+                "{p}"
+            );
         }
     }
 

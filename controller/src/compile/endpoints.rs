@@ -67,11 +67,14 @@ impl<'a> EndpointIndex<'a> {
 
     /// The endpoints behind Service `namespace/name` port `port`, or why there are none to have.
     pub fn resolve(&mut self, namespace: &str, name: &str, port: i32) -> Result<Resolved, String> {
-        let found = self.services.get_key_value(namespace).and_then(|(&ns, by_name)| {
-            by_name
-                .get_key_value(name)
-                .map(|(&name, &service)| ((ns, name), service))
-        });
+        let found = self
+            .services
+            .get_key_value(namespace)
+            .and_then(|(&ns, by_name)| {
+                by_name
+                    .get_key_value(name)
+                    .map(|(&name, &service)| ((ns, name), service))
+            });
         let Some((key, service)) = found else {
             return Err(format!("Service {namespace}/{name} not found"));
         };
@@ -83,7 +86,12 @@ impl<'a> EndpointIndex<'a> {
         result
     }
 
-    fn resolve_uncached(&self, key: Key<'a>, service: &Service, port: i32) -> Result<Resolved, String> {
+    fn resolve_uncached(
+        &self,
+        key: Key<'a>,
+        service: &Service,
+        port: i32,
+    ) -> Result<Resolved, String> {
         let (namespace, name) = key;
         let spec = service.spec.as_ref();
         if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
@@ -137,7 +145,11 @@ impl<'a> EndpointIndex<'a> {
             }
         }
         if !slices.is_empty() && slices_with_port == 0 {
-            let shown = if port_name.is_empty() { "(unnamed)" } else { port_name };
+            let shown = if port_name.is_empty() {
+                "(unnamed)"
+            } else {
+                port_name
+            };
             return Err(format!(
                 "no EndpointSlice of Service {namespace}/{name} has the port named {shown} \
                  that Service port {port} uses"

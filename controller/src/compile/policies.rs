@@ -24,7 +24,12 @@ pub(super) fn compile_policies(
         statuses.push(StatusReport {
             object,
             observed_generation: policy.metadata.generation,
-            conditions: vec![Condition::new("Accepted", false, "Unsupported", NOT_ENFORCED)],
+            conditions: vec![Condition::new(
+                "Accepted",
+                false,
+                "Unsupported",
+                NOT_ENFORCED,
+            )],
         });
     }
 }

@@ -92,7 +92,10 @@ pub(super) fn compile_route(
 
     let route_level = compile_hostnames(hostnames).and_then(|hosts| {
         if rules.is_empty() || rules.len() > MAX_RULES {
-            Err(err("spec.rules", format!("must have 1 to {MAX_RULES} rules")))
+            Err(err(
+                "spec.rules",
+                format!("must have 1 to {MAX_RULES} rules"),
+            ))
         } else {
             Ok(hosts)
         }
@@ -154,21 +157,44 @@ pub(super) fn compile_route(
     let mut conditions = Vec::with_capacity(3);
     let dropped = invalid.len() + unresolved.len();
     conditions.push(if accepted > 0 {
-        Condition::new("Accepted", true, "Accepted", format!("{accepted} of {} rules accepted", rules.len()))
+        Condition::new(
+            "Accepted",
+            true,
+            "Accepted",
+            format!("{accepted} of {} rules accepted", rules.len()),
+        )
     } else {
-        Condition::new("Accepted", false, "UnsupportedValue", summary(invalid.iter().chain(&unresolved)))
+        Condition::new(
+            "Accepted",
+            false,
+            "UnsupportedValue",
+            summary(invalid.iter().chain(&unresolved)),
+        )
     });
     conditions.push(if unresolved.is_empty() {
-        Condition::new("ResolvedRefs", true, "ResolvedRefs", "all backend references resolved")
+        Condition::new(
+            "ResolvedRefs",
+            true,
+            "ResolvedRefs",
+            "all backend references resolved",
+        )
     } else {
-        Condition::new("ResolvedRefs", false, "BackendNotFound", summary(unresolved.iter()))
+        Condition::new(
+            "ResolvedRefs",
+            false,
+            "BackendNotFound",
+            summary(unresolved.iter()),
+        )
     });
     if accepted > 0 && dropped > 0 {
         conditions.push(Condition::new(
             "PartiallyInvalid",
             true,
             "UnsupportedValue",
-            format!("dropped {dropped} rule(s): {}", summary(invalid.iter().chain(&unresolved))),
+            format!(
+                "dropped {dropped} rule(s): {}",
+                summary(invalid.iter().chain(&unresolved))
+            ),
         ));
     }
     out.statuses.push(StatusReport {
@@ -176,8 +202,12 @@ pub(super) fn compile_route(
         observed_generation: generation,
         conditions,
     });
-    out.diagnostics
-        .extend(invalid.into_iter().chain(unresolved).map(|e| diagnostic(&object, e)));
+    out.diagnostics.extend(
+        invalid
+            .into_iter()
+            .chain(unresolved)
+            .map(|e| diagnostic(&object, e)),
+    );
 }
 
 fn summary<'a>(errors: impl Iterator<Item = &'a FieldError>) -> String {
@@ -200,7 +230,10 @@ fn compile_hostnames(hostnames: &[String]) -> Result<Vec<HostPattern>, FieldErro
         return Ok(vec![HostPattern::Any]);
     }
     if hostnames.len() > MAX_HOSTNAMES {
-        return Err(err("spec.hostnames", format!("at most {MAX_HOSTNAMES} hostnames")));
+        return Err(err(
+            "spec.hostnames",
+            format!("at most {MAX_HOSTNAMES} hostnames"),
+        ));
     }
     let mut seen = HashSet::new();
     let mut hosts = Vec::with_capacity(hostnames.len());
@@ -211,12 +244,17 @@ fn compile_hostnames(hostnames: &[String]) -> Result<Vec<HostPattern>, FieldErro
             None => (false, h.as_str()),
         };
         if name.parse::<std::net::IpAddr>().is_ok() {
-            return Err(err(field(), format!("{h:?} is an IP address; hostnames must be DNS names")));
+            return Err(err(
+                field(),
+                format!("{h:?} is an IP address; hostnames must be DNS names"),
+            ));
         }
         if !is_dns_name(name) {
             return Err(err(
                 field(),
-                format!("{h:?} is not a lower-case DNS name (a `*.` prefix is the only wildcard allowed)"),
+                format!(
+                    "{h:?} is not a lower-case DNS name (a `*.` prefix is the only wildcard allowed)"
+                ),
             ));
         }
         let pattern = if wildcard {
@@ -272,14 +310,26 @@ fn compile_rule(
     } = rule;
     if let Some(n) = declared_name {
         if !is_dns_label(n) {
-            return Err(err(ctx.field("name"), format!("{n:?} must be a lower-case DNS label")).into());
+            return Err(err(
+                ctx.field("name"),
+                format!("{n:?} must be a lower-case DNS label"),
+            )
+            .into());
         }
     }
     if matches.len() > MAX_MATCHES {
-        return Err(err(ctx.field("matches"), format!("at most {MAX_MATCHES} matches")).into());
+        return Err(err(
+            ctx.field("matches"),
+            format!("at most {MAX_MATCHES} matches"),
+        )
+        .into());
     }
     let default_match = [RouteMatch::default()];
-    let matches = if matches.is_empty() { &default_match[..] } else { matches };
+    let matches = if matches.is_empty() {
+        &default_match[..]
+    } else {
+        matches
+    };
     let candidates = matches
         .iter()
         .enumerate()
@@ -294,8 +344,10 @@ fn compile_rule(
     let rewrite = url_rewrite
         .map(|r| compile_rewrite(ctx, &r, matches))
         .transpose()?;
-    let request_headers = compile_header_filter(&ctx.field("filters.requestHeaders"), request_headers)?;
-    let response_headers = compile_header_filter(&ctx.field("filters.responseHeaders"), response_headers)?;
+    let request_headers =
+        compile_header_filter(&ctx.field("filters.requestHeaders"), request_headers)?;
+    let response_headers =
+        compile_header_filter(&ctx.field("filters.responseHeaders"), response_headers)?;
     let timeouts = compile_timeouts(ctx, timeouts.as_ref())?;
     let backends = compile_backends(ctx, backend_refs, endpoints)?;
 
@@ -331,29 +383,42 @@ fn compile_match(
     let path = match path {
         None => router::PathMatch::Prefix("/".into()),
         Some(PathMatch { match_type, value }) => match match_type {
-            PathMatchType::Exact => router::PathMatch::Exact(valid_path(value).map_err(|r| err(field("path.value"), r))?.into()),
+            PathMatchType::Exact => router::PathMatch::Exact(
+                valid_path(value)
+                    .map_err(|r| err(field("path.value"), r))?
+                    .into(),
+            ),
             PathMatchType::PathPrefix => {
                 let p = valid_path(value).map_err(|r| err(field("path.value"), r))?;
                 let trimmed = p.trim_end_matches('/');
                 router::PathMatch::Prefix(if trimmed.is_empty() { "/" } else { trimmed }.into())
             }
-            PathMatchType::RegularExpression => {
-                router::PathMatch::Regex(regexes.anchored(value).map_err(|r| err(field("path.value"), r))?)
-            }
+            PathMatchType::RegularExpression => router::PathMatch::Regex(
+                regexes
+                    .anchored(value)
+                    .map_err(|r| err(field("path.value"), r))?,
+            ),
         },
     };
     let method = method.map(|m| {
         Method::from_bytes(format!("{m:?}").as_bytes()).expect("enum variants are valid methods")
     });
     if headers.len() > MAX_CONDITIONS || query_params.len() > MAX_CONDITIONS {
-        return Err(err(field("headers"), format!("at most {MAX_CONDITIONS} header and query conditions each")));
+        return Err(err(
+            field("headers"),
+            format!("at most {MAX_CONDITIONS} header and query conditions each"),
+        ));
     }
     let mut header_names = HashSet::new();
     let headers = headers
         .iter()
         .enumerate()
         .map(|(k, h)| {
-            let HeaderMatch { match_type, name, value } = h;
+            let HeaderMatch {
+                match_type,
+                name,
+                value,
+            } = h;
             let f = |rest: &str| field(&format!("headers[{k}].{rest}"));
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| err(f("name"), format!("{name:?} is not a valid header name")))?;
@@ -369,13 +434,20 @@ fn compile_match(
         .iter()
         .enumerate()
         .map(|(k, q)| {
-            let QueryParamMatch { match_type, name, value } = q;
+            let QueryParamMatch {
+                match_type,
+                name,
+                value,
+            } = q;
             let f = |rest: &str| field(&format!("queryParams[{k}].{rest}"));
             if name.is_empty() {
                 return Err(err(f("name"), "must not be empty"));
             }
             if !query_names.insert(name.clone()) {
-                return Err(err(f("name"), format!("query parameter {name:?} is matched twice")));
+                return Err(err(
+                    f("name"),
+                    format!("query parameter {name:?} is matched twice"),
+                ));
             }
             let value = value_match(*match_type, value, regexes).map_err(|r| err(f("value"), r))?;
             Ok(router::QueryMatch {
@@ -394,7 +466,11 @@ fn compile_match(
     })
 }
 
-fn value_match(kind: ValueMatchType, value: &str, regexes: &mut RegexCache) -> Result<router::ValueMatch, String> {
+fn value_match(
+    kind: ValueMatchType,
+    value: &str,
+    regexes: &mut RegexCache,
+) -> Result<router::ValueMatch, String> {
     Ok(match kind {
         ValueMatchType::Exact => router::ValueMatch::Exact(value.into()),
         ValueMatchType::RegularExpression => router::ValueMatch::Regex(regexes.anchored(value)?),
@@ -411,11 +487,15 @@ fn valid_path(value: &str) -> Result<&str, String> {
         return Err(format!("{value:?} must not contain '?' or '#'"));
     }
     if http::uri::PathAndQuery::try_from(value).is_err() {
-        return Err(format!("{value:?} contains characters not allowed in a URI path"));
+        return Err(format!(
+            "{value:?} contains characters not allowed in a URI path"
+        ));
     }
     match path::normalize(value) {
         Ok(n) if n == value => Ok(value),
-        Ok(n) => Err(format!("{value:?} is not normalised (requests are matched as {n:?})")),
+        Ok(n) => Err(format!(
+            "{value:?} is not normalised (requests are matched as {n:?})"
+        )),
         Err(e) => Err(format!("{value:?}: {e}")),
     }
 }
@@ -426,20 +506,27 @@ fn compile_rewrite(
     matches: &[RouteMatch],
 ) -> Result<PathRewrite, FieldError> {
     let UrlRewrite {
-        path: PathModifier {
-            modifier_type,
-            replace_prefix_match,
-            replace_full_path,
-        },
+        path:
+            PathModifier {
+                modifier_type,
+                replace_prefix_match,
+                replace_full_path,
+            },
     } = rewrite;
     let field = |rest: &str| ctx.field(&format!("filters.urlRewrite.path.{rest}"));
     match modifier_type {
         PathModifierType::ReplacePrefixMatch => {
             if replace_full_path.is_some() {
-                return Err(err(field("replaceFullPath"), "conflicts with type ReplacePrefixMatch"));
+                return Err(err(
+                    field("replaceFullPath"),
+                    "conflicts with type ReplacePrefixMatch",
+                ));
             }
             let Some(value) = replace_prefix_match else {
-                return Err(err(field("replacePrefixMatch"), "required with type ReplacePrefixMatch"));
+                return Err(err(
+                    field("replacePrefixMatch"),
+                    "required with type ReplacePrefixMatch",
+                ));
             };
             for (j, m) in matches.iter().enumerate() {
                 if let Some(p) = &m.path {
@@ -460,10 +547,16 @@ fn compile_rewrite(
         }
         PathModifierType::ReplaceFullPath => {
             if replace_prefix_match.is_some() {
-                return Err(err(field("replacePrefixMatch"), "conflicts with type ReplaceFullPath"));
+                return Err(err(
+                    field("replacePrefixMatch"),
+                    "conflicts with type ReplaceFullPath",
+                ));
             }
             let Some(value) = replace_full_path else {
-                return Err(err(field("replaceFullPath"), "required with type ReplaceFullPath"));
+                return Err(err(
+                    field("replaceFullPath"),
+                    "required with type ReplaceFullPath",
+                ));
             };
             let v = valid_path(value).map_err(|r| err(field("replaceFullPath"), r))?;
             Ok(PathRewrite::ReplaceFullPath(v.into()))
@@ -471,35 +564,55 @@ fn compile_rewrite(
     }
 }
 
-fn compile_header_filter(field: &str, modifier: Option<HeaderModifier>) -> Result<HeaderFilter, FieldError> {
+fn compile_header_filter(
+    field: &str,
+    modifier: Option<HeaderModifier>,
+) -> Result<HeaderFilter, FieldError> {
     let Some(HeaderModifier { set, add, remove }) = modifier else {
         return Ok(HeaderFilter::default());
     };
     let mut seen = HashSet::new();
     let mut name_of = |list: &str, k: usize, raw: &str| -> Result<HeaderName, FieldError> {
         let f = format!("{field}.{list}[{k}]");
-        let name = HeaderName::from_bytes(raw.as_bytes())
-            .map_err(|_| err(format!("{f}.name"), format!("{raw:?} is not a valid header name")))?;
+        let name = HeaderName::from_bytes(raw.as_bytes()).map_err(|_| {
+            err(
+                format!("{f}.name"),
+                format!("{raw:?} is not a valid header name"),
+            )
+        })?;
         if FORBIDDEN_FILTER_HEADERS.contains(&name.as_str()) {
-            return Err(err(format!("{f}.name"), format!("{name} is managed by the gateway and cannot be changed")));
+            return Err(err(
+                format!("{f}.name"),
+                format!("{name} is managed by the gateway and cannot be changed"),
+            ));
         }
         if !seen.insert(name.clone()) {
-            return Err(err(format!("{f}.name"), format!("conflicting filter: {name} appears more than once")));
+            return Err(err(
+                format!("{f}.name"),
+                format!("conflicting filter: {name} appears more than once"),
+            ));
         }
         Ok(name)
     };
-    let pairs = |list: &str, items: &[HeaderValuePair], name_of: &mut dyn FnMut(&str, usize, &str) -> Result<HeaderName, FieldError>| {
-        items
-            .iter()
-            .enumerate()
-            .map(|(k, HeaderValuePair { name, value })| {
-                let name = name_of(list, k, name)?;
-                let value = HeaderValue::from_str(value)
-                    .map_err(|_| err(format!("{field}.{list}[{k}].value"), "not a valid header value"))?;
-                Ok((name, value))
-            })
-            .collect::<Result<Vec<_>, FieldError>>()
-    };
+    let pairs =
+        |list: &str,
+         items: &[HeaderValuePair],
+         name_of: &mut dyn FnMut(&str, usize, &str) -> Result<HeaderName, FieldError>| {
+            items
+                .iter()
+                .enumerate()
+                .map(|(k, HeaderValuePair { name, value })| {
+                    let name = name_of(list, k, name)?;
+                    let value = HeaderValue::from_str(value).map_err(|_| {
+                        err(
+                            format!("{field}.{list}[{k}].value"),
+                            "not a valid header value",
+                        )
+                    })?;
+                    Ok((name, value))
+                })
+                .collect::<Result<Vec<_>, FieldError>>()
+        };
     let set = pairs("set", &set, &mut name_of)?;
     let add = pairs("add", &add, &mut name_of)?;
     let remove = remove
@@ -519,15 +632,25 @@ fn compile_header_filter(field: &str, modifier: Option<HeaderModifier>) -> Resul
     })
 }
 
-fn compile_timeouts(ctx: &RuleContext<'_>, timeouts: Option<&RouteTimeouts>) -> Result<Timeouts, FieldError> {
-    let Some(RouteTimeouts { request, backend_request }) = timeouts else {
+fn compile_timeouts(
+    ctx: &RuleContext<'_>,
+    timeouts: Option<&RouteTimeouts>,
+) -> Result<Timeouts, FieldError> {
+    let Some(RouteTimeouts {
+        request,
+        backend_request,
+    }) = timeouts
+    else {
         return Ok(Timeouts::default());
     };
     let parse = |name: &str, v: &Option<String>| -> Result<Option<Duration>, FieldError> {
         v.as_deref()
             .map(|s| {
                 parse_duration(s).ok_or_else(|| {
-                    err(ctx.field(&format!("timeouts.{name}")), format!("{s:?} is not a duration like 15s, 250ms or 1m30s"))
+                    err(
+                        ctx.field(&format!("timeouts.{name}")),
+                        format!("{s:?} is not a duration like 15s, 250ms or 1m30s"),
+                    )
                 })
             })
             .transpose()
@@ -536,13 +659,22 @@ fn compile_timeouts(ctx: &RuleContext<'_>, timeouts: Option<&RouteTimeouts>) -> 
     let backend_request = parse("backendRequest", backend_request)?;
     if let (Some(r), Some(b)) = (request, backend_request) {
         if b > r {
-            return Err(err(ctx.field("timeouts.backendRequest"), "must not be longer than timeouts.request"));
+            return Err(err(
+                ctx.field("timeouts.backendRequest"),
+                "must not be longer than timeouts.request",
+            ));
         }
     }
     if request == Some(Duration::ZERO) || backend_request == Some(Duration::ZERO) {
-        return Err(err(ctx.field("timeouts"), "a timeout of zero would fail every request"));
+        return Err(err(
+            ctx.field("timeouts"),
+            "a timeout of zero would fail every request",
+        ));
     }
-    Ok(Timeouts { request, backend_request })
+    Ok(Timeouts {
+        request,
+        backend_request,
+    })
 }
 
 fn compile_backends(
@@ -551,7 +683,11 @@ fn compile_backends(
     endpoints: &mut EndpointIndex<'_>,
 ) -> Result<Vec<Backend>, RuleError> {
     if refs.is_empty() || refs.len() > MAX_BACKENDS {
-        return Err(err(ctx.field("backendRefs"), format!("must have 1 to {MAX_BACKENDS} backends")).into());
+        return Err(err(
+            ctx.field("backendRefs"),
+            format!("must have 1 to {MAX_BACKENDS} backends"),
+        )
+        .into());
     }
     refs.iter()
         .enumerate()
@@ -565,7 +701,11 @@ fn compile_backends(
             }
             let weight = weight.unwrap_or(1);
             if !(0..=MAX_WEIGHT).contains(&weight) {
-                return Err(err(field(".weight"), format!("{weight} is outside 0-{MAX_WEIGHT}")).into());
+                return Err(err(
+                    field(".weight"),
+                    format!("{weight} is outside 0-{MAX_WEIGHT}"),
+                )
+                .into());
             }
             let resolved = endpoints
                 .resolve(ctx.namespace, name, *port)

@@ -18,7 +18,12 @@ pub struct Condition {
 
 impl Condition {
     /// A condition.
-    pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Condition {
             type_,
             status,

@@ -1,1 +1,484 @@
-// filled in below
+use std::path::Path;
+
+use http::{HeaderMap, Method};
+use sluice_proxy::router::RequestView;
+
+use super::*;
+use crate::sources::manifests::{Object, parse_file};
+
+const BACKENDS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: users, namespace: shop}
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: users-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: users}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: ["10.0.0.1"]
+  conditions: {ready: true}
+- addresses: ["10.0.0.2"]
+  conditions: {ready: false}
+- addresses: ["10.0.0.3"]
+- addresses: ["10.0.0.4"]
+  conditions: {ready: true, terminating: true}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: orders, namespace: shop}
+spec:
+  ports: [{port: 9000, targetPort: 9999}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: orders-1
+  namespace: shop
+  labels: {kubernetes.io/service-name: orders}
+addressType: IPv4
+ports: [{port: 9999}]
+endpoints:
+- addresses: ["10.0.1.1"]
+"#;
+
+fn inputs(yaml: &str) -> Inputs {
+    let objects = parse_file(Path::new("test.yaml"), yaml).expect("test manifests parse");
+    let mut inputs = Inputs::default();
+    for (_, object) in objects {
+        match object {
+            Object::Route(r) => inputs.routes.push(r),
+            Object::Policy(p) => inputs.policies.push(p),
+            Object::Service(s) => inputs.services.push(s),
+            Object::Slice(s) => inputs.slices.push(s),
+        }
+    }
+    inputs
+}
+
+fn compile_with_backends(routes: &str) -> Compiled {
+    compile(&inputs(&format!("{BACKENDS}\n---\n{routes}")), 1, None)
+}
+
+fn route(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {{name: {name}, namespace: shop, generation: 3}}\nspec:\n{spec}\n"
+    )
+}
+
+fn find<'a>(c: &'a Compiled, host: &str, path: &str) -> Option<&'a sluice_proxy::snapshot::Rule> {
+    let headers = HeaderMap::new();
+    let view = RequestView {
+        host,
+        path,
+        query: None,
+        method: &Method::GET,
+        headers: &headers,
+    };
+    c.snapshot
+        .router
+        .find(&view)
+        .map(|cand| c.snapshot.rule(cand.rule))
+}
+
+fn only_diagnostic(c: &Compiled) -> &Diagnostic {
+    assert_eq!(c.diagnostics.len(), 1, "{:#?}", c.diagnostics);
+    &c.diagnostics[0]
+}
+
+const USERS_RULE: &str = "  - name: users\n    matches: [{path: {type: PathPrefix, value: /users}}]\n    backendRefs: [{name: users, port: 80}]";
+
+#[test]
+fn backend_port_resolves_through_the_service_port_name_to_the_slice_port() {
+    let c = compile_with_backends(&route("r", &format!("  rules:\n{USERS_RULE}")));
+    assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+    let rule = find(&c, "any", "/users/1").expect("rule");
+    let ready: Vec<String> = rule.backends[0]
+        .endpoints
+        .iter()
+        .map(|e| e.addr.to_string())
+        .collect();
+    assert_eq!(
+        ready,
+        ["10.0.0.1:8080", "10.0.0.3:8080"],
+        "absent ready counts as ready"
+    );
+    let not_ready: Vec<String> = rule.backends[0]
+        .not_ready
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(
+        not_ready,
+        ["10.0.0.2:8080", "10.0.0.4:8080"],
+        "not ready and terminating"
+    );
+}
+
+#[test]
+fn unnamed_ports_resolve_to_the_unnamed_slice_port() {
+    let c = compile_with_backends(&route(
+        "r",
+        "  rules:\n  - backendRefs: [{name: orders, port: 9000}]",
+    ));
+    assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+    let rule = find(&c, "h", "/x").expect("rule");
+    assert_eq!(
+        rule.backends[0].endpoints[0].addr.to_string(),
+        "10.0.1.1:9999"
+    );
+    assert_eq!(&*rule.name, "0", "an unnamed rule is named by its index");
+}
+
+#[test]
+fn unknown_service_rejects_only_its_rule() {
+    let c = compile_with_backends(&route(
+        "r",
+        &format!(
+            "  rules:\n{USERS_RULE}\n  - name: ghost\n    matches: [{{path: {{value: /ghost}}}}]\n    backendRefs: [{{name: nope, port: 80}}]"
+        ),
+    ));
+    let d = only_diagnostic(&c);
+    assert_eq!(d.field, "spec.rules[1].backendRefs[0]");
+    assert_eq!(d.reason, "Service shop/nope not found");
+    assert_eq!(d.object.to_string(), "GatewayRoute/shop/r");
+    assert!(
+        find(&c, "h", "/users").is_some(),
+        "the valid rule still serves"
+    );
+    assert!(find(&c, "h", "/ghost").is_none());
+    let status = &c.statuses[0];
+    assert_eq!(status.observed_generation, Some(3));
+    assert!(status.condition("Accepted").expect("Accepted").status);
+    let refs = status.condition("ResolvedRefs").expect("ResolvedRefs");
+    assert!(!refs.status);
+    assert_eq!(refs.reason, "BackendNotFound");
+    assert!(
+        refs.message.contains("spec.rules[1].backendRefs[0]"),
+        "{}",
+        refs.message
+    );
+    assert!(
+        status
+            .condition("PartiallyInvalid")
+            .expect("PartiallyInvalid")
+            .status
+    );
+}
+
+#[test]
+fn missing_service_port_and_missing_slice_port_are_reported() {
+    let c = compile_with_backends(&route(
+        "r",
+        "  rules:\n  - backendRefs: [{name: users, port: 81}]",
+    ));
+    assert_eq!(
+        only_diagnostic(&c).reason,
+        "Service shop/users has no port 81"
+    );
+    let statuses = &c.statuses[0];
+    assert!(!statuses.condition("Accepted").expect("Accepted").status);
+
+    let extra = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: misnamed, namespace: shop}
+spec:
+  ports: [{name: grpc, port: 50051}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: misnamed-1, namespace: shop, labels: {kubernetes.io/service-name: misnamed}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: ["10.0.2.1"]}]
+"#;
+    let c = compile_with_backends(&format!(
+        "{extra}---\n{}",
+        route(
+            "r",
+            "  rules:\n  - backendRefs: [{name: misnamed, port: 50051}]"
+        )
+    ));
+    assert!(
+        only_diagnostic(&c)
+            .reason
+            .contains("has the port named grpc"),
+        "{}",
+        only_diagnostic(&c).reason
+    );
+}
+
+#[test]
+fn a_service_without_slices_is_valid_but_has_no_ready_endpoint() {
+    let c = compile_with_backends(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: empty, namespace: shop}}\nspec:\n  ports: [{{port: 80}}]\n---\n{}",
+        route("r", "  rules:\n  - backendRefs: [{name: empty, port: 80}]")
+    ));
+    assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+    assert!(find(&c, "h", "/").expect("rule").pick().is_none());
+}
+
+#[test]
+fn invalid_regex_names_the_field() {
+    let c = compile_with_backends(&route(
+        "r",
+        "  rules:\n  - matches: [{path: {type: RegularExpression, value: '/a(['}}]\n    backendRefs: [{name: users, port: 80}]",
+    ));
+    let d = only_diagnostic(&c);
+    assert_eq!(d.field, "spec.rules[0].matches[0].path.value");
+    assert!(
+        d.reason.starts_with("invalid regular expression"),
+        "{}",
+        d.reason
+    );
+    assert!(
+        !c.statuses[0]
+            .condition("Accepted")
+            .expect("Accepted")
+            .status
+    );
+}
+
+#[test]
+fn enormous_regex_is_refused() {
+    let c = compile_with_backends(&route(
+        "r",
+        "  rules:\n  - matches: [{headers: [{type: RegularExpression, name: x, value: '(\\w{100}){100}'}]}]\n    backendRefs: [{name: users, port: 80}]",
+    ));
+    let d = only_diagnostic(&c);
+    assert_eq!(d.field, "spec.rules[0].matches[0].headers[0].value");
+    assert_eq!(d.reason, "regular expression is too large");
+}
+
+#[test]
+fn replace_prefix_with_a_non_prefix_match_is_a_conflict() {
+    let c = compile_with_backends(&route(
+        "r",
+        "  rules:\n  - matches: [{path: {type: PathPrefix, value: /a}}, {path: {type: Exact, value: /b}}]\n    filters: {urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}\n    backendRefs: [{name: users, port: 80}]",
+    ));
+    let d = only_diagnostic(&c);
+    assert_eq!(d.field, "spec.rules[0].filters.urlRewrite.path.type");
+    assert!(
+        d.reason.contains("conflicting rewrite") && d.reason.contains("matches[1]"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn rewrite_type_and_value_must_agree() {
+    let c = compile_with_backends(&route(
+        "r",
+        "  rules:\n  - filters: {urlRewrite: {path: {type: ReplaceFullPath, replacePrefixMatch: /x}}}\n    backendRefs: [{name: users, port: 80}]",
+    ));
+    assert_eq!(
+        only_diagnostic(&c).field,
+        "spec.rules[0].filters.urlRewrite.path.replacePrefixMatch"
+    );
+}
+
+#[test]
+fn paths_must_be_in_normal_form() {
+    for (value, fragment) in [
+        ("/a/../b", "not normalised"),
+        ("/a//b", "not normalised"),
+        ("/%7Euser", "not normalised"),
+        ("relative", "must start with '/'"),
+        ("/a?b=c", "'?'"),
+    ] {
+        let c = compile_with_backends(&route(
+            "r",
+            &format!(
+                "  rules:\n  - matches: [{{path: {{type: Exact, value: '{value}'}}}}]\n    backendRefs: [{{name: users, port: 80}}]"
+            ),
+        ));
+        let d = only_diagnostic(&c);
+        assert_eq!(d.field, "spec.rules[0].matches[0].path.value");
+        assert!(d.reason.contains(fragment), "{value}: {}", d.reason);
+    }
+}
+
+#[test]
+fn a_bad_hostname_rejects_the_whole_route_rather_than_widening_it() {
+    for host in ["Bad.Example.com", "a.*.com", "10.0.0.1", "-x.com"] {
+        let c = compile_with_backends(&route(
+            "r",
+            &format!("  hostnames: ['{host}']\n  rules:\n{USERS_RULE}"),
+        ));
+        assert_eq!(only_diagnostic(&c).field, "spec.hostnames[0]", "{host}");
+        assert!(c.snapshot.rules.is_empty(), "{host}: no rule may serve");
+        assert!(
+            !c.statuses[0]
+                .condition("Accepted")
+                .expect("Accepted")
+                .status
+        );
+    }
+}
+
+#[test]
+fn duplicate_rule_names_reject_the_second() {
+    let c = compile_with_backends(&route(
+        "r",
+        &format!("  rules:\n{USERS_RULE}\n{USERS_RULE}"),
+    ));
+    let d = only_diagnostic(&c);
+    assert_eq!(d.field, "spec.rules[1].name");
+    assert_eq!(c.snapshot.rules.len(), 1);
+}
+
+#[test]
+fn backend_timeout_longer_than_request_timeout_is_invalid() {
+    let c = compile_with_backends(&route(
+        "r",
+        "  rules:\n  - timeouts: {request: 1s, backendRequest: 2s}\n    backendRefs: [{name: users, port: 80}]",
+    ));
+    assert_eq!(
+        only_diagnostic(&c).field,
+        "spec.rules[0].timeouts.backendRequest"
+    );
+    let c = compile_with_backends(&route(
+        "r",
+        "  rules:\n  - timeouts: {request: 10x}\n    backendRefs: [{name: users, port: 80}]",
+    ));
+    assert_eq!(only_diagnostic(&c).field, "spec.rules[0].timeouts.request");
+}
+
+#[test]
+fn header_filters_refuse_framing_headers_and_conflicts() {
+    let c = compile_with_backends(&route(
+        "r",
+        "  rules:\n  - filters: {requestHeaders: {set: [{name: Content-Length, value: '1'}]}}\n    backendRefs: [{name: users, port: 80}]",
+    ));
+    let d = only_diagnostic(&c);
+    assert_eq!(d.field, "spec.rules[0].filters.requestHeaders.set[0].name");
+    assert!(d.reason.contains("managed by the gateway"));
+    let c = compile_with_backends(&route(
+        "r",
+        "  rules:\n  - filters: {responseHeaders: {set: [{name: x-a, value: '1'}], remove: [X-A]}}\n    backendRefs: [{name: users, port: 80}]",
+    ));
+    let d = only_diagnostic(&c);
+    assert_eq!(d.field, "spec.rules[0].filters.responseHeaders.remove[0]");
+    assert!(d.reason.contains("conflicting"));
+}
+
+#[test]
+fn the_older_route_wins_an_exact_tie_then_the_name() {
+    let older = route("zzz", &format!("  rules:\n{USERS_RULE}")).replace(
+        "generation: 3",
+        "generation: 1, creationTimestamp: '2024-01-01T00:00:00Z'",
+    );
+    let newer = route("aaa", &format!("  rules:\n{USERS_RULE}")).replace(
+        "generation: 3",
+        "generation: 1, creationTimestamp: '2025-01-01T00:00:00Z'",
+    );
+    let c = compile_with_backends(&format!("{newer}---\n{older}"));
+    assert_eq!(&*find(&c, "h", "/users").expect("rule").route, "shop/zzz");
+
+    let c = compile_with_backends(&format!(
+        "{}---\n{}",
+        route("bbb", &format!("  rules:\n{USERS_RULE}")),
+        route("aaa", &format!("  rules:\n{USERS_RULE}"))
+    ));
+    assert_eq!(&*find(&c, "h", "/users").expect("rule").route, "shop/aaa");
+}
+
+#[test]
+fn hostnames_select_host_groups() {
+    let c = compile_with_backends(&format!(
+        "{}---\n{}",
+        route(
+            "exact",
+            &format!("  hostnames: [api.example.com]\n  rules:\n{USERS_RULE}")
+        ),
+        route(
+            "wild",
+            &format!("  hostnames: ['*.example.com']\n  rules:\n{USERS_RULE}")
+        ),
+    ));
+    assert_eq!(
+        &*find(&c, "api.example.com", "/users").expect("rule").route,
+        "shop/exact"
+    );
+    assert_eq!(
+        &*find(&c, "www.example.com", "/users").expect("rule").route,
+        "shop/wild"
+    );
+    assert!(find(&c, "example.com", "/users").is_none());
+}
+
+#[test]
+fn weights_split_traffic_between_backends() {
+    let c = compile_with_backends(&route(
+        "r",
+        "  rules:\n  - backendRefs: [{name: users, port: 80, weight: 3}, {name: orders, port: 9000, weight: 1}]",
+    ));
+    let rule = find(&c, "h", "/").expect("rule");
+    let mut to_orders = 0;
+    for _ in 0..400 {
+        if rule.pick().expect("endpoint").addr.port() == 9999 {
+            to_orders += 1;
+        }
+    }
+    assert_eq!(to_orders, 100);
+}
+
+#[test]
+fn zero_weight_backends_get_nothing() {
+    let c = compile_with_backends(&route(
+        "r",
+        "  rules:\n  - backendRefs: [{name: users, port: 80, weight: 0}, {name: orders, port: 9000}]",
+    ));
+    let rule = find(&c, "h", "/").expect("rule");
+    assert!((0..50).all(|_| rule.pick().expect("endpoint").addr.port() == 9999));
+}
+
+#[test]
+fn rate_limit_policies_are_reported_as_not_enforced() {
+    let policy = "apiVersion: sluice.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  targetRef: {kind: GatewayRoute, name: r}\n  limits: [{name: l, requests: 10, period: 1m, key: {type: ClientIP}}]\n";
+    let c = compile_with_backends(policy);
+    let d = only_diagnostic(&c);
+    assert_eq!(d.object.to_string(), "RateLimitPolicy/shop/p");
+    assert!(d.reason.contains("not enforced"));
+    assert!(
+        !c.statuses[0]
+            .condition("Accepted")
+            .expect("Accepted")
+            .status
+    );
+}
+
+#[test]
+fn compile_is_deterministic() {
+    let text = format!(
+        "{}---\n{}",
+        route("a", &format!("  rules:\n{USERS_RULE}")),
+        route(
+            "b",
+            "  rules:\n  - backendRefs: [{name: orders, port: 9000}]"
+        )
+    );
+    let a = compile_with_backends(&text);
+    let b = compile_with_backends(&text);
+    let json = |c: &Compiled| serde_json::to_value(&c.snapshot.rules).expect("json");
+    assert_eq!(json(&a), json(&b));
+    assert_eq!(a.statuses, b.statuses);
+}
+
+#[test]
+fn regexes_of_the_previous_snapshot_are_reused() {
+    let text = route(
+        "r",
+        "  rules:\n  - matches: [{path: {type: RegularExpression, value: '/v[0-9]+'}}]\n    backendRefs: [{name: users, port: 80}]",
+    );
+    let first = compile_with_backends(&text);
+    let cache = RegexCache::from_snapshot(Some(&first.snapshot));
+    assert!(cache.compiled.contains_key("^(?:/v[0-9]+)$"));
+}

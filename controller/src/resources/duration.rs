@@ -47,8 +47,21 @@ mod tests {
         assert_eq!(parse_duration("15s"), Some(Duration::from_secs(15)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("1m1s1ms"), Some(Duration::from_millis(61_001)));
-        for bad in ["", "15", "s", "1.5s", "-1s", "123456s", "1d", "1s1s1s1s1s", "1 s"] {
+        assert_eq!(
+            parse_duration("1m1s1ms"),
+            Some(Duration::from_millis(61_001))
+        );
+        for bad in [
+            "",
+            "15",
+            "s",
+            "1.5s",
+            "-1s",
+            "123456s",
+            "1d",
+            "1s1s1s1s1s",
+            "1 s",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }
@@ -56,7 +69,16 @@ mod tests {
     #[test]
     fn pattern_and_parser_agree() {
         let re = regex::Regex::new(DURATION_PATTERN).expect("pattern compiles");
-        for s in ["15s", "250ms", "1h30m", "1m1s1ms", "15", "1d", "1s1s1s1s1s", "123456s"] {
+        for s in [
+            "15s",
+            "250ms",
+            "1h30m",
+            "1m1s1ms",
+            "15",
+            "1d",
+            "1s1s1s1s1s",
+            "123456s",
+        ] {
             assert_eq!(re.is_match(s), parse_duration(s).is_some(), "{s}");
         }
     }

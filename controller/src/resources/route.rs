@@ -29,7 +29,15 @@ use super::ObjectStatus;
 pub struct GatewayRouteSpec {
     /// Hosts this route serves: exact names or `*.suffix` wildcards. Empty: any host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16), inner(length(min = 1, max = 253), regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")))]
+    #[schemars(
+        length(max = 16),
+        inner(
+            length(min = 1, max = 253),
+            regex(
+                pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+            )
+        )
+    )]
     pub hostnames: Vec<String>,
     /// Rules, each with matches, filters and backends.
     #[schemars(length(min = 1, max = 64))]
@@ -42,7 +50,10 @@ pub struct GatewayRouteSpec {
 pub struct RouteRule {
     /// Used in status, metrics and logs; defaults to the rule's index. Unique within the route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: Option<String>,
     /// Any match selects the rule. Empty: every request (path prefix `/`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -90,23 +90,24 @@ impl DirSource {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> notify::Result<()> {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let relevant = match &event {
-                // Our own reads show up as access events; reacting to them would loop.
-                Ok(e) => !matches!(
-                    e.kind,
-                    EventKind::Access(notify::event::AccessKind::Open(_))
-                        | EventKind::Access(notify::event::AccessKind::Read)
-                        | EventKind::Access(notify::event::AccessKind::Close(
-                            notify::event::AccessMode::Read
-                        ))
-                ),
-                Err(_) => true,
-            };
-            if relevant {
-                let _ = tx.send(());
-            }
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let relevant = match &event {
+                    // Our own reads show up as access events; reacting to them would loop.
+                    Ok(e) => !matches!(
+                        e.kind,
+                        EventKind::Access(notify::event::AccessKind::Open(_))
+                            | EventKind::Access(notify::event::AccessKind::Read)
+                            | EventKind::Access(notify::event::AccessKind::Close(
+                                notify::event::AccessMode::Read
+                            ))
+                    ),
+                    Err(_) => true,
+                };
+                if relevant {
+                    let _ = tx.send(());
+                }
+            })?;
         for root in &self.roots {
             watcher.watch(root, RecursiveMode::Recursive)?;
         }

@@ -85,19 +85,31 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(ObjectRef, Object)>, L
         let (object_ref, parsed) = match (api_version, kind) {
             (API_VERSION, "GatewayRoute") => {
                 let o = object("GatewayRoute");
-                (o.clone(), Object::Route(typed(path, text, index, &value, &o)?))
+                (
+                    o.clone(),
+                    Object::Route(typed(path, text, index, &value, &o)?),
+                )
             }
             (API_VERSION, "RateLimitPolicy") => {
                 let o = object("RateLimitPolicy");
-                (o.clone(), Object::Policy(typed(path, text, index, &value, &o)?))
+                (
+                    o.clone(),
+                    Object::Policy(typed(path, text, index, &value, &o)?),
+                )
             }
             ("v1", "Service") => {
                 let o = object("Service");
-                (o.clone(), Object::Service(typed(path, text, index, &value, &o)?))
+                (
+                    o.clone(),
+                    Object::Service(typed(path, text, index, &value, &o)?),
+                )
             }
             ("discovery.k8s.io/v1", "EndpointSlice") => {
                 let o = object("EndpointSlice");
-                (o.clone(), Object::Slice(typed(path, text, index, &value, &o)?))
+                (
+                    o.clone(),
+                    Object::Slice(typed(path, text, index, &value, &o)?),
+                )
             }
             (api, "GatewayRoute" | "RateLimitPolicy") => {
                 return Err(fail(
@@ -117,7 +129,11 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(ObjectRef, Object)>, L
             _ => continue,
         };
         if object_ref.name.is_empty() {
-            return Err(fail(object_ref, None, "metadata.name is required".to_owned()));
+            return Err(fail(
+                object_ref,
+                None,
+                "metadata.name is required".to_owned(),
+            ));
         }
         out.push((object_ref, parsed));
     }
@@ -192,7 +208,10 @@ pub fn yaml_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
             }
             if path.is_dir() {
                 stack.push(path);
-            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            ) {
                 out.push(path);
             }
         }
@@ -292,7 +311,10 @@ impl ManifestSet {
                         path: path.clone(),
                         line: None,
                         object: Some(object_ref.clone()),
-                        message: format!("already defined in {}; this copy is ignored", first.display()),
+                        message: format!(
+                            "already defined in {}; this copy is ignored",
+                            first.display()
+                        ),
                     });
                     continue;
                 }
@@ -326,3 +348,6 @@ impl ManifestSet {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests;

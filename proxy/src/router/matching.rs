@@ -138,9 +138,10 @@ impl Candidate {
                 .any(|v| v.to_str().is_ok_and(|v| h.value.matches(v)))
         });
         headers_ok
-            && self.query.iter().all(|q| {
-                query_value(view.query, &q.name).is_some_and(|v| q.value.matches(&v))
-            })
+            && self
+                .query
+                .iter()
+                .all(|q| query_value(view.query, &q.name).is_some_and(|v| q.value.matches(&v)))
     }
 }
 

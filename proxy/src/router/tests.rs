@@ -171,7 +171,10 @@ fn more_specific_conditions_win_for_the_same_path() {
     ]);
     assert_eq!(req("h", "/api").find(&r), Some(5), "method beats headers");
     assert_eq!(
-        req("h", "/api").method(Method::PUT).header("x-canary", "1").find(&r),
+        req("h", "/api")
+            .method(Method::PUT)
+            .header("x-canary", "1")
+            .find(&r),
         Some(6)
     );
     assert_eq!(req("h", "/api").method(Method::PUT).find(&r), Some(1));
@@ -190,23 +193,39 @@ fn ties_go_to_the_lowest_tiebreak() {
 #[test]
 fn exact_host_then_longest_wildcard_then_any() {
     let r = router(vec![
-        (HostPattern::Exact("api.example.com".into()), cand(1, prefix("/"))),
-        (HostPattern::Wildcard("example.com".into()), cand(2, prefix("/"))),
-        (HostPattern::Wildcard("b.example.com".into()), cand(3, prefix("/"))),
+        (
+            HostPattern::Exact("api.example.com".into()),
+            cand(1, prefix("/")),
+        ),
+        (
+            HostPattern::Wildcard("example.com".into()),
+            cand(2, prefix("/")),
+        ),
+        (
+            HostPattern::Wildcard("b.example.com".into()),
+            cand(3, prefix("/")),
+        ),
         (HostPattern::Any, cand(4, prefix("/"))),
     ]);
     assert_eq!(req("api.example.com", "/").find(&r), Some(1));
     assert_eq!(req("x.example.com", "/").find(&r), Some(2));
     assert_eq!(req("a.b.example.com", "/").find(&r), Some(3));
     assert_eq!(req("deep.a.b.example.com", "/").find(&r), Some(3));
-    assert_eq!(req("example.com", "/").find(&r), Some(4), "wildcard needs a label");
+    assert_eq!(
+        req("example.com", "/").find(&r),
+        Some(4),
+        "wildcard needs a label"
+    );
     assert_eq!(req("other.org", "/").find(&r), Some(4));
 }
 
 #[test]
 fn a_less_specific_host_group_serves_when_the_specific_one_has_no_match() {
     let r = router(vec![
-        (HostPattern::Exact("api.example.com".into()), cand(1, prefix("/users"))),
+        (
+            HostPattern::Exact("api.example.com".into()),
+            cand(1, prefix("/users")),
+        ),
         (HostPattern::Any, cand(2, exact("/healthz"))),
     ]);
     assert_eq!(req("api.example.com", "/users/1").find(&r), Some(1));
@@ -224,7 +243,10 @@ fn header_conditions_accept_any_of_repeated_values() {
     .into();
     let r = router(vec![(HostPattern::Any, c)]);
     assert_eq!(
-        req("h", "/").header("x-env", "prod").header("x-env", "beta").find(&r),
+        req("h", "/")
+            .header("x-env", "prod")
+            .header("x-env", "beta")
+            .find(&r),
         Some(1)
     );
 }

@@ -1,0 +1,166 @@
+use std::fs;
+
+use super::*;
+
+const ROUTE: &str = "apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: r1}\nspec:\n  rules:\n  - backendRefs: [{name: s, port: 80}]\n";
+
+#[test]
+fn multi_document_files_load_every_known_kind_and_skip_others() {
+    let text = format!(
+        "{ROUTE}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ignored}}\n---\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: other}}\nspec: {{ports: [{{port: 80}}]}}\n"
+    );
+    let objects = parse_file(Path::new("f.yaml"), &text).expect("parses");
+    let names: Vec<String> = objects.iter().map(|(o, _)| o.to_string()).collect();
+    assert_eq!(names, ["GatewayRoute/default/r1", "Service/other/s"]);
+    match &objects[0].1 {
+        Object::Route(r) => assert_eq!(r.metadata.namespace.as_deref(), Some("default")),
+        other => panic!("expected a route, got {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_fields_are_errors_with_file_line_and_object() {
+    let text = format!(
+        "{ROUTE}---\n{}",
+        ROUTE
+            .replace("r1", "r2")
+            .replace("  - backendRefs", "  - retries: 3\n    backendRefs")
+    );
+    let e = parse_file(Path::new("routes/a.yaml"), &text).expect_err("unknown field");
+    assert_eq!(
+        e.object.as_ref().map(ToString::to_string).as_deref(),
+        Some("GatewayRoute/default/r2")
+    );
+    assert!(
+        e.message.contains("unknown field `retries`"),
+        "{}",
+        e.message
+    );
+    assert_eq!(e.line, Some(13), "line within the whole file: {e}");
+    assert!(
+        e.to_string()
+            .starts_with("routes/a.yaml:13: GatewayRoute/default/r2: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn invalid_yaml_reports_the_line() {
+    let e = parse_file(Path::new("bad.yaml"), "apiVersion: v1\nkind: [unclosed\n")
+        .expect_err("bad yaml");
+    assert!(e.message.starts_with("invalid YAML"), "{}", e.message);
+    assert!(e.line.is_some());
+}
+
+#[test]
+fn wrong_enum_values_and_missing_names_are_errors() {
+    let e = parse_file(
+        Path::new("x.yaml"),
+        &ROUTE.replace(
+            "  - backendRefs",
+            "  - matches: [{path: {type: Glob, value: /}}]\n    backendRefs",
+        ),
+    )
+    .expect_err("bad enum");
+    assert!(
+        e.message.contains("unknown variant `Glob`"),
+        "{}",
+        e.message
+    );
+    let e = parse_file(
+        Path::new("x.yaml"),
+        &ROUTE.replace("metadata: {name: r1}", "metadata: {}"),
+    )
+    .expect_err("no name");
+    assert!(e.message.contains("metadata.name"), "{}", e.message);
+    let e = parse_file(Path::new("x.yaml"), &ROUTE.replace("v1alpha1", "v9")).expect_err("version");
+    assert!(e.message.contains("not supported"), "{}", e.message);
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-manifests-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("nested")).expect("temp dir");
+    dir
+}
+
+#[test]
+fn a_broken_file_keeps_what_it_held_before() {
+    let dir = temp_dir("broken");
+    let file = dir.join("nested/route.yaml");
+    fs::write(&file, ROUTE).expect("write");
+    fs::write(dir.join(".hidden.yaml"), "not: [valid").expect("write");
+    fs::write(dir.join("notes.txt"), "ignored").expect("write");
+    let mut set = ManifestSet::default();
+    let first = set.refresh(std::slice::from_ref(&dir));
+    assert!(
+        first.changed && first.errors.is_empty(),
+        "{:?}",
+        first.errors
+    );
+    assert_eq!(set.len(), 1);
+
+    fs::write(
+        &file,
+        "apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: r1}\nspec: [oops",
+    )
+    .expect("write");
+    let second = set.refresh(std::slice::from_ref(&dir));
+    assert_eq!(second.errors.len(), 1);
+    assert!(second.errors[0].path.ends_with("nested/route.yaml"));
+    assert!(!second.changed);
+    assert_eq!(
+        set.inputs(&[]).0.routes.len(),
+        1,
+        "the previous route is still there"
+    );
+
+    fs::remove_file(&file).expect("remove");
+    let third = set.refresh(std::slice::from_ref(&dir));
+    assert!(third.changed);
+    assert!(set.is_empty());
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unchanged_files_are_not_reported_as_changes() {
+    let dir = temp_dir("unchanged");
+    fs::write(dir.join("r.yaml"), ROUTE).expect("write");
+    let mut set = ManifestSet::default();
+    assert!(set.refresh(std::slice::from_ref(&dir)).changed);
+    assert!(!set.refresh(std::slice::from_ref(&dir)).changed);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn duplicates_across_files_keep_the_first_and_are_reported() {
+    let dir = temp_dir("dups");
+    fs::write(dir.join("a.yaml"), ROUTE).expect("write");
+    fs::write(dir.join("b.yaml"), ROUTE).expect("write");
+    let mut set = ManifestSet::default();
+    set.refresh(std::slice::from_ref(&dir));
+    let (inputs, duplicates) = set.inputs(&[]);
+    assert_eq!(inputs.routes.len(), 1);
+    assert_eq!(duplicates.len(), 1);
+    assert!(duplicates[0].path.ends_with("b.yaml"));
+    assert!(duplicates[0].message.contains("a.yaml"));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn namespaces_filter_the_inputs() {
+    let dir = temp_dir("ns");
+    fs::write(
+        dir.join("a.yaml"),
+        format!(
+            "{ROUTE}---\n{}",
+            ROUTE.replace("{name: r1}", "{name: r2, namespace: shop}")
+        ),
+    )
+    .expect("write");
+    let mut set = ManifestSet::default();
+    set.refresh(std::slice::from_ref(&dir));
+    assert_eq!(set.inputs(&["shop".to_owned()]).0.routes.len(), 1);
+    assert_eq!(set.inputs(&[]).0.routes.len(), 2);
+    let _ = fs::remove_dir_all(&dir);
+}
