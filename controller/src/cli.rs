@@ -193,15 +193,17 @@ async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()>
         .with_context(|| format!("cannot listen on {admin_listen} (admin)"))?;
 
     let mut source = DirSource::new(manifests.clone(), args.namespaces);
-    let (source, ()) = {
+    let dir_watch = source
+        .start_watching()
+        .with_context(|| format!("cannot watch {}", manifests.display()))?;
+    let source = {
         let gw = gateway.clone();
-        let source = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             source.reload(&gw);
             source
         })
         .await
-        .context("initial load failed")?;
-        (source, ())
+        .context("initial load failed")?
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -215,14 +217,7 @@ async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()>
     ));
     let watch_gateway = gateway.clone();
     let watch_stop = stopped(stop_rx.clone());
-    tokio::spawn(async move {
-        if let Err(e) = source
-            .watch(watch_gateway, Debounce::default(), watch_stop)
-            .await
-        {
-            tracing::error!(error = %e, "cannot watch the manifest directory; changes will not be picked up");
-        }
-    });
+    tokio::spawn(source.run(dir_watch, watch_gateway, Debounce::default(), watch_stop));
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested");

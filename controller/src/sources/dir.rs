@@ -82,14 +82,10 @@ impl DirSource {
         true
     }
 
-    /// Watches the directory and reloads on change until `shutdown` resolves.
-    pub async fn watch(
-        mut self,
-        gateway: Arc<Gateway>,
-        debounce: Debounce,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> notify::Result<()> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+    /// Starts watching the directory. Call this before the first [`DirSource::reload`] so that
+    /// a change made while the first load runs is not missed.
+    pub fn start_watching(&self) -> notify::Result<DirWatch> {
+        let (tx, events) = mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let relevant = match &event {
@@ -111,11 +107,26 @@ impl DirSource {
         for root in &self.roots {
             watcher.watch(root, RecursiveMode::Recursive)?;
         }
+        Ok(DirWatch {
+            _watcher: watcher,
+            events,
+        })
+    }
+
+    /// Reloads on every (debounced) change reported by `watch` until `shutdown` resolves.
+    pub async fn run(
+        mut self,
+        mut watch: DirWatch,
+        gateway: Arc<Gateway>,
+        debounce: Debounce,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let rx = &mut watch.events;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                event = rx.recv() => if event.is_none() { return Ok(()) },
-                () = &mut shutdown => return Ok(()),
+                event = rx.recv() => if event.is_none() { return },
+                () = &mut shutdown => return,
             }
             let deadline = tokio::time::Instant::now() + debounce.max_delay;
             loop {
@@ -136,9 +147,15 @@ impl DirSource {
                 Ok(source) => source,
                 Err(e) => {
                     tracing::error!(error = %e, "reload task failed; stopping the directory watch");
-                    return Ok(());
+                    return;
                 }
             };
         }
     }
+}
+
+/// A registered directory watch and the changes it reports.
+pub struct DirWatch {
+    _watcher: notify::RecommendedWatcher,
+    events: mpsc::UnboundedReceiver<()>,
 }

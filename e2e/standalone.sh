@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# End-to-end scenarios against standalone mode (`sluice run --manifests DIR`), as a user sees
+# them: curl against the gateway, the quick-start backends behind it, manifests edited on disk.
+#
+#   e2e/standalone.sh                               # uses target/debug/sluice
+#   SLUICE_BIN=target/release/sluice e2e/standalone.sh
+#
+# Ports (override if taken): E2E_PROXY_PORT (18080), E2E_ADMIN_PORT (19901), E2E_ECHO_A_PORT
+# (19001), E2E_ECHO_B_PORT (19002), E2E_USERS_PORT (19003). The whole run is bounded by
+# E2E_TIMEOUT seconds (120). Prints `ok - name` / `not ok - name` per check and finally
+# `N passed, M failed`; exits 1 if any check failed. Needs bash, curl and python3.
+set -uo pipefail
+
+start_dir="$PWD"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo" || exit 1
+
+if [[ -n "${KUBECONFIG:-}" ]]; then
+  echo "# KUBECONFIG is set: cluster scenarios live in e2e/cluster.sh; this script tests standalone mode"
+fi
+
+bin="${SLUICE_BIN:-target/debug/sluice}"
+if [[ -n "${SLUICE_BIN:-}" && "$bin" != /* ]]; then
+  bin="$start_dir/$bin"  # relative to where the caller stands
+fi
+proxy_port="${E2E_PROXY_PORT:-18080}"
+admin_port="${E2E_ADMIN_PORT:-19901}"
+echo_a_port="${E2E_ECHO_A_PORT:-19001}"
+echo_b_port="${E2E_ECHO_B_PORT:-19002}"
+users_port="${E2E_USERS_PORT:-19003}"
+deadline_s="${E2E_TIMEOUT:-120}"
+proxy="http://127.0.0.1:$proxy_port"
+admin="http://127.0.0.1:$admin_port"
+
+for tool in curl python3; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "e2e: $tool is required" >&2
+    exit 1
+  fi
+done
+if [[ ! -x "$bin" ]]; then
+  echo "e2e: sluice binary $bin not found; build it (cargo build -p sluice-controller) or set SLUICE_BIN" >&2
+  exit 1
+fi
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/sluice-e2e.XXXXXX")"
+manifests="$work/manifests"
+log="$work/sluice.log"
+sluice_pid=""
+watchdog_pid=""
+declare -A backend_pid=()
+passed=0
+failed=0
+
+cleanup() {
+  trap - EXIT INT TERM
+  [[ -n "$watchdog_pid" ]] && kill "$watchdog_pid" 2>/dev/null
+  if [[ -n "$sluice_pid" ]] && kill -0 "$sluice_pid" 2>/dev/null; then
+    kill -KILL "$sluice_pid" 2>/dev/null
+  fi
+  for pid in "${backend_pid[@]}"; do
+    kill "$pid" 2>/dev/null
+  done
+  wait 2>/dev/null
+  if ((failed > 0)) && [[ -f "$log" ]]; then
+    echo "# last lines of the sluice log:"
+    tail -n 30 "$log" | sed 's/\x1b\[[0-9;]*m//g; s/^/#   /'
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'echo "# interrupted"; exit 1' INT TERM
+
+# Bound the whole run, whatever hangs.
+(
+  trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+  sleep "$deadline_s" &
+  nap=$!
+  wait "$nap"
+  echo "# e2e: gave up after ${deadline_s}s" >&2
+  kill -TERM $$
+) 2>/dev/null &
+watchdog_pid=$!
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+ok() { echo "ok - $1"; passed=$((passed + 1)); }
+not_ok() {
+  echo "not ok - $1"
+  shift
+  for line in "$@"; do echo "#   $line"; done
+  failed=$((failed + 1))
+}
+# check NAME CONDITION-COMMAND... [-- diagnostic lines]: ok when the command succeeds.
+check() {
+  local name="$1"
+  shift
+  local cmd=() diag=()
+  while (($#)) && [[ "$1" != "--" ]]; do cmd+=("$1"); shift; done
+  (($#)) && shift
+  diag=("$@")
+  if "${cmd[@]}"; then ok "$name"; else not_ok "$name" "${diag[@]}"; fi
+}
+
+# fetch URL [curl args...]: sets $code, $body (file) and $hdrs (file). Never waits over 10 s.
+body="$work/body"
+hdrs="$work/headers"
+fetch() {
+  local url="$1"
+  shift
+  code="$(curl -sS --max-time 10 -o "$body" -D "$hdrs" -w '%{http_code}' "$@" "$url" 2>"$work/curl.err")" || true
+  [[ -n "$code" ]] || code="000"
+}
+# header NAME: the value of response header NAME from the last fetch.
+header() {
+  grep -i "^$1:" "$hdrs" | head -n 1 | cut -d: -f2- | sed 's/^ *//' | tr -d '\r'
+}
+# json KEY.PATH [FILE]: a value from the JSON in the last response body (empty when absent).
+json() {
+  python3 - "$1" "${2:-$body}" <<'EOF'
+import json, sys
+try:
+    value = json.load(open(sys.argv[2]))
+    for key in sys.argv[1].split("."):
+        value = value[key]
+    print(value)
+except Exception:
+    pass
+EOF
+}
+# wait_until SECONDS COMMAND...: polls every 0.1 s; fails after SECONDS.
+wait_until() {
+  local limit=$(($1 * 10))
+  shift
+  for ((i = 0; i < limit; i++)); do
+    "$@" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# backends_seen N PATH: GETs PATH N times and prints the sorted set of backend names.
+backends_seen() {
+  local n="$1" path="$2" names=()
+  for ((k = 0; k < n; k++)); do
+    fetch "$proxy$path"
+    names+=("$(json backend)")
+  done
+  printf '%s\n' "${names[@]}" | sort -u | tr '\n' ' ' | sed 's/ $//'
+}
+
+# ---------------------------------------------------------------------------------------------
+# Setup: the quick-start manifests, copied and moved to our ports; the backends; sluice.
+
+for port in "$proxy_port" "$admin_port" "$echo_a_port" "$echo_b_port" "$users_port"; do
+  if port_open "$port"; then
+    echo "e2e: port $port is already in use; set the E2E_*_PORT variables" >&2
+    exit 1
+  fi
+done
+
+mkdir -p "$manifests"
+cp examples/quickstart/*.yaml "$manifests/"
+sed -i -E "s/\b9001\b/$echo_a_port/g; s/\b9002\b/$echo_b_port/g; s/\b9003\b/$users_port/g" "$manifests"/*.yaml
+
+for spec in "echo-a:$echo_a_port" "echo-b:$echo_b_port" "users:$users_port"; do
+  name="${spec%%:*}"
+  port="${spec#*:}"
+  python3 examples/quickstart/backend.py --port "$port" --name "$name" 2>>"$work/backends.log" &
+  backend_pid[$name]=$!
+done
+for port in "$echo_a_port" "$echo_b_port" "$users_port"; do
+  if ! wait_until 5 port_open "$port"; then
+    echo "e2e: backend on port $port did not start" >&2
+    cat "$work/backends.log" >&2
+    exit 1
+  fi
+done
+
+"$bin" run --manifests "$manifests" --listen "127.0.0.1:$proxy_port" \
+  --admin-listen "127.0.0.1:$admin_port" --log-format plain >"$log" 2>&1 &
+sluice_pid=$!
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+readyz() { [[ "$(curl -s --max-time 1 -o /dev/null -w '%{http_code}' "$admin/readyz")" == 200 ]]; }
+check "readyz answers 200 once the first snapshot is live" wait_until 10 readyz \
+  -- "$admin/readyz never answered 200 within 10 s"
+
+seen="$(backends_seen 8 /echo/hi)"
+check "/echo is balanced over both echo backends" test "$seen" == "echo-a echo-b" \
+  -- "backends seen over 8 requests: '$seen'"
+
+fetch "$proxy/api/users/42" -H 'Host: api.example.local'
+check "host route answers 200" test "$code" == 200 -- "got $code: $(head -c 300 "$body")"
+check "ReplacePrefixMatch: backend sees /users/42" test "$(json path)" == /users/42 \
+  -- "backend saw path '$(json path)'"
+check "requestHeaders.set: backend sees x-gateway: sluice" test "$(json headers.x-gateway)" == sluice \
+  -- "x-gateway at the backend: '$(json headers.x-gateway)'"
+check "responseHeaders.add: client sees x-served-by: sluice" test "$(header x-served-by)" == sluice \
+  -- "x-served-by: '$(header x-served-by)'"
+check "backend sees X-Forwarded-Host: api.example.local" test "$(json headers.x-forwarded-host)" == api.example.local \
+  -- "x-forwarded-host at the backend: '$(json headers.x-forwarded-host)'"
+check "backend sees X-Forwarded-For: 127.0.0.1" test "$(json headers.x-forwarded-for)" == 127.0.0.1 \
+  -- "x-forwarded-for at the backend: '$(json headers.x-forwarded-for)'"
+check "backend sees X-Forwarded-Proto: http" test "$(json headers.x-forwarded-proto)" == http \
+  -- "x-forwarded-proto at the backend: '$(json headers.x-forwarded-proto)'"
+fetch "$proxy/api/users/42"
+check "host route does not serve other hosts (404)" test "$code" == 404 -- "got $code without Host api.example.local"
+
+fetch "$proxy/nope"
+rid="$(header x-request-id)"
+check "unknown path: 404 with a JSON error body" \
+  test "$code:$(json status):$(header content-type)" == "404:404:application/json" \
+  -- "got $code, body: $(head -c 300 "$body")"
+check "unknown path: requestId in the body equals the X-Request-Id header" \
+  test -n "$rid" -a "$(json requestId)" == "$rid" \
+  -- "header '$rid', body '$(json requestId)'"
+
+fetch "$proxy/echo/id" -H 'X-Request-Id: e2e-trace.42:abc_1'
+check "a client X-Request-Id is kept end to end" \
+  test "$(header x-request-id)|$(json headers.x-request-id)" == "e2e-trace.42:abc_1|e2e-trace.42:abc_1" \
+  -- "returned '$(header x-request-id)', backend saw '$(json headers.x-request-id)'"
+fetch "$proxy/echo/id" -H 'X-Request-Id: not sane <script>'
+check "an insane client X-Request-Id is replaced" \
+  test -n "$(header x-request-id)" -a "$(header x-request-id)" != "not sane <script>" \
+  -a "$(header x-request-id)" == "$(json headers.x-request-id)" \
+  -- "returned '$(header x-request-id)', backend saw '$(json headers.x-request-id)'"
+
+t0=$(date +%s%N)
+fetch "$proxy/slow?ms=3000"
+elapsed_ms=$((($(date +%s%N) - t0) / 1000000))
+check "/slow?ms=3000 with backendRequest 1s: 504 JSON in about 1 s" \
+  test "$code:$(json status)" == "504:504" -a "$elapsed_ms" -lt 2500 \
+  -- "got $code after ${elapsed_ms} ms, body: $(head -c 300 "$body")"
+
+# Hot reload: a new route file in the watched directory serves within a few seconds.
+cat >"$manifests/fresh.yaml" <<'EOF'
+apiVersion: sluice.dev/v1alpha1
+kind: GatewayRoute
+metadata: {name: fresh, namespace: default}
+spec:
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /fresh}}]
+    filters:
+      urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /from-fresh}}
+    backendRefs: [{name: echo, port: 80}]
+EOF
+fresh_serves() { fetch "$proxy/fresh/x"; [[ "$code" == 200 && "$(json path)" == /from-fresh ]]; }
+check "hot reload: a new route file serves within 5 s" wait_until 5 fresh_serves \
+  -- "last answer $code: $(head -c 300 "$body")"
+
+# Broken YAML: a new broken file, and an existing file broken; what was serving keeps serving.
+printf 'apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: broken\n  spec: [oops\n' \
+  >"$manifests/broken.yaml"
+cp "$manifests/fresh.yaml" "$work/fresh.yaml.good"
+printf 'apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: fresh, namespace: default}\nspec:\n  rules: [ {{{\n' \
+  >"$manifests/fresh.yaml"
+logged_both() {
+  grep -q "broken.yaml" "$log" && grep -q "fresh.yaml.*keeping what this file held before" "$log"
+}
+check "broken YAML files are reported in the log" wait_until 5 logged_both \
+  -- "$(grep -E 'broken.yaml|fresh.yaml' "$log" | sed 's/\x1b\[[0-9;]*m//g' | tail -n 2)"
+fetch "$proxy/echo/still"
+check "broken YAML: existing routes still serve" test "$code:$(json path)" == "200:/echo/still" \
+  -- "got $code: $(head -c 300 "$body")"
+fetch "$proxy/fresh/x"
+check "broken YAML: a file that broke keeps serving what it held before" \
+  test "$code:$(json path)" == "200:/from-fresh" -- "got $code: $(head -c 300 "$body")"
+rm -f "$manifests/broken.yaml"
+cp "$work/fresh.yaml.good" "$manifests/fresh.yaml"
+
+# Readiness: echo-b's endpoint turns ready: false; it stops receiving requests.
+python3 - "$manifests/echo.yaml" <<'EOF'
+import sys
+path = sys.argv[1]
+docs = open(path).read().split("\n---\n")
+docs = [d.replace("ready: true", "ready: false") if "name: echo-b" in d else d for d in docs]
+open(path, "w").write("\n---\n".join(docs))
+EOF
+only_echo_a() { [[ "$(backends_seen 4 /echo/hi)" == echo-a ]]; }
+wait_until 5 only_echo_a
+seen="$(backends_seen 10 /echo/hi)"
+check "an endpoint with ready: false gets no requests" test "$seen" == echo-a \
+  -- "backends seen over 10 requests after echo-b turned not ready: '$seen'"
+
+# A backend that dies: 502 with the JSON error.
+kill "${backend_pid[users]}" 2>/dev/null
+wait "${backend_pid[users]}" 2>/dev/null
+unset 'backend_pid[users]'
+fetch "$proxy/api/users/42" -H 'Host: api.example.local'
+check "users backend down: 502 with a JSON error body" \
+  test "$code:$(json status):$(json requestId)" == "502:502:$(header x-request-id)" \
+  -- "got $code, body: $(head -c 300 "$body")"
+
+fetch "$admin/metrics"
+metrics="$body"
+check "/metrics has sluice_http_requests_total by route, rule and status class" \
+  grep -qE '^sluice_http_requests_total\{.*route="default/echo".*\} [0-9]+' "$metrics" \
+  -- "$(grep '^sluice_http_requests_total' "$metrics" | head -n 3)"
+check "/metrics counts 2xx and 5xx classes" \
+  bash -c "grep -q '^sluice_http_requests_total{.*code=\"2xx\"' '$metrics' && grep -q '^sluice_http_requests_total{.*code=\"5xx\"' '$metrics'" \
+  -- "$(grep '^sluice_http_requests_total' "$metrics" | head -n 5)"
+generation="$(awk '/^sluice_snapshot_generation /{print $2}' "$metrics")"
+check "/metrics has sluice_snapshot_generation, advanced by the reloads" \
+  test "${generation:-0}" -ge 3 -- "sluice_snapshot_generation: '${generation}'"
+
+# `sluice check` on a broken manifest: exit 1, naming the file and the field.
+mkdir -p "$work/bad"
+cat >"$work/bad/route.yaml" <<'EOF'
+apiVersion: sluice.dev/v1alpha1
+kind: GatewayRoute
+metadata: {name: bad, namespace: default}
+spec:
+  rules:
+  - matches: [{path: {type: PathPrefix, value: api}}]
+    backendRefs: [{name: echo, port: 80}]
+EOF
+cp "$manifests/echo.yaml" "$work/bad/"
+check_out="$("$bin" check "$work/bad" 2>&1)"
+check_rc=$?
+check "sluice check on a broken manifest exits 1" test "$check_rc" == 1 -- "exit $check_rc: $check_out"
+check "sluice check prints the file, object and field" \
+  grep -qF "$work/bad/route.yaml: GatewayRoute/default/bad: spec.rules[0].matches[0].path.value:" <<<"$check_out" \
+  -- "$check_out"
+
+# SIGTERM: sluice drains and exits 0.
+kill -TERM "$sluice_pid"
+stopped() { ! kill -0 "$sluice_pid" 2>/dev/null; }
+if wait_until 5 stopped; then
+  wait "$sluice_pid"
+  rc=$?
+  sluice_pid=""
+  check "SIGTERM: sluice exits 0 within 5 s" test "$rc" == 0 -- "exit status $rc"
+else
+  not_ok "SIGTERM: sluice exits 0 within 5 s" "still running 5 s after SIGTERM"
+fi
+
+echo "$passed passed, $failed failed"
+((failed == 0))

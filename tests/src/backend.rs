@@ -1,0 +1,214 @@
+//! A real HTTP backend: hyper on 127.0.0.1, answering what it received as JSON, plus slow,
+//! streaming, body-echo and WebSocket-echo endpoints.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+/// Any response body the backend sends.
+pub type AnyBody = BoxBody<Bytes, Error>;
+
+/// A running backend.
+pub struct TestBackend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its name, returned in every JSON answer and in `x-backend`.
+    pub name: String,
+    hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl TestBackend {
+    /// Starts a backend on an ephemeral port.
+    pub async fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let name_owned = name.to_owned();
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let name = name_owned.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let name = name.clone();
+                        async move { Ok::<_, Infallible>(handle(&name, req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        TestBackend {
+            addr,
+            name: name.to_owned(),
+            hits,
+            task,
+        }
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting connections (existing ones are dropped with the task's children only
+    /// when they finish).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> AnyBody {
+    Full::new(body.into()).map_err(|e| match e {}).boxed()
+}
+
+fn query_number(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    })
+}
+
+async fn handle(name: &str, mut req: Request<Incoming>) -> Response<AnyBody> {
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        "/ws" => return websocket(&mut req),
+        "/echo-body" => {
+            // Streams the request body back as it arrives.
+            let body = req.into_body().map_err(Error::from).boxed();
+            return Response::new(body);
+        }
+        "/stream" => {
+            let bytes = query_number(&req, "bytes").unwrap_or(0);
+            return Response::new(Repeat { remaining: bytes }.boxed());
+        }
+        "/slow" => {
+            let ms = query_number(&req, "ms").unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        _ => {}
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
+    let body = serde_json::json!({
+        "backend": name,
+        "method": req.method().as_str(),
+        "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    });
+    let mut response = Response::new(full(body.to_string()));
+    response.headers_mut().insert(
+        "x-backend",
+        http::HeaderValue::from_str(name).expect("backend name is a header value"),
+    );
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn websocket(req: &mut Request<Incoming>) -> Response<AnyBody> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        let mut r = Response::new(full("not a websocket request"));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert("connection", http::HeaderValue::from_static("upgrade"));
+    h.insert("upgrade", http::HeaderValue::from_static("websocket"));
+    h.insert(
+        "sec-websocket-accept",
+        http::HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("accept key"),
+    );
+    r
+}
+
+/// A body of `remaining` bytes produced 64 KiB at a time, never held whole in memory.
+struct Repeat {
+    remaining: u64,
+}
+
+impl Body for Repeat {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        const CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(CHUNK.len() as u64);
+        self.remaining -= n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+            &CHUNK[..n as usize],
+        )))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
+}

@@ -1,0 +1,151 @@
+//! An in-process gateway serving a real, watched manifest directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sluice_controller::sources::dir::{Debounce, DirSource};
+use sluice_proxy::{Gateway, ProxyConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// A running gateway with its manifest directory.
+pub struct TestGateway {
+    /// Proxy address.
+    pub addr: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// The gateway itself, for swapping snapshots directly.
+    pub gateway: Arc<Gateway>,
+    /// The watched directory.
+    pub dir: PathBuf,
+    stop: watch::Sender<bool>,
+    serve: Option<JoinHandle<()>>,
+}
+
+/// A fresh empty directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("sluice-it-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+impl TestGateway {
+    /// Writes `files` into a new directory and starts a gateway on it.
+    pub async fn start(files: &[(&str, String)]) -> Self {
+        Self::start_with(files, ProxyConfig::default()).await
+    }
+
+    /// Like [`TestGateway::start`] with proxy settings.
+    pub async fn start_with(files: &[(&str, String)], config: ProxyConfig) -> Self {
+        // `SLUICE_LOG=debug cargo test ...` shows the gateway's logs for a failing test.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+        let dir = temp_dir("gw");
+        for (name, content) in files {
+            write(&dir, name, content);
+        }
+        let gateway = Gateway::new(config);
+        let mut source = DirSource::new(dir.clone(), Vec::new());
+        let dir_watch = source
+            .start_watching()
+            .expect("watch the manifest directory");
+        source.reload(&gateway);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let addr = listener.local_addr().expect("proxy addr");
+        let admin = admin_listener.local_addr().expect("admin addr");
+        let (stop, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        tokio::spawn(sluice_proxy::admin::serve_admin(
+            gateway.clone(),
+            admin_listener,
+            stopped(stop_rx.clone()),
+        ));
+        let debounce = Debounce {
+            holdoff: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+        };
+        tokio::spawn(source.run(
+            dir_watch,
+            gateway.clone(),
+            debounce,
+            stopped(stop_rx.clone()),
+        ));
+        let serve = tokio::spawn(sluice_proxy::serve(
+            gateway.clone(),
+            listener,
+            stopped(stop_rx),
+        ));
+        TestGateway {
+            addr,
+            admin,
+            gateway,
+            dir,
+            stop,
+            serve: Some(serve),
+        }
+    }
+
+    /// Writes (or replaces) a manifest file in the watched directory, atomically.
+    pub fn write(&self, name: &str, content: &str) {
+        write(&self.dir, name, content);
+    }
+
+    /// Generation of the snapshot being served.
+    pub fn generation(&self) -> u64 {
+        self.gateway.snapshot().generation
+    }
+
+    /// Asks the gateway to stop (as SIGTERM does) and waits until it has drained.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(serve) = self.serve.take() {
+            let _ = serve.await;
+        }
+    }
+
+    /// Starts shutting down without waiting.
+    pub fn begin_shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits for the proxy listener task to finish (after [`TestGateway::begin_shutdown`]).
+    pub async fn wait_stopped(&mut self) {
+        if let Some(serve) = self.serve.take() {
+            let _ = serve.await;
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Writes through a temporary file and a rename, as editors and `kubectl cp` do, so the
+/// watcher never reads half a file.
+pub fn write(dir: &Path, name: &str, content: &str) {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create parent");
+    }
+    let tmp = dir.join(format!(".{}.tmp", name.replace('/', "_")));
+    std::fs::write(&tmp, content).expect("write manifest");
+    std::fs::rename(&tmp, &path).expect("rename manifest");
+}
