@@ -182,10 +182,8 @@ fn upstream_path(
             Cow::Owned(replace_prefix(normalized, candidate.prefix_len(), r))
         }
     };
-    if new_path == uri.path() {
-        if let Some(pq) = uri.path_and_query() {
-            return Some(pq.clone());
-        }
+    if let Some(pq) = uri.path_and_query().filter(|_| new_path == uri.path()) {
+        return Some(pq.clone());
     }
     let mut s = String::with_capacity(new_path.len() + uri.query().map_or(0, |q| q.len() + 1));
     s.push_str(&new_path);

@@ -20,13 +20,16 @@ const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// `(route, rule)` labels.
+type RuleKey = (Arc<str>, Arc<str>);
+
 /// The metric families of one gateway process.
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
     generation: IntGauge,
-    bound: Mutex<HashMap<(Arc<str>, Arc<str>), Arc<RuleStats>>>,
+    bound: Mutex<HashMap<RuleKey, Arc<RuleStats>>>,
 }
 
 /// Handles for one rule (or for unmatched requests), kept across snapshots while the rule exists.

@@ -107,14 +107,14 @@ impl Router {
 impl MatchTable {
     fn find(&self, view: &RequestView<'_>) -> Option<&Candidate> {
         let path = view.path;
-        if let Some(found) = first_match(self.exact.get(path), view) {
+        if let Some(found) = first_match(self.exact.get(path).map(|b| &**b), view) {
             return Some(found);
         }
         if !self.prefix.is_empty() {
             let mut end = path.trim_end_matches('/').len();
             loop {
                 let key = if end == 0 { "/" } else { &path[..end] };
-                if let Some(found) = first_match(self.prefix.get(key), view) {
+                if let Some(found) = first_match(self.prefix.get(key).map(|b| &**b), view) {
                     return Some(found);
                 }
                 if end == 0 {
@@ -130,7 +130,7 @@ impl MatchTable {
 }
 
 fn first_match<'a>(
-    candidates: Option<&'a Box<[Candidate]>>,
+    candidates: Option<&'a [Candidate]>,
     view: &RequestView<'_>,
 ) -> Option<&'a Candidate> {
     candidates?.iter().find(|c| c.conditions_match(view))

@@ -197,7 +197,7 @@ impl Body for Repeat {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        const CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+        static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
         if self.remaining == 0 {
             return Poll::Ready(None);
         }

@@ -308,14 +308,14 @@ fn compile_rule(
         backend_refs,
         timeouts,
     } = rule;
-    if let Some(n) = declared_name {
-        if !is_dns_label(n) {
-            return Err(err(
-                ctx.field("name"),
-                format!("{n:?} must be a lower-case DNS label"),
-            )
-            .into());
-        }
+    if let Some(n) = declared_name
+        && !is_dns_label(n)
+    {
+        return Err(err(
+            ctx.field("name"),
+            format!("{n:?} must be a lower-case DNS label"),
+        )
+        .into());
     }
     if matches.len() > MAX_MATCHES {
         return Err(err(
@@ -529,17 +529,17 @@ fn compile_rewrite(
                 ));
             };
             for (j, m) in matches.iter().enumerate() {
-                if let Some(p) = &m.path {
-                    if p.match_type != PathMatchType::PathPrefix {
-                        return Err(err(
-                            field("type"),
-                            format!(
-                                "conflicting rewrite: ReplacePrefixMatch needs PathPrefix matches, \
-                                 but matches[{j}] uses {:?}",
-                                p.match_type
-                            ),
-                        ));
-                    }
+                if let Some(p) = &m.path
+                    && p.match_type != PathMatchType::PathPrefix
+                {
+                    return Err(err(
+                        field("type"),
+                        format!(
+                            "conflicting rewrite: ReplacePrefixMatch needs PathPrefix matches, \
+                             but matches[{j}] uses {:?}",
+                            p.match_type
+                        ),
+                    ));
                 }
             }
             let v = valid_path(value).map_err(|r| err(field("replacePrefixMatch"), r))?;
@@ -657,13 +657,13 @@ fn compile_timeouts(
     };
     let request = parse("request", request)?;
     let backend_request = parse("backendRequest", backend_request)?;
-    if let (Some(r), Some(b)) = (request, backend_request) {
-        if b > r {
-            return Err(err(
-                ctx.field("timeouts.backendRequest"),
-                "must not be longer than timeouts.request",
-            ));
-        }
+    if let (Some(r), Some(b)) = (request, backend_request)
+        && b > r
+    {
+        return Err(err(
+            ctx.field("timeouts.backendRequest"),
+            "must not be longer than timeouts.request",
+        ));
     }
     if request == Some(Duration::ZERO) || backend_request == Some(Duration::ZERO) {
         return Err(err(

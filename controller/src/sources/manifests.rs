@@ -34,7 +34,7 @@ pub struct LoadError {
     /// 1-based line, when known.
     pub line: Option<usize>,
     /// The object, when the document got far enough to name one.
-    pub object: Option<ObjectRef>,
+    pub object: Option<Box<ObjectRef>>,
     /// What is wrong.
     pub message: String,
 }
@@ -79,7 +79,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(ObjectRef, Object)>, L
         let fail = |object: ObjectRef, line: Option<usize>, message: String| LoadError {
             path: path.to_owned(),
             line,
-            object: Some(object),
+            object: Some(Box::new(object)),
             message,
         };
         let (object_ref, parsed) = match (api_version, kind) {
@@ -171,7 +171,7 @@ where
             Err(LoadError {
                 path: path.to_owned(),
                 line,
-                object: Some(object.clone()),
+                object: Some(Box::new(object.clone())),
                 message,
             })
         }
@@ -310,7 +310,7 @@ impl ManifestSet {
                     duplicates.push(LoadError {
                         path: path.clone(),
                         line: None,
-                        object: Some(object_ref.clone()),
+                        object: Some(Box::new(object_ref.clone())),
                         message: format!(
                             "already defined in {}; this copy is ignored",
                             first.display()
