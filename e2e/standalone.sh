@@ -8,7 +8,7 @@
 # Ports (override if taken): E2E_PROXY_PORT (18080), E2E_ADMIN_PORT (19901), E2E_ECHO_A_PORT
 # (19001), E2E_ECHO_B_PORT (19002), E2E_USERS_PORT (19003). The whole run is bounded by
 # E2E_TIMEOUT seconds (120). Prints `ok - name` / `not ok - name` per check and finally
-# `N passed, M failed`; exits 1 if any check failed. Needs bash, curl and python3.
+# `N passed, M failed`; exits 1 if any check failed. Needs bash 4+, curl, python3 and GNU date.
 set -uo pipefail
 
 start_dir="$PWD"
@@ -69,18 +69,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-trap 'echo "# interrupted"; exit 1' INT TERM
-
-# Bound the whole run, whatever hangs.
-(
-  trap 'kill "$nap" 2>/dev/null; exit 0' TERM
-  sleep "$deadline_s" &
-  nap=$!
-  wait "$nap"
-  echo "# e2e: gave up after ${deadline_s}s" >&2
-  kill -TERM $$
-) 2>/dev/null &
-watchdog_pid=$!
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -162,7 +152,14 @@ done
 
 mkdir -p "$manifests"
 cp examples/quickstart/*.yaml "$manifests/"
-sed -i -E "s/\b9001\b/$echo_a_port/g; s/\b9002\b/$echo_b_port/g; s/\b9003\b/$users_port/g" "$manifests"/*.yaml
+# Move the backends to our ports, in one pass (so that any port mapping works).
+python3 - "$echo_a_port" "$echo_b_port" "$users_port" "$manifests"/*.yaml <<'EOF'
+import re, sys
+ports = {"9001": sys.argv[1], "9002": sys.argv[2], "9003": sys.argv[3]}
+for path in sys.argv[4:]:
+    text = open(path).read()
+    open(path, "w").write(re.sub(r"\b(9001|9002|9003)\b", lambda m: ports[m.group(1)], text))
+EOF
 
 for spec in "echo-a:$echo_a_port" "echo-b:$echo_b_port" "users:$users_port"; do
   name="${spec%%:*}"
@@ -181,6 +178,19 @@ done
 "$bin" run --manifests "$manifests" --listen "127.0.0.1:$proxy_port" \
   --admin-listen "127.0.0.1:$admin_port" --log-format plain >"$log" 2>&1 &
 sluice_pid=$!
+
+# Bound the whole run: past the limit, stop what we started so that every remaining check
+# fails fast (every single wait below has its own, shorter, limit too).
+(
+  trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+  sleep "$deadline_s" &
+  nap=$!
+  wait "$nap"
+  echo "# e2e: over the ${deadline_s}s limit; stopping sluice and the backends" >&2
+  touch "$work/timed-out"
+  kill -KILL "$sluice_pid" "${backend_pid[@]}" 2>/dev/null
+) &
+watchdog_pid=$!
 
 # ---------------------------------------------------------------------------------------------
 # Scenarios
@@ -326,8 +336,11 @@ check "sluice check prints the file, object and field" \
   grep -qF "$work/bad/route.yaml: GatewayRoute/default/bad: spec.rules[0].matches[0].path.value:" <<<"$check_out" \
   -- "$check_out"
 
-# SIGTERM: sluice drains and exits 0.
-kill -TERM "$sluice_pid"
+# SIGTERM: sluice lets the request in flight finish, then exits 0.
+curl -s --max-time 10 -o /dev/null -w '%{http_code}' "$proxy/echo/slow?ms=1500" >"$work/inflight" &
+inflight_pid=$!
+sleep 0.5
+kill -TERM "$sluice_pid" 2>/dev/null
 stopped() { ! kill -0 "$sluice_pid" 2>/dev/null; }
 if wait_until 5 stopped; then
   wait "$sluice_pid"
@@ -337,6 +350,12 @@ if wait_until 5 stopped; then
 else
   not_ok "SIGTERM: sluice exits 0 within 5 s" "still running 5 s after SIGTERM"
 fi
+wait "$inflight_pid"
+check "SIGTERM: the request in flight still completes (200)" test "$(cat "$work/inflight")" == 200 \
+  -- "in-flight request got '$(cat "$work/inflight")'"
 
+if [[ -e "$work/timed-out" ]]; then
+  not_ok "the run completes within ${deadline_s} s" "set E2E_TIMEOUT to allow more"
+fi
 echo "$passed passed, $failed failed"
 ((failed == 0))

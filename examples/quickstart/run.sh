@@ -48,6 +48,13 @@ trap 'cleanup; exit 130' INT
 trap 'cleanup; exit 143' TERM
 
 # The backends the manifests point at (see the EndpointSlices in echo.yaml and users.yaml).
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in 9001 9002 9003; do
+  if port_open "$port"; then
+    echo "run.sh: port $port is already in use (another quick start running?)" >&2
+    exit 1
+  fi
+done
 for spec in 9001:echo-a 9002:echo-b 9003:users; do
   python3 "$here/backend.py" --port "${spec%%:*}" --name "${spec#*:}" &
   pids+=("$!")
@@ -61,7 +68,7 @@ for i in 0 1 2; do
       echo "run.sh: the backend on port $port exited (is the port already in use?)" >&2
       exit 1
     fi
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    if port_open "$port"; then
       continue 2
     fi
     sleep 0.1

@@ -70,6 +70,9 @@ pub(crate) async fn forward(
     request_id: &HeaderValue,
     started: Instant,
 ) -> Outcome {
+    if req.method() == http::Method::CONNECT {
+        return Outcome::failed(ProxyError::BadRequest("CONNECT is not supported"), None);
+    }
     let wants_upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();

@@ -38,6 +38,10 @@ struct MatchTable {
     /// Keyed by the prefix without its trailing `/` (the root prefix is `/`).
     prefix: HashMap<Box<str>, Box<[Candidate]>>,
     regex: Box<[Candidate]>,
+    /// For each regex candidate, a literal every matching path starts with: a cheap test that
+    /// spares running expressions that cannot match.
+    #[serde(skip)]
+    regex_literals: Box<[Box<str>]>,
 }
 
 impl Router {
@@ -125,7 +129,11 @@ impl MatchTable {
         }
         self.regex
             .iter()
-            .find(|c| c.path_matches(path) && c.conditions_match(view))
+            .zip(self.regex_literals.iter())
+            .find(|(c, literal)| {
+                path.starts_with(&***literal) && c.path_matches(path) && c.conditions_match(view)
+            })
+            .map(|(c, _)| c)
     }
 }
 
@@ -191,10 +199,40 @@ impl MatchTable {
                 PathMatch::Regex(_) => regex.push(c),
             }
         }
+        let regex_literals = regex
+            .iter()
+            .map(|c: &Candidate| match &c.path {
+                PathMatch::Regex(r) => literal_prefix(r.as_str()).into(),
+                _ => Box::<str>::default(),
+            })
+            .collect();
         MatchTable {
             exact: exact.into_iter().map(|(k, v)| (k, v.into())).collect(),
             prefix: prefix.into_iter().map(|(k, v)| (k, v.into())).collect(),
             regex: regex.into(),
+            regex_literals,
         }
     }
+}
+
+/// The literal text every match of an anchored pattern (`^(?:...)$`) must start with; empty when
+/// that cannot be told simply (alternation, flags, a leading class or group).
+fn literal_prefix(anchored: &str) -> &str {
+    let Some(inner) = anchored.strip_prefix("^(?:") else {
+        return "";
+    };
+    if inner.contains('|') {
+        return "";
+    }
+    let end = inner
+        .find(|c: char| "\\.+*?()[]{}^$|".contains(c))
+        .unwrap_or(inner.len());
+    // A quantifier right after the literal applies to its last character, which is then optional.
+    let quantified = inner[end..].starts_with(['?', '*', '{']);
+    let end = if quantified {
+        inner[..end].char_indices().last().map_or(0, |(i, _)| i)
+    } else {
+        end
+    };
+    &inner[..end]
 }

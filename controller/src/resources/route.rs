@@ -129,7 +129,7 @@ pub enum ValueMatchType {
     RegularExpression,
 }
 
-/// HTTP methods a rule can match.
+/// HTTP methods a rule can match. `CONNECT` is absent on purpose: the gateway does not tunnel.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum HttpMethod {
@@ -138,7 +138,6 @@ pub enum HttpMethod {
     POST,
     PUT,
     DELETE,
-    CONNECT,
     OPTIONS,
     TRACE,
     PATCH,

@@ -268,3 +268,37 @@ fn query_values_are_percent_decoded() {
 fn empty_router_finds_nothing() {
     assert_eq!(req("h", "/").find(&Router::default()), None);
 }
+
+#[test]
+fn regex_literal_prefixes_are_conservative() {
+    assert_eq!(literal_prefix("^(?:/v[0-9]+/items)$"), "/v");
+    assert_eq!(literal_prefix("^(?:/api/.*)$"), "/api/");
+    assert_eq!(
+        literal_prefix("^(?:/items?)$"),
+        "/item",
+        "a quantified last char is optional"
+    );
+    assert_eq!(
+        literal_prefix("^(?:/a|/b)$"),
+        "",
+        "alternation gives no prefix"
+    );
+    assert_eq!(
+        literal_prefix("^(?:(?i)/admin)$"),
+        "",
+        "flags give no prefix"
+    );
+    assert_eq!(literal_prefix("^(?:\\/x)$"), "", "escapes stop the literal");
+}
+
+#[test]
+fn regex_candidates_behind_a_literal_still_match() {
+    let r = router(vec![
+        (HostPattern::Any, cand(1, regex("/items?"))),
+        (HostPattern::Any, cand(2, regex("(?i)/ADMIN"))),
+    ]);
+    assert_eq!(req("h", "/item").find(&r), Some(1));
+    assert_eq!(req("h", "/items").find(&r), Some(1));
+    assert_eq!(req("h", "/admin").find(&r), Some(2));
+    assert_eq!(req("h", "/other").find(&r), None);
+}

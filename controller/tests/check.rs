@@ -1,0 +1,100 @@
+//! `sluice check` as a user runs it: the real binary on real files.
+
+use std::process::Command;
+
+fn dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("sluice-check-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+const SERVICE: &str =
+    "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 80}]\n";
+
+#[test]
+fn check_prints_file_object_field_and_reason_and_exits_1() {
+    let d = dir("bad");
+    std::fs::write(d.join("svc.yaml"), SERVICE).expect("write");
+    std::fs::write(
+        d.join("routes.yaml"),
+        "apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: shop, namespace: default}\nspec:\n  rules:\n  - matches: [{path: {type: RegularExpression, value: '(unclosed'}}]\n    backendRefs: [{name: web, port: 80}]\n  - backendRefs: [{name: nowhere, port: 80}]\n",
+    )
+    .expect("write");
+    std::fs::write(d.join("broken.yaml"), "apiVersion: v1\nkind: [\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check")
+        .arg(&d)
+        .output()
+        .expect("run sluice check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let routes = d.join("routes.yaml").display().to_string();
+    assert!(
+        stdout.contains(&format!(
+            "{routes}: GatewayRoute/default/shop: spec.rules[0].matches[0].path.value: invalid regular expression"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "{routes}: GatewayRoute/default/shop: spec.rules[1].backendRefs[0]: Service default/nowhere not found"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("broken.yaml:"),
+        "parse errors name the file and line: {stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn check_exits_0_on_clean_manifests() {
+    let d = dir("clean");
+    std::fs::write(d.join("svc.yaml"), SERVICE).expect("write");
+    std::fs::write(
+        d.join("route.yaml"),
+        "apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: ok}\nspec:\n  rules:\n  - backendRefs: [{name: web, port: 80}]\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check"])
+        .arg(&d)
+        .output()
+        .expect("run sluice check");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(out.stdout.is_empty());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn examples_pass_check() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check")
+        .arg(&examples)
+        .output()
+        .expect("run sluice check");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn run_refuses_unusable_configuration_with_exit_64() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--manifests", "/definitely/not/here"])
+        .output()
+        .expect("run sluice");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"));
+}
