@@ -106,15 +106,16 @@ pub struct Compiled {
 /// are reused, so a recompile pays only for what changed.
 pub fn compile(inputs: &Inputs, generation: u64, prev: Option<&Snapshot>) -> Compiled {
     let mut regexes = RegexCache::from_snapshot(prev);
-    let mut endpoints = endpoints::EndpointIndex::new(&inputs.services, &inputs.slices);
+    let mut endpoints = endpoints::EndpointIndex::new(&inputs.services, &inputs.slices, prev);
     let mut order: Vec<&GatewayRoute> = inputs.routes.iter().map(|r| &**r).collect();
     // Gateway API tie-break: the oldest route wins, then `namespace/name`.
-    order.sort_by(|a, b| {
-        let created = |r: &GatewayRoute| r.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        created(a)
-            .cmp(&created(b))
-            .then_with(|| a.namespace().cmp(&b.namespace()))
-            .then_with(|| a.name_any().cmp(&b.name_any()))
+    order.sort_unstable_by_key(|r| {
+        let m = &r.metadata;
+        (
+            m.creation_timestamp.as_ref().map(|t| t.0),
+            m.namespace.as_deref(),
+            m.name.as_deref(),
+        )
     });
 
     let mut out = routes::Output {

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use kube::ResourceExt;
+use sluice_proxy::Snapshot;
 use sluice_proxy::snapshot::Endpoint;
 
 use crate::resources::{EndpointSlice, Service};
@@ -31,6 +32,9 @@ pub struct EndpointIndex<'a> {
     services: HashMap<&'a str, HashMap<&'a str, &'a Service>>,
     slices: HashMap<Key<'a>, Vec<&'a EndpointSlice>>,
     resolved: HashMap<(Key<'a>, i32), Result<Resolved, String>>,
+    /// Ready endpoint lists of the previous snapshot by `(namespace/name, port)`: when a
+    /// Service's ready addresses did not change, its list is shared instead of rebuilt.
+    previous: HashMap<&'a str, HashMap<u16, Arc<[Endpoint]>>>,
 }
 
 fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
@@ -39,7 +43,23 @@ fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
 
 impl<'a> EndpointIndex<'a> {
     /// Indexes the inputs once per compile.
-    pub fn new(services: &'a [Arc<Service>], slices: &'a [Arc<EndpointSlice>]) -> Self {
+    pub fn new(
+        services: &'a [Arc<Service>],
+        slices: &'a [Arc<EndpointSlice>],
+        prev: Option<&'a Snapshot>,
+    ) -> Self {
+        let mut previous: HashMap<&str, HashMap<u16, Arc<[Endpoint]>>> = HashMap::new();
+        for backend in prev
+            .iter()
+            .flat_map(|p| p.rules.iter())
+            .flat_map(|r| r.backends.iter())
+        {
+            previous
+                .entry(&*backend.service)
+                .or_default()
+                .entry(backend.port)
+                .or_insert_with(|| backend.endpoints.clone());
+        }
         let mut by_name: HashMap<&'a str, HashMap<&'a str, &'a Service>> = HashMap::new();
         for s in services {
             if let Some(name) = s.metadata.name.as_deref() {
@@ -62,6 +82,7 @@ impl<'a> EndpointIndex<'a> {
             services: by_name,
             slices: by_service,
             resolved: HashMap::new(),
+            previous,
         }
     }
 
@@ -161,8 +182,17 @@ impl<'a> EndpointIndex<'a> {
         not_ready.sort_unstable();
         not_ready.dedup();
         not_ready.retain(|a| ready.binary_search(a).is_err());
+        let service_id = format!("{namespace}/{name}");
+        let unchanged = u16::try_from(port)
+            .ok()
+            .and_then(|p| self.previous.get(service_id.as_str())?.get(&p))
+            .filter(|old| old.iter().map(|e| e.addr).eq(ready.iter().copied()));
+        let ready = match unchanged {
+            Some(old) => old.clone(),
+            None => ready.into_iter().map(Endpoint::new).collect(),
+        };
         Ok(Resolved {
-            ready: ready.into_iter().map(Endpoint::new).collect(),
+            ready,
             not_ready: not_ready.into(),
         })
     }
