@@ -172,6 +172,9 @@ impl RegexCache {
         }
         let r = regex::RegexBuilder::new(&full)
             .size_limit(REGEX_SIZE_LIMIT)
+            // The lazy DFA's cache grows while matching, per thread; bound it so thousands of
+            // regex routes cannot add up to gigabytes under traffic.
+            .dfa_size_limit(REGEX_SIZE_LIMIT)
             .build()
             .map_err(|e| match e {
                 regex::Error::CompiledTooBig(_) => "regular expression is too large".to_owned(),

@@ -25,6 +25,10 @@ pub enum ProxyError {
     /// Connecting to the backend or exchanging the request with it failed.
     #[error("backend failed")]
     Backend(#[source] hyper_util::client::legacy::Error),
+    /// The backend answered in a way a proxy must not relay (for example a protocol switch the
+    /// client did not ask for).
+    #[error("backend protocol error: {0}")]
+    BackendProtocol(&'static str),
 }
 
 impl ProxyError {
@@ -35,7 +39,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoReadyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Backend(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Backend(_) | ProxyError::BackendProtocol(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -47,7 +51,7 @@ impl ProxyError {
             ProxyError::NoReadyEndpoint => "no_ready_endpoint",
             ProxyError::BackendTimeout => "backend_timeout",
             ProxyError::Backend(e) if e.is_connect() => "backend_connect",
-            ProxyError::Backend(_) => "backend_error",
+            ProxyError::Backend(_) | ProxyError::BackendProtocol(_) => "backend_error",
         }
     }
 
@@ -59,7 +63,7 @@ impl ProxyError {
             ProxyError::NoReadyEndpoint => "no ready endpoint for the route",
             ProxyError::BackendTimeout => "backend did not respond in time",
             ProxyError::Backend(e) if e.is_connect() => "could not connect to the backend",
-            ProxyError::Backend(_) => "backend failed",
+            ProxyError::Backend(_) | ProxyError::BackendProtocol(_) => "backend failed",
         }
     }
 

@@ -73,18 +73,17 @@ pub(crate) async fn forward(
     if req.method() == http::Method::CONNECT {
         return Outcome::failed(ProxyError::BadRequest("CONNECT is not supported"), None);
     }
-    let wants_upgrade = req.version() == Version::HTTP_11 && is_upgrade(req.headers());
+    let wants_upgrade = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
     let Ok(path) = path::normalize(parts.uri.path()) else {
         return Outcome::failed(ProxyError::BadRequest("invalid request path"), None);
     };
-    let original_host = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or_else(|| parts.headers.get(HOST).cloned());
+    let original_host = match routed_host(&parts) {
+        Ok(h) => h,
+        Err(why) => return Outcome::failed(ProxyError::BadRequest(why), None),
+    };
     let host = original_host
         .as_ref()
         .and_then(|h| h.to_str().ok())
@@ -140,16 +139,25 @@ pub(crate) async fn forward(
             .await
             .map_err(ProxyError::Backend),
     };
-    let result = result.map(|mut response| {
+    let result = result.and_then(|mut response| {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client) = client_upgrade {
-                tunnel(client, hyper::upgrade::on(&mut response));
+            // Relay a switch only when it is the one the client asked for; anything else would
+            // leave the client and backend speaking different protocols on one connection.
+            match client_upgrade {
+                Some(client) if is_websocket_upgrade(response.headers()) => {
+                    tunnel(client, hyper::upgrade::on(&mut response));
+                }
+                _ => {
+                    return Err(ProxyError::BackendProtocol(
+                        "backend switched protocols unasked",
+                    ));
+                }
             }
         } else {
             strip_hop_by_hop(response.headers_mut(), false);
         }
         rule.response_headers.apply(response.headers_mut());
-        response
+        Ok(response)
     });
     Outcome {
         result,
@@ -229,8 +237,44 @@ pub fn host_for_matching(raw: &str) -> Cow<'_, str> {
     }
 }
 
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
+/// The host the request is routed on: the target's authority (absolute-form or HTTP/2
+/// `:authority`) over `Host`. Several `Host` fields, or an HTTP/2 `Host` naming another
+/// authority, make the request malformed (RFC 9112 section 3.2, RFC 9113 section 8.3.1):
+/// routing on one name while the backend reads another is how virtual-host checks get skipped.
+fn routed_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, &'static str> {
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    let Some(authority) = parts.uri.authority() else {
+        return Ok(host_header.cloned());
+    };
+    if parts.version == Version::HTTP_2
+        && host_header.is_some_and(|h| {
+            !h.as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        })
+    {
+        return Err("Host header differs from :authority");
+    }
+    HeaderValue::from_str(authority.as_str())
+        .map(Some)
+        .map_err(|_| "invalid authority")
+}
+
+/// A WebSocket handshake (RFC 6455): the only protocol switch the gateway relays. Other
+/// `Upgrade` offers (h2c, TLS) are dropped as hop-by-hop and the request proxied as plain HTTP.
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            let name = p.trim().split('/').next().unwrap_or("");
+            name.eq_ignore_ascii_case("websocket")
+        })
         && headers
             .get_all(CONNECTION)
             .iter()
@@ -285,10 +329,9 @@ fn prepare_headers(
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if let Some(host) = original_host {
-        if !headers.contains_key(HOST) {
-            // HTTP/2 carries the host in `:authority`; an HTTP/1.1 backend needs `Host`.
-            headers.insert(HOST, host.clone());
-        }
+        // Always the host the route was chosen on: HTTP/2 carries it in `:authority`, an
+        // absolute-form target overrides `Host`, and the backend must see what was routed.
+        headers.insert(HOST, host.clone());
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -373,7 +416,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(is_upgrade(&h));
+        assert!(is_websocket_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(
             h.get(CONNECTION).map(|v| v.as_bytes()),
@@ -417,5 +460,72 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "a.example");
         assert_eq!(h["host"], "a.example");
         assert_eq!(h["x-request-id"], "rid");
+    }
+
+    fn parts(version: Version, uri: &str, hosts: &[&'static str]) -> http::request::Parts {
+        let mut b = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header(HOST, *h);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn routed_host_prefers_the_authority_and_refuses_ambiguity() {
+        let one = parts(Version::HTTP_11, "/x", &["a.example"]);
+        assert_eq!(
+            routed_host(&one),
+            Ok(Some(HeaderValue::from_static("a.example")))
+        );
+        let two = parts(Version::HTTP_11, "/x", &["a.example", "b.example"]);
+        assert_eq!(routed_host(&two), Err("more than one Host header"));
+        // Absolute-form: the target wins over Host (RFC 9112 section 3.2.2).
+        let absolute = parts(Version::HTTP_11, "http://b.example/x", &["a.example"]);
+        assert_eq!(
+            routed_host(&absolute),
+            Ok(Some(HeaderValue::from_static("b.example")))
+        );
+        let h2_same = parts(Version::HTTP_2, "http://A.example/x", &["a.example"]);
+        assert_eq!(
+            routed_host(&h2_same),
+            Ok(Some(HeaderValue::from_static("A.example")))
+        );
+        let h2_other = parts(Version::HTTP_2, "http://a.example/x", &["admin.internal"]);
+        assert_eq!(
+            routed_host(&h2_other),
+            Err("Host header differs from :authority")
+        );
+        assert_eq!(routed_host(&parts(Version::HTTP_11, "/x", &[])), Ok(None));
+    }
+
+    #[test]
+    fn only_websocket_counts_as_an_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!is_websocket_upgrade(&h));
+        h.insert(UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert!(is_websocket_upgrade(&h));
+        h.remove(CONNECTION);
+        assert!(!is_websocket_upgrade(&h), "Connection must name upgrade");
+    }
+
+    #[test]
+    fn routed_host_replaces_what_the_client_sent() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("admin.internal"));
+        let remote: SocketAddr = "192.0.2.7:5555".parse().expect("addr");
+        let id = HeaderValue::from_static("rid");
+        prepare_headers(
+            &mut h,
+            false,
+            remote,
+            Some(HeaderValue::from_static("b.example")),
+            &id,
+        );
+        assert_eq!(h["host"], "b.example");
     }
 }

@@ -68,13 +68,15 @@ fn is_unreserved(b: u8) -> bool {
 }
 
 fn decode_unreserved(path: &str) -> Result<String, PathError> {
+    // Work on bytes: a path may carry UTF-8 (RFC 3987 IRIs sent raw), and pushing its bytes
+    // one by one as chars would re-encode each as a separate code point.
     let bytes = path.as_bytes();
-    let mut out = String::with_capacity(bytes.len());
+    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         if b != b'%' {
-            out.push(b as char);
+            out.push(b);
             i += 1;
             continue;
         }
@@ -86,16 +88,15 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
         };
         let decoded = hi << 4 | lo;
         if is_unreserved(decoded) {
-            out.push(decoded as char);
+            out.push(decoded);
         } else {
             const HEX: &[u8; 16] = b"0123456789ABCDEF";
-            out.push('%');
-            out.push(HEX[usize::from(hi)] as char);
-            out.push(HEX[usize::from(lo)] as char);
+            out.extend_from_slice(&[b'%', HEX[usize::from(hi)], HEX[usize::from(lo)]]);
         }
         i += 3;
     }
-    Ok(out)
+    // Only ASCII was replaced by ASCII, so the input's UTF-8 is intact.
+    String::from_utf8(out).map_err(|_| PathError::BadPercentEncoding)
 }
 
 fn remove_dot_segments(path: &str) -> String {
@@ -154,6 +155,12 @@ mod tests {
         assert_eq!(norm("/public/%2e%2e/admin"), "/admin");
         assert_eq!(norm("/public/%2E./admin"), "/admin");
         assert_eq!(norm("/%7Euser"), "/~user");
+    }
+
+    #[test]
+    fn raw_utf8_survives_normalisation() {
+        assert_eq!(norm("/café/./menü"), "/café/menü");
+        assert_eq!(norm("/日本/%41"), "/日本/A");
     }
 
     #[test]

@@ -188,7 +188,11 @@ fn server_builder(config: &ProxyConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        // Pings find peers that vanished without a FIN; otherwise an HTTP/2 connection with no
+        // streams would be held open for good.
+        .keep_alive_interval(Some(config.header_read_timeout))
+        .keep_alive_timeout(Duration::from_secs(10));
     builder
 }
 
@@ -199,7 +203,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = server_builder(&gateway.config);
+    let builder = Arc::new(server_builder(&gateway.config));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -221,12 +225,22 @@ pub async fn serve(
             let gw = gw.clone();
             async move { Ok::<_, Infallible>(gw.handle(req, remote).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let first_byte_timeout = gateway.config.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // hyper's header timeout starts once the protocol is known, and finding that out
+            // waits for the client's first bytes: bound that wait, or idle sockets pile up.
+            let mut probe = [0u8; 1];
+            match tokio::time::timeout(first_byte_timeout, stream.peek(&mut probe)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => {
+                    tracing::debug!(client = %remote, "closed before a request arrived");
+                    return;
+                }
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, client = %remote, "connection ended with an error");
             }
         });

@@ -1,5 +1,5 @@
 //! A real HTTP backend: hyper on 127.0.0.1, answering what it received as JSON, plus slow,
-//! streaming, body-echo and WebSocket-echo endpoints.
+//! streaming, body-echo and WebSocket-echo endpoints, and one that switches protocols unasked.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -108,6 +108,16 @@ async fn handle(name: &str, mut req: Request<Incoming>) -> Response<AnyBody> {
     let path = req.uri().path().to_owned();
     match path.as_str() {
         "/ws" => return websocket(&mut req),
+        "/switch" => {
+            // A misbehaving backend: switches protocols whatever the client asked for.
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut()
+                .insert("connection", http::HeaderValue::from_static("upgrade"));
+            r.headers_mut()
+                .insert("upgrade", http::HeaderValue::from_static("h2c"));
+            return r;
+        }
         "/echo-body" => {
             // Streams the request body back as it arrives.
             let body = req.into_body().map_err(Error::from).boxed();

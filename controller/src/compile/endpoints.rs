@@ -120,11 +120,13 @@ impl<'a> EndpointIndex<'a> {
                 "Service {namespace}/{name} is of type ExternalName, which is not supported"
             ));
         }
-        let Some(service_port) = spec
-            .and_then(|s| s.ports.as_ref())
-            .and_then(|ports| ports.iter().find(|p| p.port == port))
-        else {
-            return Err(format!("Service {namespace}/{name} has no port {port}"));
+        let Some(service_port) = spec.and_then(|s| s.ports.as_ref()).and_then(|ports| {
+            // A Service may expose the same number over UDP too; HTTP needs the TCP one.
+            ports.iter().find(|p| {
+                p.port == port && p.protocol.as_deref().is_none_or(|proto| proto == "TCP")
+            })
+        }) else {
+            return Err(format!("Service {namespace}/{name} has no TCP port {port}"));
         };
         let port_name = service_port.name.as_deref().unwrap_or("");
         let slices = self.slices.get(&key).map(Vec::as_slice).unwrap_or_default();
@@ -132,10 +134,14 @@ impl<'a> EndpointIndex<'a> {
         let mut ready = Vec::new();
         let mut not_ready = Vec::new();
         let mut slices_with_port = 0;
+        let mut slices_with_endpoints = 0;
         for slice in slices {
-            if slice.address_type == "FQDN" {
+            // Slices without endpoints carry no port list worth checking: a Service scaled to
+            // zero has one, and it must answer 503, not reject the route.
+            if slice.address_type == "FQDN" || slice.endpoints.as_ref().is_none_or(Vec::is_empty) {
                 continue;
             }
+            slices_with_endpoints += 1;
             let number = slice.ports.iter().flatten().find_map(|p| {
                 let same_name = p.name.as_deref().unwrap_or("") == port_name;
                 let tcp = p.protocol.as_deref().is_none_or(|proto| proto == "TCP");
@@ -165,7 +171,7 @@ impl<'a> EndpointIndex<'a> {
                 }
             }
         }
-        if !slices.is_empty() && slices_with_port == 0 {
+        if slices_with_endpoints > 0 && slices_with_port == 0 {
             let shown = if port_name.is_empty() {
                 "(unnamed)"
             } else {

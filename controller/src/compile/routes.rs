@@ -38,6 +38,10 @@ const FORBIDDEN_FILTER_HEADERS: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
+    // Identity comes only from verified credentials; a static filter would let any route
+    // author assert a user to the backend.
+    "x-user-id",
+    "x-user-roles",
 ];
 
 /// Accumulates the compile of every route.

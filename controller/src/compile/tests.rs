@@ -180,7 +180,7 @@ fn missing_service_port_and_missing_slice_port_are_reported() {
     ));
     assert_eq!(
         only_diagnostic(&c).reason,
-        "Service shop/users has no port 81"
+        "Service shop/users has no TCP port 81"
     );
     let statuses = &c.statuses[0];
     assert!(!statuses.condition("Accepted").expect("Accepted").status);
@@ -223,6 +223,29 @@ fn a_service_without_slices_is_valid_but_has_no_ready_endpoint() {
     ));
     assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
     assert!(find(&c, "h", "/").expect("rule").pick().is_none());
+}
+
+#[test]
+fn a_service_scaled_to_zero_keeps_its_route_and_answers_no_ready_endpoint() {
+    // The EndpointSlice controller leaves one slice with no endpoints and no ports.
+    let c = compile_with_backends(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: idle, namespace: shop}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: idle-1, namespace: shop, labels: {{kubernetes.io/service-name: idle}}}}\naddressType: IPv4\nports: null\nendpoints: []\n---\n{}",
+        route("r", "  rules:\n  - backendRefs: [{name: idle, port: 80}]")
+    ));
+    assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+    assert!(find(&c, "h", "/").expect("rule").pick().is_none());
+}
+
+#[test]
+fn a_udp_service_port_does_not_carry_http() {
+    let c = compile_with_backends(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: dns, namespace: shop}}\nspec:\n  ports: [{{name: dns, port: 53, protocol: UDP}}]\n---\n{}",
+        route("r", "  rules:\n  - backendRefs: [{name: dns, port: 53}]")
+    ));
+    assert_eq!(
+        only_diagnostic(&c).reason,
+        "Service shop/dns has no TCP port 53"
+    );
 }
 
 #[test]
@@ -360,6 +383,15 @@ fn header_filters_refuse_framing_headers_and_conflicts() {
     let d = only_diagnostic(&c);
     assert_eq!(d.field, "spec.rules[0].filters.requestHeaders.set[0].name");
     assert!(d.reason.contains("managed by the gateway"));
+    let c = compile_with_backends(&route(
+        "r",
+        "  rules:\n  - filters: {requestHeaders: {add: [{name: X-User-Id, value: admin}]}}\n    backendRefs: [{name: users, port: 80}]",
+    ));
+    assert_eq!(
+        only_diagnostic(&c).field,
+        "spec.rules[0].filters.requestHeaders.add[0].name",
+        "identity headers come only from verified credentials"
+    );
     let c = compile_with_backends(&route(
         "r",
         "  rules:\n  - filters: {responseHeaders: {set: [{name: x-a, value: '1'}], remove: [X-A]}}\n    backendRefs: [{name: users, port: 80}]",

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -187,6 +186,13 @@ fn strip_location(e: &serde_yaml::Error) -> String {
     }
 }
 
+fn digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
 /// Every `.yaml`/`.yml` file under `root` (or `root` itself if it is a file), sorted, skipping
 /// hidden files and folders (editor swap files, Kubernetes' `..data` volume internals).
 pub fn yaml_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -196,7 +202,13 @@ pub fn yaml_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
         return Ok(out);
     }
     let mut stack = vec![root.to_owned()];
+    // Symlinked folders are followed (ConfigMap mounts are built from them), each real folder
+    // once, so a link back up the tree cannot loop.
+    let mut visited = std::collections::HashSet::new();
     while let Some(dir) = stack.pop() {
+        if !visited.insert(std::fs::canonicalize(&dir)?) {
+            continue;
+        }
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
             let hidden = path
@@ -222,7 +234,9 @@ pub fn yaml_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 #[derive(Debug)]
 struct FileState {
-    stamp: Option<(SystemTime, u64)>,
+    /// Hash of the file's bytes: modification times are too coarse to see two quick edits of
+    /// the same length, and reading a manifest costs far less than parsing it.
+    digest: u64,
     objects: Vec<(ObjectRef, Object)>,
 }
 
@@ -242,7 +256,7 @@ pub struct Refresh {
 }
 
 impl ManifestSet {
-    /// Re-reads the files under `roots` whose size or modification time changed, drops files
+    /// Re-parses the files under `roots` whose content changed, drops files
     /// that disappeared, and keeps the previous objects of files that fail to load.
     pub fn refresh(&mut self, roots: &[PathBuf]) -> Refresh {
         let mut refresh = Refresh::default();
@@ -268,26 +282,28 @@ impl ManifestSet {
         refresh.changed |= self.files.len() != before;
 
         for path in present {
-            let stamp = std::fs::metadata(&path)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    refresh.errors.push(LoadError {
+                        path: path.clone(),
+                        line: None,
+                        object: None,
+                        message: format!("cannot read: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let digest = digest(&text);
             let known = self.files.get(&path);
-            if stamp.is_some() && known.is_some_and(|f| f.stamp == stamp) {
+            if known.is_some_and(|f| f.digest == digest) {
                 continue;
             }
-            let loaded = std::fs::read_to_string(&path)
-                .map_err(|e| LoadError {
-                    path: path.clone(),
-                    line: None,
-                    object: None,
-                    message: format!("cannot read: {e}"),
-                })
-                .and_then(|text| parse_file(&path, &text));
-            match loaded {
+            match parse_file(&path, &text) {
                 Ok(objects) => {
                     let same = known.is_some_and(|f| f.objects == objects);
                     refresh.changed |= !same;
-                    self.files.insert(path, FileState { stamp, objects });
+                    self.files.insert(path, FileState { digest, objects });
                 }
                 Err(e) => refresh.errors.push(e),
             }

@@ -164,3 +164,38 @@ fn namespaces_filter_the_inputs() {
     assert_eq!(set.inputs(&[]).0.routes.len(), 2);
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_same_length_edit_in_the_same_instant_is_seen() {
+    let dir = temp_dir("same-length");
+    let file = dir.join("r.yaml");
+    fs::write(&file, ROUTE).expect("write");
+    let mut set = ManifestSet::default();
+    set.refresh(std::slice::from_ref(&dir));
+    let mtime = fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    fs::write(&file, ROUTE.replace("port: 80", "port: 81")).expect("write");
+    // Same size, and the clock put back: only the content tells the edit apart.
+    fs::File::options()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("set mtime");
+    assert!(set.refresh(std::slice::from_ref(&dir)).changed);
+    let (inputs, _) = set.inputs(&[]);
+    assert_eq!(inputs.routes[0].spec.rules[0].backend_refs[0].port, 81);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_back_up_the_tree_does_not_loop() {
+    let dir = temp_dir("symlink-loop");
+    fs::create_dir_all(dir.join("sub")).expect("mkdir");
+    fs::write(dir.join("sub/r.yaml"), ROUTE).expect("write");
+    std::os::unix::fs::symlink(&dir, dir.join("sub/up")).expect("symlink");
+    let files = yaml_files(&dir).expect("walks");
+    assert_eq!(files.len(), 1, "{files:?}");
+    let _ = fs::remove_dir_all(&dir);
+}
