@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::compile::compile;
 use crate::resources::{crds_yaml, parse_duration};
+use crate::sources::cluster::{self, ClusterOptions, leader::LeaderConfig};
 use crate::sources::dir::{Debounce, DirSource};
 use crate::sources::manifests::ManifestSet;
 
@@ -131,15 +132,12 @@ fn usage_error(message: &str) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let Some(manifests) = args.manifests.clone() else {
-        return usage_error(
-            "cluster mode is not available in this build yet; run with --manifests DIR",
-        );
-    };
     if args.redis.is_some() {
         return usage_error("--redis: global rate limiting is not implemented yet");
     }
-    if !manifests.is_dir() {
+    if let Some(manifests) = &args.manifests
+        && !manifests.is_dir()
+    {
         return usage_error(&format!(
             "--manifests {}: not a directory",
             manifests.display()
@@ -162,7 +160,11 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_standalone(args, manifests)) {
+    let result = match args.manifests.clone() {
+        Some(manifests) => runtime.block_on(run_standalone(args, manifests)),
+        None => runtime.block_on(run_cluster(args)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -172,7 +174,15 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()> {
+/// The listeners and gateway every mode starts with.
+struct Serving {
+    gateway: Arc<Gateway>,
+    proxy_listener: TcpListener,
+    admin_listener: TcpListener,
+    admin_listen: SocketAddr,
+}
+
+async fn bind(args: &RunArgs) -> anyhow::Result<Serving> {
     let admin_listen = args.admin_listen.unwrap_or_else(|| {
         let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
         let ip = if in_cluster {
@@ -192,6 +202,77 @@ async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()>
     let admin_listener = TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("cannot listen on {admin_listen} (admin)"))?;
+    Ok(Serving {
+        gateway,
+        proxy_listener,
+        admin_listener,
+        admin_listen,
+    })
+}
+
+/// A stop flag that turns true on SIGTERM or Ctrl-C, and a future for each listener to await.
+fn stop_on_signal() -> watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+    stop_rx
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn run_cluster(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await.context(
+        "cannot reach Kubernetes (no in-cluster config or KUBECONFIG); for standalone mode pass --manifests DIR",
+    )?;
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let lease_namespace =
+        std::env::var("POD_NAMESPACE").unwrap_or_else(|_| client.default_namespace().to_owned());
+    let Serving {
+        gateway,
+        proxy_listener,
+        admin_listener,
+        admin_listen,
+    } = bind(&args).await?;
+    let stop = stop_on_signal();
+    tokio::spawn(sluice_proxy::admin::serve_admin(
+        gateway.clone(),
+        admin_listener,
+        stopped(stop.clone()),
+    ));
+    let options = ClusterOptions {
+        namespaces: args.namespaces.clone(),
+        debounce: cluster::default_debounce(),
+        leader: LeaderConfig::new(lease_namespace, identity),
+    };
+    tracing::info!(
+        listen = %args.listen,
+        admin = %admin_listen,
+        namespaces = ?args.namespaces,
+        identity = %options.leader.identity,
+        "sluice is starting in cluster mode"
+    );
+    let controller = tokio::spawn(cluster::run(client, gateway.clone(), options, stop.clone()));
+    sluice_proxy::serve(gateway, proxy_listener, stopped(stop)).await;
+    // Let the election release the Lease before the process exits.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), controller).await;
+    Ok(())
+}
+
+async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()> {
+    let Serving {
+        gateway,
+        proxy_listener,
+        admin_listener,
+        admin_listen,
+    } = bind(&args).await?;
 
     let mut source = DirSource::new(manifests.clone(), args.namespaces);
     let dir_watch = source
@@ -207,10 +288,7 @@ async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()>
         .context("initial load failed")?
     };
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let stop_rx = stop_on_signal();
     tokio::spawn(sluice_proxy::admin::serve_admin(
         gateway.clone(),
         admin_listener,
@@ -219,11 +297,6 @@ async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()>
     let watch_gateway = gateway.clone();
     let watch_stop = stopped(stop_rx.clone());
     tokio::spawn(source.run(dir_watch, watch_gateway, Debounce::default(), watch_stop));
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested");
-        let _ = stop_tx.send(true);
-    });
     tracing::info!(
         listen = %args.listen,
         admin = %admin_listen,

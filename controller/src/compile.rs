@@ -127,7 +127,12 @@ pub fn compile(inputs: &Inputs, generation: u64, prev: Option<&Snapshot>) -> Com
     for (rank, route) in order.iter().enumerate() {
         routes::compile_route(route, rank as u64, &mut endpoints, &mut regexes, &mut out);
     }
-    policies::compile_policies(&inputs.policies, &mut out.statuses, &mut out.diagnostics);
+    policies::compile_policies(
+        &inputs.policies,
+        &inputs.routes,
+        &mut out.statuses,
+        &mut out.diagnostics,
+    );
 
     Compiled {
         snapshot: Snapshot {

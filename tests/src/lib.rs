@@ -1,10 +1,13 @@
 //! Support for Sluice's cross-crate integration tests: real hyper backends on 127.0.0.1, an
-//! in-process gateway fed by a real manifest directory, and small client helpers.
+//! in-process gateway fed by a real manifest directory, a fake Kubernetes API server speaking
+//! the real protocol for cluster mode, and small client helpers.
 
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod client;
+pub mod cluster;
+pub mod fake_api;
 pub mod harness;
 pub mod manifests;
 

@@ -1,0 +1,320 @@
+//! Cluster mode: watch the Kubernetes API, recompile on relevant changes, swap the snapshot in,
+//! and (on the leader) write status.
+//!
+//! Every replica watches, compiles and serves on its own; only the Lease holder writes status
+//! and events. If the API server goes away, the watchers retry with backoff while the proxy
+//! keeps serving the last snapshot; `/readyz` stays ready.
+
+pub mod leader;
+pub mod status;
+pub mod watch;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use prometheus::{Histogram, HistogramOpts};
+use sluice_proxy::Gateway;
+use tokio::sync::{mpsc, watch as channel};
+use tokio::time::Instant;
+
+use self::leader::{LeaderConfig, until_stopped};
+use self::status::{LiveSnapshot, StatusWriter};
+use self::watch::{Changed, KindStores};
+use super::dir::Debounce;
+use crate::compile::{Inputs, StatusReport, compile};
+use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Service};
+
+/// How the cluster source runs.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Namespaces to watch; all when empty.
+    pub namespaces: Vec<String>,
+    /// Hold-off and maximum delay between a change and its recompile.
+    pub debounce: Debounce,
+    /// The Lease that decides which replica writes status.
+    pub leader: LeaderConfig,
+}
+
+/// The watched kinds.
+#[derive(Clone)]
+struct Stores {
+    routes: KindStores<GatewayRoute>,
+    policies: KindStores<RateLimitPolicy>,
+    services: KindStores<Service>,
+    slices: KindStores<EndpointSlice>,
+}
+
+impl Stores {
+    fn inputs(&self) -> Inputs {
+        Inputs {
+            routes: self.routes.state(),
+            policies: self.policies.state(),
+            services: self.services.state(),
+            slices: self.slices.state(),
+        }
+    }
+
+    async fn synced(&self) {
+        tokio::join!(
+            self.routes.synced(),
+            self.policies.synced(),
+            self.services.synced(),
+            self.slices.synced()
+        );
+    }
+}
+
+/// What the status writer works from: the latest compile's reports and its snapshot.
+#[derive(Clone)]
+struct Published {
+    reports: Arc<Vec<StatusReport>>,
+    live: LiveSnapshot,
+}
+
+/// Runs cluster mode until `shutdown` turns true.
+pub async fn run(
+    client: Client,
+    gateway: Arc<Gateway>,
+    options: ClusterOptions,
+    shutdown: channel::Receiver<bool>,
+) {
+    let propagation = Histogram::with_opts(
+        HistogramOpts::new(
+            "sluice_config_propagation_seconds",
+            "Time from a watch event to the snapshot that serves it",
+        )
+        .buckets(vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]),
+    )
+    .expect("valid metric definition");
+    if let Err(e) = gateway
+        .metrics()
+        .registry()
+        .register(Box::new(propagation.clone()))
+    {
+        tracing::warn!(error = %e, "propagation metric not registered");
+    }
+
+    let (changes_tx, changes) = mpsc::unbounded_channel();
+    let ns = &options.namespaces;
+    let stores = Stores {
+        routes: KindStores::watch(&client, ns, &changes_tx),
+        policies: KindStores::watch(&client, ns, &changes_tx),
+        services: KindStores::watch(&client, ns, &changes_tx),
+        slices: KindStores::watch(&client, ns, &changes_tx),
+    };
+    drop(changes_tx);
+
+    let (leading, election) =
+        leader::spawn(client.clone(), options.leader.clone(), shutdown.clone());
+    let (publish, published) = channel::channel::<Option<Published>>(None);
+    tokio::spawn(write_statuses(
+        StatusWriter::new(client, &options.leader.identity),
+        stores.clone(),
+        published,
+        leading,
+        shutdown.clone(),
+    ));
+
+    serve_changes(
+        &stores,
+        changes,
+        gateway,
+        &options,
+        propagation,
+        publish,
+        shutdown,
+    )
+    .await;
+    // Give the election a moment to release the Lease, so another replica takes over at once.
+    let _ = tokio::time::timeout(Duration::from_secs(2), election).await;
+}
+
+/// Compiles once every kind has synced, then again after every (debounced) relevant change,
+/// until `shutdown` turns true.
+async fn serve_changes(
+    stores: &Stores,
+    mut changes: mpsc::UnboundedReceiver<Changed>,
+    gateway: Arc<Gateway>,
+    options: &ClusterOptions,
+    propagation: Histogram,
+    publish: channel::Sender<Option<Published>>,
+    shutdown: channel::Receiver<bool>,
+) {
+    let mut stop = shutdown;
+    tokio::select! {
+        () = stores.synced() => {}
+        () = until_stopped(&mut stop) => return,
+    }
+    tracing::info!("every watched kind has synced; compiling the first snapshot");
+
+    let mut compiler = Compiler {
+        gateway,
+        generation: 0,
+        reported: HashSet::new(),
+        propagation,
+    };
+    let mut pending: Vec<Instant> = Vec::new();
+    while let Ok(c) = changes.try_recv() {
+        pending.push(c.at);
+    }
+    loop {
+        let Some(result) = compiler.recompile(stores, &pending).await else {
+            return;
+        };
+        pending.clear();
+        let _ = publish.send(Some(result));
+
+        // Wait for a change, then let the burst settle.
+        tokio::select! {
+            c = changes.recv() => match c {
+                Some(c) => pending.push(c.at),
+                None => return,
+            },
+            () = until_stopped(&mut stop) => return,
+        }
+        let deadline = Instant::now() + options.debounce.max_delay;
+        loop {
+            tokio::select! {
+                c = changes.recv() => match c {
+                    Some(Changed { at }) => pending.push(at),
+                    None => break,
+                },
+                () = tokio::time::sleep(options.debounce.holdoff) => break,
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    }
+}
+
+struct Compiler {
+    gateway: Arc<Gateway>,
+    generation: u64,
+    /// Diagnostics already logged, so a recompile repeats none of them.
+    reported: HashSet<String>,
+    propagation: Histogram,
+}
+
+impl Compiler {
+    /// Compiles the stores' current state and installs it; `None` if the compile task died.
+    async fn recompile(&mut self, stores: &Stores, pending: &[Instant]) -> Option<Published> {
+        self.generation += 1;
+        let generation = self.generation;
+        let inputs = stores.inputs();
+        let previous = self.gateway.snapshot();
+        let compiled = tokio::task::spawn_blocking(move || {
+            let compiled = compile(&inputs, generation, Some(&previous));
+            (compiled, inputs.routes.len())
+        })
+        .await;
+        let (compiled, routes) = match compiled {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "compile task failed; keeping the current snapshot");
+                return None;
+            }
+        };
+        let rules = compiled.snapshot.rules.len();
+        self.gateway.install(compiled.snapshot);
+        let installed = Instant::now();
+        let oldest = pending.iter().min().copied();
+        for at in pending {
+            self.propagation
+                .observe(installed.saturating_duration_since(*at).as_secs_f64());
+        }
+        let propagation_ms = oldest.map_or(0, |t| {
+            u64::try_from(installed.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
+        });
+
+        let mut now_reported = HashSet::with_capacity(compiled.diagnostics.len());
+        for d in &compiled.diagnostics {
+            let line = d.to_string();
+            if !self.reported.contains(&line) {
+                tracing::warn!("{line}");
+            }
+            now_reported.insert(line);
+        }
+        self.reported = now_reported;
+        tracing::info!(
+            generation,
+            routes,
+            rules,
+            problems = compiled.diagnostics.len(),
+            changes = pending.len(),
+            propagation_ms,
+            "snapshot installed"
+        );
+        Some(Published {
+            reports: Arc::new(compiled.statuses),
+            live: LiveSnapshot {
+                generation,
+                at: Timestamp::now(),
+                propagation_ms,
+            },
+        })
+    }
+}
+
+/// Writes status from every new compile while this replica leads, and everything once when it
+/// becomes leader.
+async fn write_statuses(
+    writer: StatusWriter,
+    stores: Stores,
+    mut published: channel::Receiver<Option<Published>>,
+    mut leading: channel::Receiver<bool>,
+    mut shutdown: channel::Receiver<bool>,
+) {
+    // Writes that failed (API server away) are retried by this resync; it writes only what
+    // differs, so it costs nothing when all is written.
+    let mut resync = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            r = published.changed() => if r.is_err() { return },
+            r = leading.changed() => if r.is_err() { return },
+            _ = resync.tick() => {}
+            () = until_stopped(&mut shutdown) => return,
+        }
+        if !*leading.borrow_and_update() {
+            continue;
+        }
+        let Some(current) = published.borrow_and_update().clone() else {
+            continue;
+        };
+        let routes = writer
+            .write(
+                &stores.routes.state(),
+                &current.reports,
+                &current.live,
+                "Invalid",
+            )
+            .await;
+        let policies = writer
+            .write(
+                &stores.policies.state(),
+                &current.reports,
+                &current.live,
+                "NotEnforced",
+            )
+            .await;
+        if routes + policies > 0 {
+            tracing::info!(
+                routes,
+                policies,
+                generation = current.live.generation,
+                "status written"
+            );
+        }
+    }
+}
+
+/// Debounce defaults for cluster mode: the same as the directory source.
+pub fn default_debounce() -> Debounce {
+    Debounce {
+        holdoff: Duration::from_millis(10),
+        max_delay: Duration::from_millis(100),
+    }
+}

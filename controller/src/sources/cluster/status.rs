@@ -1,0 +1,326 @@
+//! Status conditions on GatewayRoutes and RateLimitPolicies, written by the leader only and only
+//! when they change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as KubeCondition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::compile::StatusReport;
+use crate::resources::ObjectStatus;
+
+/// The snapshot a set of reports was compiled into, and when it went live.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveSnapshot {
+    /// Snapshot generation.
+    pub generation: u64,
+    /// When it was installed.
+    pub at: Timestamp,
+    /// From the oldest change it includes to its installation, in milliseconds.
+    pub propagation_ms: u64,
+}
+
+/// The status to write for `report`, given what the object carries now.
+///
+/// `Programmed` says which snapshot first served this generation of the object and when; it is
+/// kept as is while the generation stays the same, so later snapshots (an endpoint flip, another
+/// route's change, another replica taking over) do not rewrite every object's status.
+pub fn desired_status(
+    report: &StatusReport,
+    current: Option<&ObjectStatus>,
+    live: &LiveSnapshot,
+    not_programmed_reason: &'static str,
+) -> ObjectStatus {
+    let generation = report.observed_generation;
+    let accepted = report.condition("Accepted").is_some_and(|c| c.status);
+    let mut conditions: Vec<KubeCondition> = report
+        .conditions
+        .iter()
+        .map(|c| KubeCondition {
+            type_: c.type_.to_owned(),
+            status: if c.status { "True" } else { "False" }.to_owned(),
+            reason: c.reason.to_owned(),
+            message: truncate(&c.message),
+            observed_generation: generation,
+            last_transition_time: Time(live.at),
+        })
+        .collect();
+    let previous_programmed = current
+        .filter(|s| s.observed_generation == generation)
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Programmed"))
+        .filter(|c| c.status == "True");
+    conditions.push(match (accepted, previous_programmed) {
+        (true, Some(kept)) => kept.clone(),
+        (true, None) => KubeCondition {
+            type_: "Programmed".to_owned(),
+            status: "True".to_owned(),
+            reason: "Programmed".to_owned(),
+            message: format!(
+                "generation {} serving since snapshot {} at {} ({} ms after the change was seen)",
+                generation.unwrap_or_default(),
+                live.generation,
+                live.at,
+                live.propagation_ms
+            ),
+            observed_generation: generation,
+            last_transition_time: Time(live.at),
+        },
+        (false, _) => KubeCondition {
+            type_: "Programmed".to_owned(),
+            status: "False".to_owned(),
+            reason: not_programmed_reason.to_owned(),
+            message: "not serving: see the Accepted condition".to_owned(),
+            observed_generation: generation,
+            last_transition_time: Time(live.at),
+        },
+    });
+    // A condition whose status did not flip keeps its transition time (Kubernetes API
+    // conventions), which also keeps an unchanged status byte-for-byte equal.
+    if let Some(current) = current {
+        for c in &mut conditions {
+            if let Some(old) = current
+                .conditions
+                .iter()
+                .find(|o| o.type_ == c.type_ && o.status == c.status)
+            {
+                c.last_transition_time = old.last_transition_time.clone();
+            }
+        }
+    }
+    ObjectStatus {
+        observed_generation: generation,
+        conditions,
+    }
+}
+
+/// Kubernetes caps condition messages at 32768 bytes.
+fn truncate(message: &str) -> String {
+    const MAX: usize = 32 * 1024 - 16;
+    if message.len() <= MAX {
+        return message.to_owned();
+    }
+    let mut end = MAX;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
+/// Writes statuses and events for one kind.
+pub struct StatusWriter {
+    client: Client,
+    recorder: Recorder,
+}
+
+/// How many status writes are in flight at once: enough to finish 10,000 first writes in
+/// seconds, few enough not to trip API priority and fairness.
+const CONCURRENT_WRITES: usize = 8;
+
+impl StatusWriter {
+    /// A writer acting as `pod` of controller `sluice`.
+    pub fn new(client: Client, pod: &str) -> Self {
+        let reporter = kube::runtime::events::Reporter {
+            controller: "sluice".to_owned(),
+            instance: Some(pod.to_owned()),
+        };
+        StatusWriter {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+        }
+    }
+
+    /// Writes the status of every object of kind `K` in `reports` whose status differs from
+    /// `objects`' current one; returns how many were written.
+    pub async fn write<K>(
+        &self,
+        objects: &[Arc<K>],
+        reports: &[StatusReport],
+        live: &LiveSnapshot,
+        not_programmed_reason: &'static str,
+    ) -> usize
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+        K: Clone + DeserializeOwned + Serialize + std::fmt::Debug + HasStatus,
+    {
+        let kind = K::kind(&());
+        let by_key: HashMap<(String, String), &Arc<K>> = objects
+            .iter()
+            .map(|o| ((o.namespace().unwrap_or_default(), o.name_any()), o))
+            .collect();
+        let work: Vec<(Arc<K>, ObjectStatus)> = reports
+            .iter()
+            .filter(|r| *r.object.kind == *kind)
+            .filter_map(|r| {
+                let object = by_key.get(&(r.object.namespace.clone(), r.object.name.clone()))?;
+                // A newer generation is on its way through compile; its own write follows.
+                if object.meta().generation != r.observed_generation {
+                    return None;
+                }
+                let current = object.status();
+                let next = desired_status(r, current, live, not_programmed_reason);
+                (current != Some(&next)).then(|| (Arc::clone(object), next))
+            })
+            .collect();
+        futures_util::stream::iter(work)
+            .map(|(object, status)| self.write_one(object, status))
+            .buffer_unordered(CONCURRENT_WRITES)
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await
+    }
+
+    async fn write_one<K>(&self, object: Arc<K>, status: ObjectStatus) -> bool
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+        K: Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    {
+        let namespace = object.namespace().unwrap_or_default();
+        let name = object.name_any();
+        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+        let patch = serde_json::json!({ "status": &status });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            // Deleted since compile: nothing to report on.
+            Err(kube::Error::Api(e)) if e.code == 404 => return false,
+            Err(e) => {
+                tracing::warn!(kind = %K::kind(&()), namespace, name, error = %e, "status write failed; retrying at the next compile");
+                return false;
+            }
+        }
+        if let Some(problem) = status.conditions.iter().find(|c| {
+            (c.type_ == "Accepted" && c.status == "False") || c.type_ == "PartiallyInvalid"
+        }) {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "Rejected".to_owned(),
+                note: Some(truncate_event(&problem.message)),
+                action: "Compile".to_owned(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+                tracing::debug!(namespace, name, error = %e, "event not recorded");
+            }
+        }
+        true
+    }
+}
+
+/// Event notes are capped at 1 KiB.
+fn truncate_event(message: &str) -> String {
+    let mut end = message.len().min(1000);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].to_owned()
+}
+
+/// Resources whose status is an [`ObjectStatus`].
+pub trait HasStatus {
+    /// The current status.
+    fn status(&self) -> Option<&ObjectStatus>;
+}
+
+impl HasStatus for crate::resources::GatewayRoute {
+    fn status(&self) -> Option<&ObjectStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl HasStatus for crate::resources::RateLimitPolicy {
+    fn status(&self) -> Option<&ObjectStatus> {
+        self.status.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{Condition, ObjectRef};
+
+    fn report(generation: i64, accepted: bool) -> StatusReport {
+        StatusReport {
+            object: ObjectRef {
+                kind: "GatewayRoute",
+                namespace: "ns".to_owned(),
+                name: "r".to_owned(),
+            },
+            observed_generation: Some(generation),
+            conditions: vec![
+                Condition::new("Accepted", accepted, "Accepted", "1 of 1 rules accepted"),
+                Condition::new("ResolvedRefs", true, "ResolvedRefs", "ok"),
+            ],
+        }
+    }
+
+    fn live(generation: u64, second: i64) -> LiveSnapshot {
+        LiveSnapshot {
+            generation,
+            at: Timestamp::from_second(1_800_000_000 + second).expect("timestamp"),
+            propagation_ms: 7,
+        }
+    }
+
+    fn condition<'a>(s: &'a ObjectStatus, type_: &str) -> &'a KubeCondition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition present")
+    }
+
+    #[test]
+    fn programmed_names_the_snapshot_and_time_the_generation_went_live() {
+        let s = desired_status(&report(3, true), None, &live(17, 0), "Invalid");
+        let p = condition(&s, "Programmed");
+        assert_eq!(p.status, "True");
+        assert!(
+            p.message.contains("generation 3 serving since snapshot 17"),
+            "{}",
+            p.message
+        );
+        assert!(p.message.contains("7 ms"), "{}", p.message);
+        assert_eq!(s.observed_generation, Some(3));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+    }
+
+    #[test]
+    fn a_later_snapshot_does_not_change_an_unchanged_status() {
+        let first = desired_status(&report(3, true), None, &live(17, 0), "Invalid");
+        let again = desired_status(&report(3, true), Some(&first), &live(40, 60), "Invalid");
+        assert_eq!(first, again, "no write for a status that did not change");
+    }
+
+    #[test]
+    fn a_new_generation_is_reprogrammed_and_flips_keep_transition_times_right() {
+        let first = desired_status(&report(3, true), None, &live(17, 0), "Invalid");
+        let rejected = desired_status(&report(4, false), Some(&first), &live(18, 5), "Invalid");
+        let accepted = condition(&rejected, "Accepted");
+        assert_eq!(accepted.status, "False");
+        assert_eq!(accepted.last_transition_time, Time(live(18, 5).at));
+        assert_eq!(condition(&rejected, "Programmed").status, "False");
+        assert_eq!(
+            condition(&rejected, "ResolvedRefs").last_transition_time,
+            Time(live(17, 0).at),
+            "unchanged condition keeps its transition time"
+        );
+        let back = desired_status(&report(5, true), Some(&rejected), &live(19, 9), "Invalid");
+        assert!(
+            condition(&back, "Programmed")
+                .message
+                .contains("generation 5 serving since snapshot 19")
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! A gateway in cluster mode against the fake API server, and the objects tests apply to it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_controller::sources::cluster::{self, ClusterOptions, leader::LeaderConfig};
+use sluice_controller::sources::dir::Debounce;
+use sluice_proxy::{Gateway, ProxyConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::fake_api::FakeApi;
+
+/// `group/version/plural` of the kinds the controller reads, as the fake API names them.
+pub const ROUTES: &str = "sluice.dev/v1alpha1/gatewayroutes";
+/// RateLimitPolicies.
+pub const POLICIES: &str = "sluice.dev/v1alpha1/ratelimitpolicies";
+/// Services.
+pub const SERVICES: &str = "/v1/services";
+/// EndpointSlices.
+pub const SLICES: &str = "discovery.k8s.io/v1/endpointslices";
+/// Leases.
+pub const LEASES: &str = "coordination.k8s.io/v1/leases";
+/// Events.
+pub const EVENTS: &str = "events.k8s.io/v1/events";
+
+/// One replica: proxy, admin and controller, talking to one listener of the fake API server.
+pub struct Replica {
+    /// Proxy address.
+    pub addr: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// The gateway.
+    pub gateway: Arc<Gateway>,
+    stop: watch::Sender<bool>,
+    controller: Option<JoinHandle<()>>,
+}
+
+impl Replica {
+    /// Starts replica `identity` against listener `listener` of `api`, with a short Lease so
+    /// that failover happens within a test's patience.
+    pub async fn start(api: &FakeApi, listener: usize, identity: &str) -> Self {
+        let gateway = Gateway::new(ProxyConfig::default());
+        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let addr = proxy.local_addr().expect("proxy addr");
+        let admin = admin_listener.local_addr().expect("admin addr");
+        let (stop, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        tokio::spawn(sluice_proxy::admin::serve_admin(
+            gateway.clone(),
+            admin_listener,
+            stopped(stop_rx.clone()),
+        ));
+        tokio::spawn(sluice_proxy::serve(
+            gateway.clone(),
+            proxy,
+            stopped(stop_rx.clone()),
+        ));
+        let mut leader = LeaderConfig::new("sluice-system".to_owned(), identity.to_owned());
+        leader.lease_duration = Duration::from_secs(2);
+        leader.retry_period = Duration::from_millis(200);
+        let options = ClusterOptions {
+            namespaces: Vec::new(),
+            debounce: Debounce {
+                holdoff: Duration::from_millis(5),
+                max_delay: Duration::from_millis(50),
+            },
+            leader,
+        };
+        let controller = tokio::spawn(cluster::run(
+            api.client(listener),
+            gateway.clone(),
+            options,
+            stop_rx,
+        ));
+        Replica {
+            addr,
+            admin,
+            gateway,
+            stop,
+            controller: Some(controller),
+        }
+    }
+
+    /// Stops gracefully (the Lease is released) and waits for the controller to end.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(c) = self.controller.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
+        }
+    }
+
+    /// Dies without a goodbye: the controller task is aborted and the Lease is left to expire.
+    pub fn kill(mut self) {
+        if let Some(c) = self.controller.take() {
+            c.abort();
+        }
+        let _ = self.stop.send(true);
+    }
+
+    /// Generation of the snapshot being served.
+    pub fn generation(&self) -> u64 {
+        self.gateway.snapshot().generation
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(c) = self.controller.take() {
+            c.abort();
+        }
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A Service `name` in `default` (port 80 named `http`).
+pub fn service(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+    })
+}
+
+/// EndpointSlice `slice` of Service `service` with one endpoint at `addr`.
+pub fn slice(service: &str, slice: &str, addr: SocketAddr, ready: bool) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {
+            "name": slice, "namespace": "default",
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}],
+        "endpoints": [{"addresses": [addr.ip().to_string()], "conditions": {"ready": ready}}],
+    })
+}
+
+/// A GatewayRoute in `default` sending `prefix` to `service:80`.
+pub fn prefix_route(name: &str, prefix: &str, service: &str) -> Value {
+    json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "GatewayRoute",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"rules": [{
+            "matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+            "backendRefs": [{"name": service, "port": 80}],
+        }]},
+    })
+}
+
+/// The condition `type_` of an object's status.
+pub fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}

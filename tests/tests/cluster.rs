@@ -1,0 +1,304 @@
+//! Cluster mode end to end: a real `kube::Client` watching the fake API server, real backends,
+//! requests through the proxy, status read back from the API server.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_tests::backend::TestBackend;
+use sluice_tests::client::{self, fetch};
+use sluice_tests::cluster::{
+    EVENTS, LEASES, ROUTES, Replica, SERVICES, SLICES, condition, prefix_route, service, slice,
+};
+use sluice_tests::eventually;
+use sluice_tests::fake_api::FakeApi;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+async fn serves(replica: &Replica, path: &str, backend: &str) -> bool {
+    let c = client::http1();
+    let reply = fetch(&c, replica.addr, "h", path).await;
+    reply.status == 200 && reply.header("x-backend") == Some(backend)
+}
+
+async fn status_of(c: &client::HttpClient, replica: &Replica, path: &str) -> u16 {
+    client::send(c, client::get(replica.addr, "h", path))
+        .await
+        .map_or(0, |r| r.status.as_u16())
+}
+
+#[tokio::test]
+async fn an_applied_route_serves_and_reports_programmed_with_its_generation() {
+    let api = FakeApi::start().await;
+    let b = TestBackend::start("b").await;
+    api.apply(SERVICES, service("b"));
+    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    let replica = Replica::start(&api, 0, "pod-a").await;
+    api.apply(ROUTES, prefix_route("r", "/b", "b"));
+
+    assert!(eventually(PATIENCE, || serves(&replica, "/b/x", "b")).await);
+    let programmed = |generation: i64| {
+        let api = &api;
+        move || async move {
+            let Some(route) = api.get(ROUTES, "default", "r") else {
+                return false;
+            };
+            route["status"]["observedGeneration"] == generation
+                && condition(&route, "Accepted").is_some_and(|c| c["status"] == "True")
+                && condition(&route, "ResolvedRefs").is_some_and(|c| c["status"] == "True")
+                && condition(&route, "Programmed")
+                    .is_some_and(|c| c["status"] == "True" && c["observedGeneration"] == generation)
+        }
+    };
+    assert!(
+        eventually(PATIENCE, programmed(1)).await,
+        "{:#}",
+        api.get(ROUTES, "default", "r").unwrap_or_default()
+    );
+    let route = api.get(ROUTES, "default", "r").expect("route");
+    let message = condition(&route, "Programmed").expect("Programmed")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains("generation 1 serving since snapshot"),
+        "{message}"
+    );
+
+    // A spec change is a new generation; the status follows it.
+    api.apply(ROUTES, prefix_route("r", "/c", "b"));
+    assert!(eventually(PATIENCE, || serves(&replica, "/c/x", "b")).await);
+    assert!(eventually(PATIENCE, programmed(2)).await);
+    let c = client::http1();
+    assert_eq!(status_of(&c, &replica, "/b/x").await, 404);
+}
+
+#[tokio::test]
+async fn readiness_flips_take_endpoints_out_and_back() {
+    let api = FakeApi::start().await;
+    let one = TestBackend::start("one").await;
+    let two = TestBackend::start("two").await;
+    api.apply(SERVICES, service("s"));
+    api.apply(SLICES, slice("s", "s-1", one.addr, true));
+    api.apply(SLICES, slice("s", "s-2", two.addr, true));
+    api.apply(ROUTES, prefix_route("r", "/", "s"));
+    let replica = Replica::start(&api, 0, "pod-a").await;
+    assert!(eventually(PATIENCE, || serves(&replica, "/", "two")).await);
+
+    api.apply(SLICES, slice("s", "s-2", two.addr, false));
+    let generation = replica.generation();
+    assert!(eventually(PATIENCE, || async { replica.generation() > generation }).await);
+    let before = two.hits();
+    let c = client::http1();
+    for _ in 0..20 {
+        let r = fetch(&c, replica.addr, "h", "/").await;
+        assert_eq!(
+            r.header("x-backend"),
+            Some("one"),
+            "a not-ready endpoint gets nothing new"
+        );
+    }
+    assert_eq!(two.hits(), before);
+
+    api.apply(SLICES, slice("s", "s-2", two.addr, true));
+    assert!(
+        eventually(PATIENCE, || serves(&replica, "/", "two")).await,
+        "ready again: back in rotation"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_route_is_rejected_with_its_field_while_others_serve() {
+    let api = FakeApi::start().await;
+    let b = TestBackend::start("b").await;
+    api.apply(SERVICES, service("b"));
+    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    api.apply(ROUTES, prefix_route("good", "/good", "b"));
+    let mut bad = prefix_route("bad", "/bad", "b");
+    bad["spec"]["rules"][0]["matches"][0]["path"] =
+        json!({"type": "RegularExpression", "value": "/bad(["});
+    api.apply(ROUTES, bad);
+    let replica = Replica::start(&api, 0, "pod-a").await;
+
+    assert!(eventually(PATIENCE, || serves(&replica, "/good", "b")).await);
+    let rejected = || async {
+        api.get(ROUTES, "default", "bad")
+            .and_then(|r| condition(&r, "Accepted").cloned())
+            .is_some_and(|c| {
+                c["status"] == "False"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("spec.rules[0].matches[0].path.value"))
+            })
+    };
+    assert!(
+        eventually(PATIENCE, rejected).await,
+        "{:#}",
+        api.get(ROUTES, "default", "bad").unwrap_or_default()
+    );
+    let bad = api.get(ROUTES, "default", "bad").expect("bad route");
+    assert_eq!(
+        condition(&bad, "Programmed").expect("Programmed")["status"],
+        "False"
+    );
+    let events = || async {
+        api.list(EVENTS).iter().any(|e| {
+            e["regarding"]["name"] == "bad" && e["type"] == "Warning" && e["reason"] == "Rejected"
+        })
+    };
+    assert!(
+        eventually(PATIENCE, events).await,
+        "a Warning event names the rejected route"
+    );
+    let c = client::http1();
+    assert_eq!(status_of(&c, &replica, "/bad").await, 404);
+}
+
+#[tokio::test]
+async fn traffic_continues_while_the_api_server_is_away_and_changes_resume_after() {
+    let api = FakeApi::start().await;
+    let b = TestBackend::start("b").await;
+    api.apply(SERVICES, service("b"));
+    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    api.apply(ROUTES, prefix_route("r", "/b", "b"));
+    let replica = Replica::start(&api, 0, "pod-a").await;
+    assert!(eventually(PATIENCE, || serves(&replica, "/b", "b")).await);
+
+    api.go_away();
+    let c = client::http1();
+    for _ in 0..10 {
+        assert_eq!(status_of(&c, &replica, "/b").await, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = client::send(&c, client::get(replica.admin, "admin", "/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status, 200, "still ready on the last snapshot");
+
+    // A change made while the controller could not see it is picked up once it can.
+    api.apply(ROUTES, prefix_route("later", "/later", "b"));
+    api.come_back().await;
+    assert!(eventually(Duration::from_secs(30), || serves(&replica, "/later", "b")).await);
+}
+
+#[tokio::test]
+async fn a_410_gone_relists_without_a_pointless_recompile_and_keeps_up() {
+    let api = FakeApi::start().await;
+    let b = TestBackend::start("b").await;
+    api.apply(SERVICES, service("b"));
+    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    api.apply(ROUTES, prefix_route("r", "/b", "b"));
+    let replica = Replica::start(&api, 0, "pod-a").await;
+    assert!(eventually(PATIENCE, || serves(&replica, "/b", "b")).await);
+    // Let the status write's own watch event arrive and settle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = replica.generation();
+
+    api.compact_and_drop_watches();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        replica.generation(),
+        settled,
+        "a re-list of unchanged objects recompiles nothing"
+    );
+
+    api.apply(ROUTES, prefix_route("r2", "/c", "b"));
+    assert!(eventually(PATIENCE, || serves(&replica, "/c", "b")).await);
+}
+
+#[tokio::test]
+async fn our_own_status_writes_cause_no_recompile_or_write_loop() {
+    let api = FakeApi::start().await;
+    let b = TestBackend::start("b").await;
+    api.apply(SERVICES, service("b"));
+    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    for i in 0..5 {
+        api.apply(
+            ROUTES,
+            prefix_route(&format!("r{i}"), &format!("/r{i}"), "b"),
+        );
+    }
+    let replica = Replica::start(&api, 0, "pod-a").await;
+    let all_programmed = || async {
+        api.list(ROUTES)
+            .iter()
+            .all(|r| condition(r, "Programmed").is_some_and(|c| c["status"] == "True"))
+    };
+    assert!(eventually(PATIENCE, all_programmed).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writes = api.status_writes().len();
+    let generation = replica.generation();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        api.status_writes().len(),
+        writes,
+        "no status write without a change"
+    );
+    assert_eq!(
+        replica.generation(),
+        generation,
+        "status updates are not spec changes"
+    );
+    assert_eq!(writes, 5, "one write per route");
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_status_and_another_takes_over_when_it_dies() {
+    let api = FakeApi::start().await;
+    let second = api.add_listener().await;
+    let b = TestBackend::start("b").await;
+    api.apply(SERVICES, service("b"));
+    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    api.apply(ROUTES, prefix_route("r", "/b", "b"));
+    let first = Replica::start(&api, 0, "pod-a").await;
+    assert!(
+        eventually(PATIENCE, || async {
+            api.get(LEASES, "sluice-system", "sluice-leader")
+                .is_some_and(|l| l["spec"]["holderIdentity"] == "pod-a")
+        })
+        .await
+    );
+    let other = Replica::start(&api, second, "pod-b").await;
+    // Both replicas serve.
+    assert!(eventually(PATIENCE, || serves(&first, "/b", "b")).await);
+    assert!(eventually(PATIENCE, || serves(&other, "/b", "b")).await);
+
+    api.apply(ROUTES, prefix_route("r", "/b2", "b"));
+    let generation_two = || async {
+        api.get(ROUTES, "default", "r")
+            .is_some_and(|r| r["status"]["observedGeneration"] == 2)
+    };
+    assert!(eventually(PATIENCE, generation_two).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writers: Vec<usize> = api.status_writes().iter().map(|w| w.listener).collect();
+    assert!(!writers.is_empty());
+    assert!(
+        writers.iter().all(|&l| l == 0),
+        "only the leader (listener 0) wrote: {writers:?}"
+    );
+
+    first.kill();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            api.get(LEASES, "sluice-system", "sluice-leader")
+                .is_some_and(|l| l["spec"]["holderIdentity"] == "pod-b")
+        })
+        .await,
+        "the survivor takes the Lease once it expires"
+    );
+    api.apply(ROUTES, prefix_route("r", "/b3", "b"));
+    let generation_three = || async {
+        api.get(ROUTES, "default", "r")
+            .is_some_and(|r| r["status"]["observedGeneration"] == 3)
+    };
+    assert!(eventually(PATIENCE, generation_three).await);
+    let last = api.status_writes().last().map(|w| w.listener);
+    assert_eq!(last, Some(second), "the new leader writes status");
+    other.stop().await;
+    let lease = api
+        .get(LEASES, "sluice-system", "sluice-leader")
+        .expect("lease");
+    assert!(
+        lease["spec"]["holderIdentity"].is_null(),
+        "a graceful stop releases the Lease: {lease:#}"
+    );
+}
