@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: installs what it needs, then runs formatting,
-# lints, unit and integration tests, the CRD drift test and the standalone end-to-end scenario.
+# The whole test suite, from a fresh machine: installs what it needs, then checks the Helm
+# chart, and runs formatting, lints, unit and integration tests (the cluster-mode scenarios
+# against a fake API server among them), the CRD drift test and the end-to-end scenarios.
 # CI runs exactly this (see .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,9 @@ if ((${#need_apt[@]})); then
 fi
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
+
+step "Helm chart: lint, render, validate"
+scripts/chart-check.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

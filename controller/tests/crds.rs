@@ -1,11 +1,21 @@
-//! `crds/` must be exactly what the Rust types generate. Regenerate with
+//! `crds/` and the Helm chart's copy in `charts/sluice/crds/` must be exactly what the Rust
+//! types generate. Regenerate both with
 //! `SLUICE_UPDATE_CRDS=1 cargo test -p sluice-controller --test crds`.
 
 use std::path::Path;
 
 #[test]
 fn crds_directory_matches_the_rust_types() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    check_dir("../crds");
+}
+
+#[test]
+fn the_helm_chart_carries_the_same_crds() {
+    check_dir("../charts/sluice/crds");
+}
+
+fn check_dir(relative: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
     let update = std::env::var_os("SLUICE_UPDATE_CRDS").is_some();
     let mut drifted = Vec::new();
     for (file, generated) in sluice_controller::resources::crd_files() {
@@ -22,7 +32,7 @@ fn crds_directory_matches_the_rust_types() {
     }
     assert!(
         drifted.is_empty(),
-        "crds/ drifted from the Rust types ({}); run SLUICE_UPDATE_CRDS=1 cargo test -p sluice-controller --test crds",
+        "{relative} drifted from the Rust types ({}); run SLUICE_UPDATE_CRDS=1 cargo test -p sluice-controller --test crds",
         drifted.join(", ")
     );
 }

@@ -1,0 +1,436 @@
+#!/usr/bin/env python3
+"""Lint, render and validate the Helm chart charts/sluice, offline: no helm binary, no cluster.
+
+Run through scripts/chart-check.sh, which provides the Python packages:
+  helm-python-sdk (the Helm v4 Go SDK via ctypes, import name ``helm_python``): lint and render;
+  kubernetes-validate (bundled OpenAPI schemas): strict validation of every rendered object
+  and every CRD in charts/sluice/crds/.
+
+For the chart's defaults and for each charts/sluice/ci/*-values.yaml it runs `helm lint
+--strict`, renders (which also enforces values.schema.json), validates each object against
+Kubernetes KUBE_VERSION with unknown fields as errors, and checks the chart's contract: the
+RBAC rules sluice needs and no more, the drain/grace arithmetic, the security context, the
+downward-API env, probes, and that selectors, ports and bindings point at what exists. It
+then checks that values the chart must refuse are refused, that every `.Values.x` a template
+reads is declared in values.yaml, and that the chart's CRDs are byte-identical to crds/.
+
+Usage: chart_check.py [--kube-version 1.33.0] [--chart DIR]. Exits 1 if anything failed, 2 on bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import glob
+import os
+import re
+import sys
+from typing import Any, Iterable
+
+import helm_python as helm
+import kubernetes_validate
+import kubernetes_validate.utils as kv_utils  # VersionNotSupportedError is not re-exported
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHART = os.path.join(REPO, "charts", "sluice")  # --chart overrides it
+RELEASE, NAMESPACE = "sluice", "sluice-system"
+
+# Kinds without a bundled schema, allowed to skip validation. Keyed by (apiVersion, kind), so
+# a misspelt apiVersion of a built-in kind still fails.
+SKIP_NO_SCHEMA = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"):
+        "prometheus-operator CRD: kubernetes-validate bundles no schema for it",
+}
+
+# The API access sluice needs in the namespaces it watches, as (apiGroup, resource, verb).
+# The contract, restated on purpose rather than read back from the chart.
+EXPECTED_WATCH_RULES = {
+    *(("sluice.dev", r, v) for r in ("gatewayroutes", "ratelimitpolicies")
+      for v in ("list", "watch")),
+    ("sluice.dev", "gatewayroutes/status", "patch"),
+    ("sluice.dev", "ratelimitpolicies/status", "patch"),
+    ("", "services", "list"), ("", "services", "watch"),
+    ("discovery.k8s.io", "endpointslices", "list"), ("discovery.k8s.io", "endpointslices", "watch"),
+    ("events.k8s.io", "events", "create"), ("events.k8s.io", "events", "patch"),
+}
+EXPECTED_LEASE_RULES = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
+                   "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "helm.sh/chart")
+NONROOT_UID = 65532
+
+# Values the chart must refuse to render, and a fragment of the error each must produce.
+MUST_REFUSE = [
+    ("grace not above preStop + drain", {"terminationGracePeriodSeconds": 30},
+     "terminationGracePeriodSeconds (30) must be greater"),
+    ("misspelt top-level key", {"replicas": 3}, "replicas"),
+    ("privileged container port", {"containerPorts": {"http": 80}}, "containerPorts/http"),
+    ("externalTrafficPolicy on ClusterIP",
+     {"service": {"type": "ClusterIP", "externalTrafficPolicy": "Local"}}, "externalTrafficPolicy"),
+    ("HPA max below min",
+     {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 2}}, "maxReplicas"),
+    ("bad namespace name", {"watchNamespaces": ["Bad_NS"]}, "watchNamespaces/0"),
+]
+
+
+class Result:
+    def __init__(self) -> None:
+        self.passed = self.failed = self.skipped = 0
+
+    def ok(self, msg: str) -> None:
+        self.passed += 1
+        print(f"  PASS {msg}")
+
+    def fail(self, msg: str) -> None:
+        self.failed += 1
+        print(f"  FAIL {msg}")
+
+    def skip(self, msg: str) -> None:
+        self.skipped += 1
+        print(f"  SKIP {msg}")
+
+    def check(self, cond: bool, msg: str, why: str = "") -> None:
+        if cond:
+            self.ok(msg)
+        else:
+            self.fail(f"{msg}{': ' + why if why else ''}")
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Helm's coalescing, as far as the checks need it: maps merge, null deletes."""
+    out = dict(base)
+    for k, v in over.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merged(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def render(values: dict[str, Any] | None) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
+    """Rendered objects as (where, object), and the chart's CRD files as (name, text)."""
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        crds = [(c["filename"], c["data"]) for c in chart.crds]
+    objs = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for i, doc in enumerate(yaml.safe_load_all(text)):
+            if doc is not None:
+                objs.append((f"{path}#{i}", doc))
+    return objs, crds
+
+
+def validate(where: str, doc: Any, kube_version: str, res: Result) -> None:
+    if not isinstance(doc, dict) or "apiVersion" not in doc or "kind" not in doc:
+        res.fail(f"{where}: not a Kubernetes object (no apiVersion/kind)")
+        return
+    ident = f"{where} {doc['kind']}/{doc.get('metadata', {}).get('name', '?')}"
+    try:
+        kubernetes_validate.validate(doc, kube_version, strict=True)  # unknown fields fail
+        res.ok(ident)
+    except kubernetes_validate.ValidationError as e:
+        path = ".".join(str(p) for p in e.absolute_path) or "<root>"
+        res.fail(f"{ident}: {path}: {e.message}")
+    except kubernetes_validate.SchemaNotFoundError as e:
+        reason = SKIP_NO_SCHEMA.get((doc["apiVersion"], doc["kind"]))
+        if reason:
+            res.skip(f"{ident}: {reason}")
+        else:
+            res.fail(f"{ident}: {e.message}")
+
+
+def triples(rules: Iterable[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in rules for g in rule.get("apiGroups", [])
+            for r in rule.get("resources", []) for v in rule.get("verbs", [])}
+
+
+def subset(small: dict[str, str] | None, big: dict[str, str] | None) -> bool:
+    return bool(small) and all((big or {}).get(k) == v for k, v in small.items())
+
+
+def check_contract(objs: list[Any], values: dict[str, Any], res: Result) -> None:
+    """The chart's invariants, on the rendered objects of one values set."""
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for o in objs:
+        by_kind.setdefault(o["kind"], []).append(o)
+    kinds = lambda k: by_kind.get(k, [])  # noqa: E731
+
+    unlabelled = [f"{o['kind']}/{o['metadata']['name']}" for o in objs
+                  if any(k not in o["metadata"].get("labels", {}) for k in STANDARD_LABELS)]
+    res.check(not unlabelled, "every object has the app.kubernetes.io/* and helm.sh/chart labels",
+              f"missing on {unlabelled}")
+
+    deps = kinds("Deployment")
+    if len(deps) != 1:
+        res.fail(f"expected one Deployment, got {len(deps)}")
+        return
+    dep = deps[0]
+    pod = dep["spec"]["template"]["spec"]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e for e in c.get("env", [])}
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+
+    drain = re.fullmatch(r"(\d+)s", env.get("SLUICE_DRAIN_TIMEOUT", {}).get("value", ""))
+    pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    res.check(drain is not None and grace > pre_stop + int(drain.group(1)),
+              f"terminationGracePeriodSeconds {grace} > preStop {pre_stop} + drain "
+              f"{drain.group(1) if drain else '?'}s")
+
+    psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
+    seccomp = (csc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+    problems = [name for name, good in [
+        ("pod runAsNonRoot", psc.get("runAsNonRoot") is True),
+        ("pod runAsUser", psc.get("runAsUser") == NONROOT_UID),
+        ("container runAsNonRoot", csc.get("runAsNonRoot") is True),
+        ("container runAsUser", csc.get("runAsUser", psc.get("runAsUser")) == NONROOT_UID),
+        ("readOnlyRootFilesystem", csc.get("readOnlyRootFilesystem") is True),
+        ("allowPrivilegeEscalation false", csc.get("allowPrivilegeEscalation") is False),
+        ("capabilities drop ALL", csc.get("capabilities", {}).get("drop") == ["ALL"]),
+        ("no added capabilities", not csc.get("capabilities", {}).get("add")),
+        ("seccompProfile RuntimeDefault", seccomp == "RuntimeDefault"),
+    ] if not good]
+    res.check(not problems, "security context: non-root 65532, read-only, no privileges",
+              f"wrong: {problems}")
+
+    field = lambda n: env.get(n, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")  # noqa: E731
+    watch = list(dict.fromkeys(values.get("watchNamespaces") or []))
+    env_problems = [name for name, good in [
+        ("POD_NAME from metadata.name", field("POD_NAME") == "metadata.name"),
+        ("POD_NAMESPACE from metadata.namespace", field("POD_NAMESPACE") == "metadata.namespace"),
+        ("SLUICE_LISTEN on the http port",
+         env.get("SLUICE_LISTEN", {}).get("value") == f"0.0.0.0:{ports.get('http')}"),
+        ("SLUICE_ADMIN_LISTEN on the admin port",
+         env.get("SLUICE_ADMIN_LISTEN", {}).get("value") == f"0.0.0.0:{ports.get('admin')}"),
+        ("SLUICE_NAMESPACE = watchNamespaces",
+         env.get("SLUICE_NAMESPACE", {}).get("value") == ",".join(watch) if watch
+         else "SLUICE_NAMESPACE" not in env),
+        ("SLUICE_LOG_FORMAT json|plain", env.get("SLUICE_LOG_FORMAT", {}).get("value") in ("json", "plain")),
+    ] if not good]
+    res.check(not env_problems, "env: listeners, drain, namespaces, downward-API pod identity",
+              f"wrong: {env_problems}")
+
+    probe_ok = lambda p, path: (p or {}).get("httpGet", {}).get("path") == path and \
+        (p or {}).get("httpGet", {}).get("port") in ("admin", ports.get("admin"))  # noqa: E731
+    res.check(probe_ok(c.get("livenessProbe"), "/healthz") and
+              probe_ok(c.get("readinessProbe"), "/readyz"),
+              "probes: liveness /healthz, readiness /readyz, on the admin port")
+    tag = values["image"]["tag"] or yaml.safe_load(open(os.path.join(CHART, "Chart.yaml")))["appVersion"]
+    res.check(c["image"] == f"{values['image']['repository']}:{tag}", f"image {c['image']}")
+
+    hpas = kinds("HorizontalPodAutoscaler")
+    if values["autoscaling"]["enabled"]:
+        res.check(len(hpas) == 1 and "replicas" not in dep["spec"] and
+                  hpas[0]["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"],
+                  "HPA targets the Deployment, which leaves replicas to it")
+    else:
+        res.check(not hpas and dep["spec"].get("replicas") == values["replicaCount"],
+                  "no HPA; Deployment replicas = replicaCount")
+
+    # Services: the gateway Service exposes the proxy only; the admin one only the admin port.
+    svcs = {s["metadata"]["labels"].get("app.kubernetes.io/component"): s for s in kinds("Service")}
+    gw = svcs.get("gateway")
+    res.check(gw is not None and gw["spec"]["type"] == values["service"]["type"] and
+              subset(gw["spec"]["selector"], pod_labels) and
+              [p["targetPort"] for p in gw["spec"]["ports"]] == ["http"],
+              "gateway Service selects the pods and exposes only the proxy port")
+    admin = svcs.get("admin")
+    want_admin = values["adminService"]["enabled"] or values["serviceMonitor"]["enabled"]
+    res.check((admin is not None) == bool(want_admin) and
+              (admin is None or (admin["spec"]["type"] == "ClusterIP" and
+                                 subset(admin["spec"]["selector"], pod_labels))),
+              f"admin Service {'present, ClusterIP' if want_admin else 'absent'}")
+    for sm in kinds("ServiceMonitor"):
+        sel = sm["spec"]["selector"]["matchLabels"]
+        res.check(admin is not None and subset(sel, admin["metadata"]["labels"]) and
+                  not subset(sel, gw["metadata"]["labels"] if gw else {}) and
+                  sm["spec"]["endpoints"][0]["port"] in [p["name"] for p in admin["spec"]["ports"]],
+                  "ServiceMonitor selects the admin Service (only) and one of its ports")
+    for pdb in kinds("PodDisruptionBudget"):
+        res.check(pdb["apiVersion"] == "policy/v1" and
+                  subset(pdb["spec"]["selector"]["matchLabels"], pod_labels),
+                  "PodDisruptionBudget selects the pods")
+    res.check(bool(kinds("PodDisruptionBudget")) == values["podDisruptionBudget"]["enabled"],
+              "PodDisruptionBudget rendered iff enabled")
+
+    sa = pod.get("serviceAccountName")
+    if not values["serviceAccount"]["create"]:
+        res.check(not kinds("ServiceAccount") and
+                  sa == (values["serviceAccount"].get("name") or "default"),
+                  f"serviceAccount.create=false: the pods use the existing {sa}")
+    check_rbac(kinds, values, watch, sa, res)
+
+
+def check_rbac(kinds, values: dict[str, Any], watch: list[str], sa: str | None,
+               res: Result) -> None:
+    if not values["rbac"]["create"]:
+        res.check(not kinds("Role") and not kinds("ClusterRole"), "rbac.create=false: no RBAC")
+        return
+    if values["serviceAccount"]["create"]:
+        res.check([s["metadata"]["name"] for s in kinds("ServiceAccount")] == [sa],
+                  f"the pods run as the chart's ServiceAccount {sa}")
+    all_rules = [r for k in ("Role", "ClusterRole") for o in kinds(k) for r in o.get("rules", [])]
+    flat = triples(all_rules)
+    res.check(not any(r == "secrets" or "*" in (g, r, v) for g, r, v in flat),
+              "no rule touches Secrets or uses a wildcard")
+
+    roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o
+             for k in ("Role", "ClusterRole") for o in kinds(k)}
+    bound = set()
+    for b in kinds("RoleBinding") + kinds("ClusterRoleBinding"):
+        ns = b["metadata"].get("namespace") if b["roleRef"]["kind"] == "Role" else None
+        key = (b["roleRef"]["kind"], ns, b["roleRef"]["name"])
+        subj = b.get("subjects", [])
+        res.check(key in roles and subj == [{"kind": "ServiceAccount", "name": sa,
+                                             "namespace": NAMESPACE}],
+                  f"{b['kind']} {ns or ''}/{b['metadata']['name']} binds {key[2]} to "
+                  f"ServiceAccount {NAMESPACE}/{sa}")
+        bound.add(key)
+    res.check(set(roles) <= bound, "every Role and ClusterRole is bound",
+              f"unbound: {sorted(set(roles) - bound)}")
+
+    crs = kinds("ClusterRole")
+    watch_roles = {o["metadata"]["namespace"]: triples(o["rules"]) for o in kinds("Role")
+                   if triples(o["rules"]) != EXPECTED_LEASE_RULES}
+    if not watch:
+        res.check(len(crs) == 1 and triples(crs[0]["rules"]) == EXPECTED_WATCH_RULES,
+                  "ClusterRole grants exactly the watch/status/event access",
+                  f"extra {sorted(triples(crs[0]['rules']) - EXPECTED_WATCH_RULES)}, missing "
+                  f"{sorted(EXPECTED_WATCH_RULES - triples(crs[0]['rules']))}" if crs else "none")
+        res.check(not watch_roles, "no per-namespace Roles without watchNamespaces")
+    else:
+        res.check(not crs and not kinds("ClusterRoleBinding"),
+                  "watchNamespaces: no ClusterRole or ClusterRoleBinding")
+        res.check(sorted(watch_roles) == sorted(watch) and
+                  all(t == EXPECTED_WATCH_RULES for t in watch_roles.values()),
+                  f"a Role with exactly the watch/status/event access in each of {watch}",
+                  "; ".join(f"{ns}: extra {sorted(t - EXPECTED_WATCH_RULES)}, missing "
+                            f"{sorted(EXPECTED_WATCH_RULES - t)}" for ns, t in watch_roles.items()
+                            if t != EXPECTED_WATCH_RULES) or f"Roles in {sorted(watch_roles)}")
+    lease = [o for o in kinds("Role") if o["metadata"]["namespace"] == NAMESPACE
+             and triples(o["rules"]) == EXPECTED_LEASE_RULES]
+    res.check(len(lease) == 1, f"Role for the Lease in {NAMESPACE}: leases get/create/update only")
+
+
+def check_values_set(label: str, overrides: dict[str, Any] | None, defaults: dict[str, Any],
+                     kube_version: str, res: Result) -> None:
+    print(f"== values: {label} ==")
+    report = helm.lint(CHART, overrides, strict=True, namespace=NAMESPACE,
+                       kube_version=f"v{kube_version}")
+    for m in report["messages"]:
+        if m["severity"] >= 2:
+            print(f"  lint[{m['severity']}] {m['path']}: {m['error'].strip()}")
+    res.check(not report["errors"], "helm lint --strict", f"{len(report['errors'])} error(s)")
+    try:
+        objs, _ = render(overrides)
+    except helm.HelmError as e:  # HelmValuesError (schema) or HelmRenderError (template)
+        res.fail(f"render: {type(e).__name__}: {e}")
+        return
+    seen: set[tuple[str, str, str, str]] = set()
+    for where, doc in objs:
+        validate(where, doc, kube_version, res)
+        if isinstance(doc, dict):
+            meta = doc.get("metadata", {})
+            key = (doc.get("apiVersion"), doc.get("kind"), meta.get("namespace"), meta.get("name"))
+            if key in seen:
+                res.fail(f"{where}: duplicate object {key}")
+            seen.add(key)
+    docs = [d for _, d in objs if isinstance(d, dict) and "kind" in d]
+    check_contract(docs, merged(defaults, overrides or {}), res)
+
+
+def check_refusals(res: Result) -> None:
+    print("== values the chart must refuse ==")
+    for label, overrides, fragment in MUST_REFUSE:
+        try:
+            render(overrides)
+            res.fail(f"{label}: rendered, expected an error mentioning {fragment!r}")
+        except helm.HelmError as e:
+            first = str(e).strip().splitlines()
+            res.check(fragment in str(e), f"{label}: refused",
+                      f"error does not mention {fragment!r}: {first}")
+
+
+def check_values_declared(defaults: dict[str, Any], res: Result) -> None:
+    """A `.Values.x.y` no values.yaml declares renders as empty without a word: catch it here."""
+    print("== templates read only declared values ==")
+    undeclared = []
+    for path in sorted(glob.glob(os.path.join(CHART, "templates", "*"))):
+        text = open(path, encoding="utf-8").read()
+        for m in re.finditer(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)", text):
+            node: Any = defaults
+            for part in m.group(1).lstrip(".").split("."):
+                if not isinstance(node, dict) or part not in node:
+                    line = text.count("\n", 0, m.start()) + 1
+                    undeclared.append(f"{os.path.basename(path)}:{line}: .Values{m.group(1)}")
+                    break
+                node = node[part]
+    res.check(not undeclared, "every .Values reference is declared in values.yaml",
+              "; ".join(undeclared))
+
+
+def check_crds(kube_version: str, res: Result) -> None:
+    print("== CRDs ==")
+    _, crds = render(None)
+    names = []
+    for filename, text in crds:
+        name = os.path.basename(filename)
+        names.append(name)
+        source, copy = os.path.join(REPO, "crds", name), os.path.join(CHART, "crds", name)
+        same = os.path.isfile(source) and filecmp.cmp(source, copy, shallow=False)
+        res.check(same, f"charts/sluice/crds/{name} is identical to crds/{name}",
+                  "copy it again: cp crds/*.yaml charts/sluice/crds/")
+        for i, doc in enumerate(yaml.safe_load_all(text)):
+            if doc is not None:
+                validate(f"crds/{name}#{i}", doc, kube_version, res)
+    expected = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "crds", "*.yaml")))
+    res.check(sorted(names) == expected, "the chart ships every CRD in crds/",
+              f"chart {sorted(names)} vs crds/ {expected}")
+
+
+def main() -> int:
+    global CHART
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kube-version", default="1.33.0",
+                    help="Kubernetes version to validate against (default 1.33.0)")
+    ap.add_argument("--chart", default=CHART, help="chart directory (default charts/sluice)")
+    args = ap.parse_args()
+    CHART = os.path.abspath(args.chart)
+    if not os.path.isfile(os.path.join(CHART, "Chart.yaml")):
+        print(f"{CHART}: no Chart.yaml", file=sys.stderr)
+        return 2
+    try:  # fail fast on a version kubernetes-validate does not bundle
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "Namespace",
+                                      "metadata": {"name": "x"}}, args.kube_version, True)
+    except (kv_utils.VersionNotSupportedError, IndexError):
+        print(f"Kubernetes {args.kube_version} is not bundled by kubernetes-validate "
+              f"(latest {kubernetes_validate.latest_version()})", file=sys.stderr)
+        return 2
+    print(f"helm SDK {helm.helm_sdk_version()}, kubernetes-validate "
+          f"{kubernetes_validate.__version__}, validating against Kubernetes {args.kube_version}")
+
+    res = Result()
+    try:
+        with open(os.path.join(CHART, "values.yaml"), encoding="utf-8") as f:
+            defaults = helm.values_from_yaml(f.read())
+        sets: list[tuple[str, dict[str, Any] | None]] = [("defaults", None)]
+        for path in sorted(glob.glob(os.path.join(CHART, "ci", "*-values.yaml"))):
+            with open(path, encoding="utf-8") as f:  # Helm's parser: means what `-f FILE` means
+                sets.append((os.path.relpath(path, CHART), helm.values_from_yaml(f.read())))
+        for label, overrides in sets:
+            check_values_set(label, overrides, defaults, args.kube_version, res)
+        check_refusals(res)
+        check_values_declared(defaults, res)
+        check_crds(args.kube_version, res)
+    except helm.HelmError as e:  # e.g. HelmChartLoadError for a broken Chart.yaml
+        res.fail(f"{type(e).__name__}: {e}")
+    print(f"chart_check: {res.passed} passed, {res.failed} failed, {res.skipped} skipped")
+    return 1 if res.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
