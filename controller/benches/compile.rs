@@ -1,110 +1,21 @@
-//! Compile of 1,000 and 10,000 routes over 50,000 endpoints, from scratch and as a recompile
-//! (the previous snapshot given, as every reload does). The result is dropped outside the timed
-//! part: the old snapshot is freed after the swap, when its last request finishes.
+//! Compile of 1,000 and 10,000 routes over 100,000 endpoints (2,000 Services of 50), from
+//! scratch, as a recompile (the previous snapshot given, as every reload does), and one endpoint
+//! flipping readiness: as a full recompile and through the endpoint-only refresh that cluster
+//! mode uses for EndpointSlice changes. Results are dropped outside the timed part: the old
+//! snapshot is freed after the swap, when its last request finishes.
 //!
 //! `cargo bench -p sluice-controller --bench compile`
 
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use sluice_controller::compile::{Inputs, compile};
-use sluice_controller::resources::*;
+use std::collections::HashSet;
 
-const SERVICES: usize = 1_000;
-const ENDPOINTS_PER_SERVICE: usize = 50;
+use sluice_controller::compile::{Inputs, compile, refresh_endpoints};
 
-fn meta(name: String, labels: Option<(&str, String)>) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: Some("bench".to_owned()),
-        labels: labels.map(|(k, v)| [(k.to_owned(), v)].into_iter().collect()),
-        ..ObjectMeta::default()
-    }
-}
+mod support;
 
-fn inputs(routes: usize) -> Inputs {
-    let mut inputs = Inputs::default();
-    for s in 0..SERVICES {
-        inputs.services.push(Arc::new(Service {
-            metadata: meta(format!("svc{s}"), None),
-            spec: Some(ServiceSpec {
-                ports: Some(vec![ServicePort {
-                    name: Some("http".to_owned()),
-                    port: 80,
-                    ..ServicePort::default()
-                }]),
-                ..ServiceSpec::default()
-            }),
-            ..Service::default()
-        }));
-        inputs.slices.push(Arc::new(EndpointSlice {
-            metadata: meta(
-                format!("svc{s}-a"),
-                Some(("kubernetes.io/service-name", format!("svc{s}"))),
-            ),
-            address_type: "IPv4".to_owned(),
-            ports: Some(vec![EndpointPort {
-                name: Some("http".to_owned()),
-                port: Some(8080),
-                ..EndpointPort::default()
-            }]),
-            endpoints: Some(
-                (0..ENDPOINTS_PER_SERVICE)
-                    .map(|e| Endpoint {
-                        addresses: vec![format!("10.{}.{}.{}", s / 250, s % 250, e + 1)],
-                        conditions: Some(EndpointConditions {
-                            ready: Some(e % 10 != 0),
-                            ..EndpointConditions::default()
-                        }),
-                        ..Endpoint::default()
-                    })
-                    .collect(),
-            ),
-        }));
-    }
-    for r in 0..routes {
-        let mut spec = GatewayRouteSpec {
-            hostnames: if r % 10 == 0 {
-                vec![format!("r{r}.example.com")]
-            } else {
-                vec![]
-            },
-            rules: vec![RouteRule {
-                name: Some("main".to_owned()),
-                matches: vec![RouteMatch {
-                    path: Some(PathMatch {
-                        match_type: PathMatchType::PathPrefix,
-                        value: format!("/api/r{r}"),
-                    }),
-                    ..RouteMatch::default()
-                }],
-                filters: None,
-                backend_refs: vec![BackendRef {
-                    name: format!("svc{}", r % SERVICES),
-                    port: 80,
-                    weight: None,
-                }],
-                timeouts: None,
-            }],
-        };
-        if r % 100 == 0 {
-            spec.rules[0].matches.push(RouteMatch {
-                path: Some(PathMatch {
-                    match_type: PathMatchType::RegularExpression,
-                    value: format!("/re{r}/[0-9]+"),
-                }),
-                ..RouteMatch::default()
-            });
-        }
-        let mut route = GatewayRoute::new(&format!("route{r}"), spec);
-        route.metadata.namespace = Some("bench".to_owned());
-        inputs.routes.push(Arc::new(route));
-    }
-    inputs
-}
+use support::scale::inputs;
 
 fn bench_compile(c: &mut Criterion) {
     let mut group = c.benchmark_group("compile");
@@ -126,8 +37,42 @@ fn bench_compile(c: &mut Criterion) {
             &inputs,
             |b, inputs| b.iter_with_large_drop(|| compile(inputs, 2, Some(&first.snapshot))),
         );
+        let flipped = flip_one_endpoint(&inputs);
+        group.bench_with_input(
+            BenchmarkId::new("endpoint_flip_full", routes),
+            &flipped,
+            |b, inputs| b.iter_with_large_drop(|| compile(inputs, 2, Some(&first.snapshot))),
+        );
+        let services: HashSet<String> = ["bench/svc7".to_owned()].into();
+        let refreshed =
+            refresh_endpoints(&flipped, &services, 2, &first.snapshot).expect("the flip refreshes");
+        assert_eq!(refreshed.rules.len(), routes);
+        group.bench_with_input(
+            BenchmarkId::new("endpoint_flip_refresh", routes),
+            &flipped,
+            |b, inputs| {
+                b.iter_with_large_drop(|| refresh_endpoints(inputs, &services, 2, &first.snapshot))
+            },
+        );
     }
     group.finish();
+}
+
+/// The inputs with the first endpoint of Service `svc7` flipped to not ready.
+fn flip_one_endpoint(inputs: &Inputs) -> Inputs {
+    let mut flipped = inputs.clone();
+    let slice = &mut flipped.slices[7];
+    let mut changed = (**slice).clone();
+    if let Some(conditions) = changed
+        .endpoints
+        .as_mut()
+        .and_then(|e| e.get_mut(1))
+        .and_then(|e| e.conditions.as_mut())
+    {
+        conditions.ready = Some(false);
+    }
+    *slice = Arc::new(changed);
+    flipped
 }
 
 criterion_group!(benches, bench_compile);

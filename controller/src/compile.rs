@@ -11,7 +11,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -100,6 +100,8 @@ pub struct Compiled {
     pub statuses: Vec<StatusReport>,
     /// Every problem found, in object order.
     pub diagnostics: Vec<Diagnostic>,
+    /// `namespace/name` of the Services some backend reference failed to resolve against.
+    pub unresolved_services: HashSet<String>,
 }
 
 /// Compiles `inputs` into snapshot `generation`. Regular expressions already compiled in `prev`
@@ -137,12 +139,83 @@ pub fn compile(inputs: &Inputs, generation: u64, prev: Option<&Snapshot>) -> Com
     Compiled {
         snapshot: Snapshot {
             generation,
-            rules: out.rules.into_boxed_slice(),
-            router: out.router.build(),
+            rules: out.rules.into_iter().map(Arc::new).collect(),
+            router: Arc::new(out.router.build()),
         },
         statuses: out.statuses,
         diagnostics: out.diagnostics,
+        unresolved_services: endpoints.into_failed(),
     }
+}
+
+/// A snapshot that differs from `prev` only in the endpoints of `services` (`namespace/name`):
+/// every other rule, and the router, are shared with `prev`, so an endpoint flip costs what the
+/// affected rules cost, not what the whole configuration does.
+///
+/// Returns `None` when that is not enough and a full [`compile`] is needed: a backend of these
+/// Services no longer resolves. The caller must also fall back to a full compile when a
+/// Service in `services` was among the previous compile's `unresolved_services`, or when
+/// anything but EndpointSlices changed.
+pub fn refresh_endpoints(
+    inputs: &Inputs,
+    services: &HashSet<String>,
+    generation: u64,
+    prev: &Snapshot,
+) -> Option<Snapshot> {
+    let in_scope = |namespace: Option<&str>, name: &str| {
+        services.contains(&format!("{}/{name}", namespace.unwrap_or("default")))
+    };
+    let touched_services: Vec<Arc<crate::resources::Service>> = inputs
+        .services
+        .iter()
+        .filter(|s| {
+            in_scope(
+                s.metadata.namespace.as_deref(),
+                s.metadata.name.as_deref().unwrap_or(""),
+            )
+        })
+        .cloned()
+        .collect();
+    let touched_slices: Vec<Arc<crate::resources::EndpointSlice>> = inputs
+        .slices
+        .iter()
+        .filter(|s| {
+            s.labels()
+                .get(endpoints::SERVICE_NAME_LABEL)
+                .is_some_and(|svc| in_scope(s.metadata.namespace.as_deref(), svc))
+        })
+        .cloned()
+        .collect();
+    let mut index = endpoints::EndpointIndex::new(&touched_services, &touched_slices, Some(prev));
+    let mut rules = Vec::with_capacity(prev.rules.len());
+    for rule in prev.rules.iter() {
+        if !rule.backends.iter().any(|b| services.contains(&*b.service)) {
+            rules.push(Arc::clone(rule));
+            continue;
+        }
+        let mut backends = Vec::with_capacity(rule.backends.len());
+        for b in rule.backends.iter() {
+            if !services.contains(&*b.service) {
+                backends.push(b.clone());
+                continue;
+            }
+            let (namespace, name) = b.service.split_once('/')?;
+            let resolved = index.resolve(namespace, name, i32::from(b.port)).ok()?;
+            backends.push(sluice_proxy::snapshot::Backend::new(
+                b.service.clone(),
+                b.port,
+                b.weight,
+                resolved.ready,
+                resolved.not_ready,
+            ));
+        }
+        rules.push(Arc::new(rule.with_backends(backends)));
+    }
+    Some(Snapshot {
+        generation,
+        rules: rules.into_boxed_slice(),
+        router: Arc::clone(&prev.router),
+    })
 }
 
 /// Compiled regular expressions by their full (anchored) pattern.

@@ -23,10 +23,12 @@ pub type RuleId = u32;
 pub struct Snapshot {
     /// Increases by one with every snapshot a source publishes.
     pub generation: u64,
-    /// Every accepted rule of every route; candidates in the router point here.
-    pub rules: Box<[Rule]>,
-    /// Host and path tables leading to rules.
-    pub router: Router,
+    /// Every accepted rule of every route; candidates in the router point here. Shared with
+    /// the next snapshot when an endpoint change leaves a rule alone.
+    pub rules: Box<[Arc<Rule>]>,
+    /// Host and path tables leading to rules, shared by snapshots that differ only in
+    /// endpoints.
+    pub router: Arc<Router>,
 }
 
 impl Snapshot {
@@ -87,6 +89,19 @@ impl Rule {
             schedule: balance::smooth_weighted_schedule(&weights),
             cursor: AtomicUsize::new(0),
         }
+    }
+
+    /// The same rule with other backends (the balancing schedule recomputed for them).
+    pub fn with_backends(&self, backends: Vec<Backend>) -> Self {
+        Rule::new(
+            self.route.clone(),
+            self.name.clone(),
+            self.rewrite.clone(),
+            self.request_headers.clone(),
+            self.response_headers.clone(),
+            self.timeouts,
+            backends,
+        )
     }
 
     /// Picks the next endpoint: smooth weighted round robin across backends, then round robin
@@ -209,6 +224,19 @@ impl Backend {
         }
         let turn = self.cursor.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
         Some(&self.endpoints[turn])
+    }
+}
+
+impl Clone for Backend {
+    /// A copy sharing the endpoint lists, with its own round-robin cursor.
+    fn clone(&self) -> Self {
+        Backend::new(
+            self.service.clone(),
+            self.port,
+            self.weight,
+            self.endpoints.clone(),
+            self.not_ready.clone(),
+        )
     }
 }
 

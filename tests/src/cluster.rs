@@ -43,6 +43,20 @@ impl Replica {
     /// Starts replica `identity` against listener `listener` of `api`, with a short Lease so
     /// that failover happens within a test's patience.
     pub async fn start(api: &FakeApi, listener: usize, identity: &str) -> Self {
+        let debounce = Debounce {
+            holdoff: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+        };
+        Self::start_with(api, listener, identity, debounce).await
+    }
+
+    /// Like [`Replica::start`] with a given debounce.
+    pub async fn start_with(
+        api: &FakeApi,
+        listener: usize,
+        identity: &str,
+        debounce: Debounce,
+    ) -> Self {
         let gateway = Gateway::new(ProxyConfig::default());
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
@@ -67,10 +81,7 @@ impl Replica {
         leader.retry_period = Duration::from_millis(200);
         let options = ClusterOptions {
             namespaces: Vec::new(),
-            debounce: Debounce {
-                holdoff: Duration::from_millis(5),
-                max_delay: Duration::from_millis(50),
-            },
+            debounce,
             leader,
         };
         let controller = tokio::spawn(cluster::run(

@@ -2,7 +2,7 @@
 //! name selects the EndpointSlice port, whose number is the pod's target port. Only endpoints
 //! with `conditions.ready` (absent counts as ready) that are not terminating receive traffic.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -35,6 +35,8 @@ pub struct EndpointIndex<'a> {
     /// Ready endpoint lists of the previous snapshot by `(namespace/name, port)`: when a
     /// Service's ready addresses did not change, its list is shared instead of rebuilt.
     previous: HashMap<&'a str, HashMap<u16, Arc<[Endpoint]>>>,
+    /// `namespace/name` of every Service a resolution failed for.
+    failed: HashSet<String>,
 }
 
 fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
@@ -83,6 +85,7 @@ impl<'a> EndpointIndex<'a> {
             slices: by_service,
             resolved: HashMap::new(),
             previous,
+            failed: HashSet::new(),
         }
     }
 
@@ -97,14 +100,24 @@ impl<'a> EndpointIndex<'a> {
                     .map(|(&name, &service)| ((ns, name), service))
             });
         let Some((key, service)) = found else {
+            self.failed.insert(format!("{namespace}/{name}"));
             return Err(format!("Service {namespace}/{name} not found"));
         };
         if let Some(hit) = self.resolved.get(&(key, port)) {
             return hit.clone();
         }
         let result = self.resolve_uncached(key, service, port);
+        if result.is_err() {
+            self.failed.insert(format!("{namespace}/{name}"));
+        }
         self.resolved.insert((key, port), result.clone());
         result
+    }
+
+    /// `namespace/name` of every Service a resolution failed for: a change to one of them may
+    /// bring a dropped rule back, which only a full compile does.
+    pub fn into_failed(self) -> HashSet<String> {
+        self.failed
     }
 
     fn resolve_uncached(

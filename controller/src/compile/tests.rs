@@ -514,3 +514,85 @@ fn regexes_of_the_previous_snapshot_are_reused() {
     let cache = RegexCache::from_snapshot(Some(&first.snapshot));
     assert!(cache.compiled.contains_key("^(?:/v[0-9]+)$"));
 }
+
+#[test]
+fn an_endpoint_refresh_matches_a_full_compile_and_shares_everything_else() {
+    let routes = format!(
+        "{}---\n{}",
+        route("users", &format!("  rules:\n{USERS_RULE}")),
+        route(
+            "orders",
+            "  rules:\n  - matches: [{path: {value: /orders}}]\n    backendRefs: [{name: orders, port: 9000}]"
+        )
+    );
+    let before = compile_with_backends(&routes);
+    let flipped = format!("{BACKENDS}\n---\n{routes}").replace(
+        "- addresses: [\"10.0.0.2\"]\n  conditions: {ready: false}",
+        "- addresses: [\"10.0.0.2\"]\n  conditions: {ready: true}",
+    );
+    let inputs = inputs(&flipped);
+    let services: HashSet<String> = ["shop/users".to_owned()].into();
+    let refreshed = refresh_endpoints(&inputs, &services, 2, &before.snapshot).expect("refresh");
+    let full = compile(&inputs, 2, None);
+
+    let ready = |s: &Snapshot, path: &str| -> Vec<String> {
+        let headers = HeaderMap::new();
+        let view = RequestView {
+            host: "h",
+            path,
+            query: None,
+            method: &Method::GET,
+            headers: &headers,
+        };
+        let rule = s.rule(s.router.find(&view).expect("match").rule);
+        rule.backends[0]
+            .endpoints
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect()
+    };
+    assert_eq!(ready(&refreshed, "/users"), ready(&full.snapshot, "/users"));
+    assert_eq!(
+        ready(&refreshed, "/users"),
+        ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"]
+    );
+    assert!(
+        Arc::ptr_eq(&refreshed.router, &before.snapshot.router),
+        "router shared"
+    );
+    let shared = refreshed
+        .rules
+        .iter()
+        .zip(before.snapshot.rules.iter())
+        .filter(|(a, b)| Arc::ptr_eq(a, b))
+        .count();
+    assert_eq!(
+        shared, 1,
+        "the orders rule is shared, the users rule rebuilt"
+    );
+}
+
+#[test]
+fn an_endpoint_refresh_gives_up_when_a_backend_stops_resolving() {
+    let before = compile_with_backends(&route("users", &format!("  rules:\n{USERS_RULE}")));
+    let renamed_port = format!(
+        "{BACKENDS}\n---\n{}",
+        route("users", &format!("  rules:\n{USERS_RULE}"))
+    )
+    .replace(
+        "ports: [{name: http, port: 8080, protocol: TCP}]",
+        "ports: [{name: web, port: 8080, protocol: TCP}]",
+    );
+    let services: HashSet<String> = ["shop/users".to_owned()].into();
+    assert!(refresh_endpoints(&inputs(&renamed_port), &services, 2, &before.snapshot).is_none());
+}
+
+#[test]
+fn services_that_failed_to_resolve_are_reported_for_the_refresh_path() {
+    let c = compile_with_backends(&route(
+        "r",
+        "  rules:\n  - backendRefs: [{name: ghost, port: 80}]\n  - backendRefs: [{name: users, port: 81}]",
+    ));
+    let expected: HashSet<String> = ["shop/ghost".to_owned(), "shop/users".to_owned()].into();
+    assert_eq!(c.unresolved_services, expected);
+}

@@ -24,7 +24,7 @@ use self::leader::{LeaderConfig, until_stopped};
 use self::status::{LiveSnapshot, StatusWriter};
 use self::watch::{Changed, KindStores};
 use super::dir::Debounce;
-use crate::compile::{Inputs, StatusReport, compile};
+use crate::compile::{self, Inputs, StatusReport, compile};
 use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Service};
 
 /// How the cluster source runs.
@@ -156,23 +156,28 @@ async fn serve_changes(
         gateway,
         generation: 0,
         reported: HashSet::new(),
+        unresolved: HashSet::new(),
         propagation,
     };
-    let mut pending: Vec<Instant> = Vec::new();
-    while let Ok(c) = changes.try_recv() {
-        pending.push(c.at);
-    }
+    let mut pending: Vec<Changed> = Vec::new();
+    // The first compile is a full one whatever arrived while syncing.
+    while changes.try_recv().is_ok() {}
+    let mut full = true;
     loop {
-        let Some(result) = compiler.recompile(stores, &pending).await else {
-            return;
-        };
+        if full {
+            let Some(result) = compiler.recompile(stores, &pending).await else {
+                return;
+            };
+            let _ = publish.send(Some(result));
+        } else if let Some(result) = compiler.refresh(stores, &pending).await {
+            let _ = publish.send(Some(result));
+        }
         pending.clear();
-        let _ = publish.send(Some(result));
 
         // Wait for a change, then let the burst settle.
         tokio::select! {
             c = changes.recv() => match c {
-                Some(c) => pending.push(c.at),
+                Some(c) => pending.push(c),
                 None => return,
             },
             () = until_stopped(&mut stop) => return,
@@ -181,13 +186,14 @@ async fn serve_changes(
         loop {
             tokio::select! {
                 c = changes.recv() => match c {
-                    Some(Changed { at }) => pending.push(at),
+                    Some(c) => pending.push(c),
                     None => break,
                 },
                 () = tokio::time::sleep(options.debounce.holdoff) => break,
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
+        full = !compiler.endpoints_only(&pending);
     }
 }
 
@@ -196,12 +202,72 @@ struct Compiler {
     generation: u64,
     /// Diagnostics already logged, so a recompile repeats none of them.
     reported: HashSet<String>,
+    /// Services the last full compile could not resolve a backend against.
+    unresolved: HashSet<String>,
     propagation: Histogram,
 }
 
 impl Compiler {
+    /// True when every change in `pending` is to the EndpointSlices of Services that resolved
+    /// last time: then only their endpoint lists need refreshing.
+    fn endpoints_only(&self, pending: &[Changed]) -> bool {
+        !pending.is_empty()
+            && pending.iter().all(|c| {
+                c.endpoints_of
+                    .as_ref()
+                    .is_some_and(|s| !self.unresolved.contains(s))
+            })
+    }
+
+    /// Refreshes the endpoints of the Services in `pending` on the current snapshot, or falls
+    /// back to a full compile when that cannot be done (whose result is returned: statuses may
+    /// have changed).
+    async fn refresh(&mut self, stores: &Stores, pending: &[Changed]) -> Option<Published> {
+        let services: HashSet<String> = pending
+            .iter()
+            .filter_map(|c| c.endpoints_of.clone())
+            .collect();
+        let generation = self.generation + 1;
+        let inputs = stores.inputs();
+        let previous = self.gateway.snapshot();
+        let refreshed = tokio::task::spawn_blocking(move || {
+            compile::refresh_endpoints(&inputs, &services, generation, &previous)
+        })
+        .await
+        .ok()
+        .flatten();
+        match refreshed {
+            Some(snapshot) => {
+                self.generation = generation;
+                self.gateway.install(snapshot);
+                let propagation_ms = self.observe(pending);
+                tracing::debug!(
+                    generation,
+                    changes = pending.len(),
+                    propagation_ms,
+                    "endpoints refreshed"
+                );
+                None
+            }
+            // A backend stopped resolving: only a full compile reports that properly.
+            None => self.recompile(stores, pending).await,
+        }
+    }
+
+    /// Records the propagation of every change in `pending`; returns the oldest's, in ms.
+    fn observe(&self, pending: &[Changed]) -> u64 {
+        let installed = Instant::now();
+        for c in pending {
+            self.propagation
+                .observe(installed.saturating_duration_since(c.at).as_secs_f64());
+        }
+        pending.iter().map(|c| c.at).min().map_or(0, |t| {
+            u64::try_from(installed.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
+        })
+    }
+
     /// Compiles the stores' current state and installs it; `None` if the compile task died.
-    async fn recompile(&mut self, stores: &Stores, pending: &[Instant]) -> Option<Published> {
+    async fn recompile(&mut self, stores: &Stores, pending: &[Changed]) -> Option<Published> {
         self.generation += 1;
         let generation = self.generation;
         let inputs = stores.inputs();
@@ -220,15 +286,8 @@ impl Compiler {
         };
         let rules = compiled.snapshot.rules.len();
         self.gateway.install(compiled.snapshot);
-        let installed = Instant::now();
-        let oldest = pending.iter().min().copied();
-        for at in pending {
-            self.propagation
-                .observe(installed.saturating_duration_since(*at).as_secs_f64());
-        }
-        let propagation_ms = oldest.map_or(0, |t| {
-            u64::try_from(installed.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
-        });
+        let propagation_ms = self.observe(pending);
+        self.unresolved = compiled.unresolved_services;
 
         let mut now_reported = HashSet::with_capacity(compiled.diagnostics.len());
         for d in &compiled.diagnostics {

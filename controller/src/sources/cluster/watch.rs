@@ -19,10 +19,13 @@ use tokio::time::Instant;
 use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Service};
 
 /// A change that compile must see, stamped with when the watch delivered it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Changed {
     /// When the event arrived.
     pub at: Instant,
+    /// For a change to one EndpointSlice: its Service, `namespace/name`. Such a change needs
+    /// only that Service's endpoint lists refreshed, not a full compile.
+    pub endpoints_of: Option<String>,
 }
 
 /// The part of an object compile reads, hashed: events that leave it alone (our own status
@@ -30,6 +33,11 @@ pub struct Changed {
 pub trait Relevant {
     /// Hash of what compile reads.
     fn relevant_digest(&self) -> u64;
+
+    /// For an EndpointSlice, its Service as `namespace/name`.
+    fn endpoints_of(&self) -> Option<String> {
+        None
+    }
 }
 
 fn digest_of(parts: &impl Serialize) -> u64 {
@@ -70,6 +78,14 @@ impl Relevant for EndpointSlice {
             &self.endpoints,
             &self.ports,
             self.labels().get("kubernetes.io/service-name"),
+        ))
+    }
+
+    fn endpoints_of(&self) -> Option<String> {
+        let service = self.labels().get("kubernetes.io/service-name")?;
+        Some(format!(
+            "{}/{service}",
+            self.metadata.namespace.as_deref().unwrap_or("default")
         ))
     }
 }
@@ -146,7 +162,16 @@ where
             match event {
                 Ok(event) => {
                     if seen.apply(&event) {
-                        let _ = changes.send(Changed { at: Instant::now() });
+                        let endpoints_of = match &event {
+                            watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                                o.endpoints_of()
+                            }
+                            _ => None,
+                        };
+                        let _ = changes.send(Changed {
+                            at: Instant::now(),
+                            endpoints_of,
+                        });
                     }
                 }
                 Err(e) => {

@@ -1,0 +1,3 @@
+//! Shared bench inputs.
+
+pub mod scale;
