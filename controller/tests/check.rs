@@ -98,3 +98,25 @@ fn run_refuses_unusable_configuration_with_exit_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"));
 }
+
+#[test]
+fn cluster_mode_without_a_cluster_says_how_to_run_standalone() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("KUBECONFIG", "/definitely/not/here/kubeconfig")
+        .env("HOME", "/definitely/not/here")
+        .output()
+        .expect("run sluice");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach Kubernetes"), "{stderr}");
+    assert!(stderr.contains("--manifests"), "{stderr}");
+}

@@ -69,6 +69,16 @@ async fn an_applied_route_serves_and_reports_programmed_with_its_generation() {
     assert!(eventually(PATIENCE, || serves(&replica, "/c/x", "b")).await);
     assert!(eventually(PATIENCE, programmed(2)).await);
     let c = client::http1();
+    let metrics = fetch(&c, replica.admin, "admin", "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let observed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_config_propagation_seconds_count "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(
+        observed.is_some_and(|n| n >= 1),
+        "propagation is measured: {observed:?}"
+    );
     assert_eq!(status_of(&c, &replica, "/b/x").await, 404);
 }
 
