@@ -107,10 +107,12 @@ impl Replica {
         }
     }
 
-    /// Dies without a goodbye: the controller task is aborted and the Lease is left to expire.
-    pub fn kill(mut self) {
+    /// Dies without a goodbye: the controller and every task it started are aborted before
+    /// anything is told to stop, so the Lease is not released and must expire.
+    pub async fn kill(mut self) {
         if let Some(c) = self.controller.take() {
             c.abort();
+            let _ = c.await;
         }
         let _ = self.stop.send(true);
     }

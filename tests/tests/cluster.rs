@@ -286,7 +286,8 @@ async fn only_the_leader_writes_status_and_another_takes_over_when_it_dies() {
         "only the leader (listener 0) wrote: {writers:?}"
     );
 
-    first.kill();
+    first.kill().await;
+    let killed = std::time::Instant::now();
     assert!(
         eventually(Duration::from_secs(15), || async {
             api.get(LEASES, "sluice-system", "sluice-leader")
@@ -294,6 +295,12 @@ async fn only_the_leader_writes_status_and_another_takes_over_when_it_dies() {
         })
         .await,
         "the survivor takes the Lease once it expires"
+    );
+    // The Lease (2 s in these tests) runs out on the survivor's clock, not before.
+    assert!(
+        killed.elapsed() >= Duration::from_millis(1500),
+        "taken over after {:?}, before the Lease could expire",
+        killed.elapsed()
     );
     api.apply(ROUTES, prefix_route("r", "/b3", "b"));
     let generation_three = || async {
@@ -311,4 +318,28 @@ async fn only_the_leader_writes_status_and_another_takes_over_when_it_dies() {
         lease["spec"]["holderIdentity"].is_null(),
         "a graceful stop releases the Lease: {lease:#}"
     );
+}
+
+#[tokio::test]
+async fn endpoint_churn_of_services_no_route_uses_costs_no_snapshot() {
+    let api = FakeApi::start().await;
+    let b = TestBackend::start("b").await;
+    api.apply(SERVICES, service("b"));
+    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    api.apply(SERVICES, service("unused"));
+    api.apply(ROUTES, prefix_route("r", "/b", "b"));
+    let replica = Replica::start(&api, 0, "pod-a").await;
+    assert!(eventually(PATIENCE, || serves(&replica, "/b", "b")).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = replica.generation();
+    for i in 0..10 {
+        api.apply(SLICES, slice("unused", "unused-1", b.addr, i % 2 == 0));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(replica.generation(), settled, "no rule sends to `unused`");
+    // While a flip of a Service in use is served at once.
+    api.apply(SLICES, slice("b", "b-1", b.addr, false));
+    assert!(eventually(PATIENCE, || async { replica.generation() > settled }).await);
+    let c = client::http1();
+    assert_eq!(status_of(&c, &replica, "/b").await, 503);
 }

@@ -74,6 +74,17 @@ struct Published {
     live: LiveSnapshot,
 }
 
+/// Aborts the tasks it holds when dropped.
+struct TaskGuard(Vec<tokio::task::AbortHandle>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// Runs cluster mode until `shutdown` turns true.
 pub async fn run(
     client: Client,
@@ -99,26 +110,31 @@ pub async fn run(
         tracing::warn!(error = %e, "propagation metric not registered");
     }
 
+    // Every task cluster mode starts dies with it: dropping this future (a crash, or a test
+    // killing a replica) stops the watches, the status writer and the Lease renewals alike.
+    let mut tasks = TaskGuard(Vec::new());
     let (changes_tx, changes) = mpsc::unbounded_channel();
     let ns = &options.namespaces;
     let stores = Stores {
-        routes: KindStores::watch(&client, ns, &changes_tx),
-        policies: KindStores::watch(&client, ns, &changes_tx),
-        services: KindStores::watch(&client, ns, &changes_tx),
-        slices: KindStores::watch(&client, ns, &changes_tx),
+        routes: KindStores::watch(&client, ns, &changes_tx, &mut tasks.0),
+        policies: KindStores::watch(&client, ns, &changes_tx, &mut tasks.0),
+        services: KindStores::watch(&client, ns, &changes_tx, &mut tasks.0),
+        slices: KindStores::watch(&client, ns, &changes_tx, &mut tasks.0),
     };
     drop(changes_tx);
 
     let (leading, election) =
         leader::spawn(client.clone(), options.leader.clone(), shutdown.clone());
+    tasks.0.push(election.abort_handle());
     let (publish, published) = channel::channel::<Option<Published>>(None);
-    tokio::spawn(write_statuses(
+    let writer = tokio::spawn(write_statuses(
         StatusWriter::new(client, &options.leader.identity),
         stores.clone(),
         published,
         leading,
         shutdown.clone(),
     ));
+    tasks.0.push(writer.abort_handle());
 
     serve_changes(
         &stores,
@@ -157,6 +173,7 @@ async fn serve_changes(
         generation: 0,
         reported: HashSet::new(),
         unresolved: HashSet::new(),
+        referenced: HashSet::new(),
         propagation,
     };
     let mut pending: Vec<Changed> = Vec::new();
@@ -165,33 +182,40 @@ async fn serve_changes(
     let mut full = true;
     loop {
         if full {
-            let Some(result) = compiler.recompile(stores, &pending).await else {
-                return;
-            };
-            let _ = publish.send(Some(result));
+            match compiler.recompile(stores, &pending).await {
+                Some(result) => {
+                    let _ = publish.send(Some(result));
+                }
+                // The current snapshot keeps serving; the next change tries again.
+                None => tracing::error!("compile failed; keeping the current snapshot"),
+            }
         } else if let Some(result) = compiler.refresh(stores, &pending).await {
             let _ = publish.send(Some(result));
         }
         pending.clear();
 
-        // Wait for a change, then let the burst settle.
-        tokio::select! {
-            c = changes.recv() => match c {
-                Some(c) => pending.push(c),
-                None => return,
-            },
-            () = until_stopped(&mut stop) => return,
-        }
-        let deadline = Instant::now() + options.debounce.max_delay;
-        loop {
+        // Wait for a batch of changes that matters to some rule.
+        while pending.is_empty() {
             tokio::select! {
                 c = changes.recv() => match c {
                     Some(c) => pending.push(c),
-                    None => break,
+                    None => return,
                 },
-                () = tokio::time::sleep(options.debounce.holdoff) => break,
-                () = tokio::time::sleep_until(deadline) => break,
+                () = until_stopped(&mut stop) => return,
             }
+            // Let the burst settle.
+            let deadline = Instant::now() + options.debounce.max_delay;
+            loop {
+                tokio::select! {
+                    c = changes.recv() => match c {
+                        Some(c) => pending.push(c),
+                        None => break,
+                    },
+                    () = tokio::time::sleep(options.debounce.holdoff) => break,
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            pending.retain(|c| compiler.matters(c));
         }
         full = !compiler.endpoints_only(&pending);
     }
@@ -204,10 +228,21 @@ struct Compiler {
     reported: HashSet<String>,
     /// Services the last full compile could not resolve a backend against.
     unresolved: HashSet<String>,
+    /// Services some rule of the live snapshot sends to.
+    referenced: HashSet<String>,
     propagation: Histogram,
 }
 
 impl Compiler {
+    /// False for a change to the endpoints of a Service no rule uses (or failed to use): the
+    /// cluster's other EndpointSlices churn all day and must not cost a snapshot each.
+    fn matters(&self, change: &Changed) -> bool {
+        change
+            .endpoints_of
+            .as_ref()
+            .is_none_or(|s| self.referenced.contains(s) || self.unresolved.contains(s))
+    }
+
     /// True when every change in `pending` is to the EndpointSlices of Services that resolved
     /// last time: then only their endpoint lists need refreshing.
     fn endpoints_only(&self, pending: &[Changed]) -> bool {
@@ -285,6 +320,12 @@ impl Compiler {
             }
         };
         let rules = compiled.snapshot.rules.len();
+        self.referenced = compiled
+            .snapshot
+            .rules
+            .iter()
+            .flat_map(|r| r.backends.iter().map(|b| b.service.to_string()))
+            .collect();
         self.gateway.install(compiled.snapshot);
         let propagation_ms = self.observe(pending);
         self.unresolved = compiled.unresolved_services;
@@ -330,6 +371,8 @@ async fn write_statuses(
     // Writes that failed (API server away) are retried by this resync; it writes only what
     // differs, so it costs nothing when all is written.
     let mut resync = tokio::time::interval(Duration::from_secs(30));
+    // After a slow batch, wait a full period rather than firing the missed ticks back to back.
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = published.changed() => if r.is_err() { return },
@@ -338,6 +381,8 @@ async fn write_statuses(
             () = until_stopped(&mut shutdown) => return,
         }
         if !*leading.borrow_and_update() {
+            // Another replica may write while we do not lead: forget what we wrote.
+            writer.forget();
             continue;
         }
         let Some(current) = published.borrow_and_update().clone() else {
@@ -349,6 +394,7 @@ async fn write_statuses(
                 &current.reports,
                 &current.live,
                 "Invalid",
+                &leading,
             )
             .await;
         let policies = writer
@@ -357,6 +403,7 @@ async fn write_statuses(
                 &current.reports,
                 &current.live,
                 "NotEnforced",
+                &leading,
             )
             .await;
         if routes + policies > 0 {

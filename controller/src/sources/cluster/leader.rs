@@ -67,28 +67,52 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
         let mut observed: Option<Observed> = None;
+        // When the last successful renewal was *sent*: the Lease runs from then, whatever the
+        // answer's delay, so leadership is never counted from a later instant than it began.
         let mut renewed_at: Option<Instant> = None;
-        loop {
-            match try_acquire_or_renew(&api, &config, &mut observed).await {
-                Ok(true) => renewed_at = Some(Instant::now()),
-                Ok(false) => renewed_at = None,
-                Err(e) => {
-                    tracing::warn!(lease = %config.name, error = %e, "cannot read or renew the leader Lease")
-                }
-            }
-            let leading = renewed_at.is_some_and(|t| t.elapsed() < config.renew_deadline());
+        let set = |leading: bool| {
             if *tx.borrow() != leading {
                 tracing::info!(identity = %config.identity, leading, "leadership changed");
                 let _ = tx.send(leading);
             }
-            tokio::select! {
-                () = tokio::time::sleep(config.retry_period) => {}
-                () = until_stopped(&mut shutdown) => {
-                    if leading {
-                        let _ = tx.send(false);
-                        release(&api, &config).await;
+        };
+        loop {
+            let sent = Instant::now();
+            // An attempt may not outlive the retry period: the client's own retries (429,
+            // 503) would otherwise stretch one attempt past the Lease.
+            let attempt = tokio::time::timeout(
+                config.retry_period,
+                try_acquire_or_renew(&api, &config, &mut observed),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(true)) => renewed_at = Some(sent),
+                Ok(Ok(false)) => renewed_at = None,
+                Ok(Err(e)) => {
+                    tracing::warn!(lease = %config.name, error = %e, "cannot read or renew the leader Lease");
+                }
+                Err(_) => {
+                    tracing::warn!(lease = %config.name, "leader Lease request timed out");
+                }
+            }
+            let deadline = renewed_at.map(|t| t + config.renew_deadline());
+            set(deadline.is_some_and(|d| Instant::now() < d));
+            let next_try = tokio::time::sleep(config.retry_period.saturating_sub(sent.elapsed()));
+            tokio::pin!(next_try);
+            loop {
+                tokio::select! {
+                    () = &mut next_try => break,
+                    // Step down the moment the renew deadline passes, not at the next attempt.
+                    () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if *tx.borrow() => {
+                        set(false);
                     }
-                    return;
+                    () = until_stopped(&mut shutdown) => {
+                        if *tx.borrow() {
+                            set(false);
+                            release(&api, &config).await;
+                        }
+                        return;
+                    }
                 }
             }
         }

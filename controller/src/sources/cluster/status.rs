@@ -113,10 +113,17 @@ fn truncate(message: &str) -> String {
     format!("{}…", &message[..end])
 }
 
-/// Writes statuses and events for one kind.
+/// Key of an object in the writer's memory: kind, namespace, name.
+type Key = (String, String, String);
+
+/// Writes statuses and events.
 pub struct StatusWriter {
     client: Client,
     recorder: Recorder,
+    /// What this replica last wrote, per object, with the generation it was for. The stores
+    /// see our writes only when their watch event arrives; until then this is the truth, so a
+    /// second trigger in between does not write the same status again.
+    written: std::sync::Mutex<HashMap<Key, (Option<i64>, ObjectStatus)>>,
 }
 
 /// How many status writes are in flight at once: enough to finish 10,000 first writes in
@@ -133,7 +140,19 @@ impl StatusWriter {
         StatusWriter {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            written: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Drops the memory of past writes (when another replica may have written since).
+    pub fn forget(&self) {
+        self.lock_written().clear();
+    }
+
+    fn lock_written(&self) -> std::sync::MutexGuard<'_, HashMap<Key, (Option<i64>, ObjectStatus)>> {
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Writes the status of every object of kind `K` in `reports` whose status differs from
@@ -144,6 +163,7 @@ impl StatusWriter {
         reports: &[StatusReport],
         live: &LiveSnapshot,
         not_programmed_reason: &'static str,
+        leading: &tokio::sync::watch::Receiver<bool>,
     ) -> usize
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
@@ -154,21 +174,36 @@ impl StatusWriter {
             .iter()
             .map(|o| ((o.namespace().unwrap_or_default(), o.name_any()), o))
             .collect();
-        let work: Vec<(Arc<K>, ObjectStatus)> = reports
-            .iter()
-            .filter(|r| *r.object.kind == *kind)
-            .filter_map(|r| {
-                let object = by_key.get(&(r.object.namespace.clone(), r.object.name.clone()))?;
-                // A newer generation is on its way through compile; its own write follows.
-                if object.meta().generation != r.observed_generation {
-                    return None;
-                }
-                let current = object.status();
-                let next = desired_status(r, current, live, not_programmed_reason);
-                (current != Some(&next)).then(|| (Arc::clone(object), next))
-            })
-            .collect();
+        let work: Vec<(Arc<K>, ObjectStatus)> = {
+            let mut written = self.lock_written();
+            // Forget objects of this kind that are gone.
+            written.retain(|(k, ns, name), _| {
+                *k != *kind || by_key.contains_key(&(ns.clone(), name.clone()))
+            });
+            reports
+                .iter()
+                .filter(|r| *r.object.kind == *kind)
+                .filter_map(|r| {
+                    let key = (r.object.namespace.clone(), r.object.name.clone());
+                    let object = by_key.get(&key)?;
+                    let key = (kind.to_string(), key.0, key.1);
+                    // A newer generation is on its way through compile; its own write follows.
+                    if object.meta().generation != r.observed_generation {
+                        return None;
+                    }
+                    let ours = written
+                        .get(&key)
+                        .filter(|(generation, _)| *generation == r.observed_generation)
+                        .map(|(_, status)| status);
+                    let current = ours.or_else(|| object.status());
+                    let next = desired_status(r, current, live, not_programmed_reason);
+                    (current != Some(&next)).then(|| (Arc::clone(object), next))
+                })
+                .collect()
+        };
         futures_util::stream::iter(work)
+            // Stop issuing writes the moment this replica stops leading.
+            .take_while(|_| std::future::ready(*leading.borrow()))
             .map(|(object, status)| self.write_one(object, status))
             .buffer_unordered(CONCURRENT_WRITES)
             .filter(|ok| std::future::ready(*ok))
@@ -189,7 +224,12 @@ impl StatusWriter {
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => {}
+            Ok(_) => {
+                self.lock_written().insert(
+                    (K::kind(&()).to_string(), namespace.clone(), name.clone()),
+                    (object.meta().generation, status.clone()),
+                );
+            }
             // Deleted since compile: nothing to report on.
             Err(kube::Error::Api(e)) if e.code == 404 => return false,
             Err(e) => {

@@ -14,6 +14,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Service};
@@ -103,14 +104,20 @@ where
 {
     /// Starts watching `K` in `namespaces` (all when empty), reporting relevant changes on
     /// `changes`. Watch errors back off and re-list; they never end the watch.
+    /// The watch tasks are added to `tasks`, for their owner to abort.
     pub fn watch(
         client: &Client,
         namespaces: &[String],
         changes: &mpsc::UnboundedSender<Changed>,
+        tasks: &mut Vec<AbortHandle>,
     ) -> Self
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     {
+        let mut namespaces = namespaces.to_vec();
+        namespaces.sort();
+        // `--namespace a,a` must not watch (and serve) everything in `a` twice.
+        namespaces.dedup();
         let apis: Vec<(String, Api<K>)> = if namespaces.is_empty() {
             vec![("*".to_owned(), Api::all(client.clone()))]
         } else {
@@ -121,7 +128,11 @@ where
         };
         let stores = apis
             .into_iter()
-            .map(|(scope, api)| spawn_watch(api, scope, changes.clone()))
+            .map(|(scope, api)| {
+                let (store, task) = spawn_watch(api, scope, changes.clone());
+                tasks.push(task);
+                store
+            })
             .collect();
         KindStores { stores }
     }
@@ -143,7 +154,11 @@ where
     }
 }
 
-fn spawn_watch<K>(api: Api<K>, scope: String, changes: mpsc::UnboundedSender<Changed>) -> Store<K>
+fn spawn_watch<K>(
+    api: Api<K>,
+    scope: String,
+    changes: mpsc::UnboundedSender<Changed>,
+) -> (Store<K>, AbortHandle)
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Relevant + Send + Sync,
     K: 'static,
@@ -154,25 +169,22 @@ where
         writer,
         watcher(api, watcher::Config::default()).default_backoff(),
     );
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut seen = Seen::default();
         let mut last_error_log: Option<Instant> = None;
         tokio::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) => {
-                    if seen.apply(&event) {
-                        let endpoints_of = match &event {
-                            watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
-                                o.endpoints_of()
-                            }
-                            _ => None,
-                        };
-                        let _ = changes.send(Changed {
-                            at: Instant::now(),
-                            endpoints_of,
-                        });
-                    }
+                    let endpoints_of = match seen.apply(&event) {
+                        Touch::Nothing => continue,
+                        Touch::Endpoints(service) => Some(service),
+                        Touch::Everything => None,
+                    };
+                    let _ = changes.send(Changed {
+                        at: Instant::now(),
+                        endpoints_of,
+                    });
                 }
                 Err(e) => {
                     // The backoff retries; log at most every 10 s so an outage does not flood.
@@ -185,43 +197,75 @@ where
             }
         }
     });
-    store
+    (store, task.abort_handle())
 }
 
-/// Digests of the objects last reported, to tell real changes from noise.
+/// What one watch event means for compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Touch {
+    /// Nothing compile reads changed.
+    Nothing,
+    /// Only the endpoints of this Service (`namespace/name`) changed.
+    Endpoints(String),
+    /// Anything else: a full compile.
+    Everything,
+}
+
+/// Digests (and, for EndpointSlices, Services) of the objects last reported, to tell real
+/// changes from noise.
 #[derive(Default)]
 struct Seen {
-    digests: HashMap<(String, String), u64>,
-    relisting: Option<HashMap<(String, String), u64>>,
+    known: Known,
+    relisting: Option<Known>,
+    listed_once: bool,
 }
 
+/// Per `(namespace, name)`: the digest of what compile reads and, for a slice, its Service.
+type Known = HashMap<(String, String), (u64, Option<String>)>;
+
 impl Seen {
-    /// Records `event`; true when compile's view changed.
-    fn apply<K: Resource + Relevant>(&mut self, event: &watcher::Event<K>) -> bool {
+    /// Records `event` and says what it changed.
+    fn apply<K: Resource + Relevant>(&mut self, event: &watcher::Event<K>) -> Touch {
         let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
         match event {
             watcher::Event::Init => {
                 self.relisting = Some(HashMap::new());
-                false
+                Touch::Nothing
             }
             watcher::Event::InitApply(o) => {
                 if let Some(next) = self.relisting.as_mut() {
-                    next.insert(key(o), o.relevant_digest());
+                    next.insert(key(o), (o.relevant_digest(), o.endpoints_of()));
                 }
-                false
+                Touch::Nothing
             }
             watcher::Event::InitDone => {
                 let next = self.relisting.take().unwrap_or_default();
-                let changed = next != self.digests;
-                self.digests = next;
-                // The first list always counts: it is what compile waits for.
-                changed || self.digests.is_empty()
+                let changed = next != self.known;
+                self.known = next;
+                // The first list always counts, even an empty one: it is what compile waits for.
+                let first = !self.listed_once;
+                self.listed_once = true;
+                if changed || first {
+                    Touch::Everything
+                } else {
+                    Touch::Nothing
+                }
             }
             watcher::Event::Apply(o) => {
                 let digest = o.relevant_digest();
-                self.digests.insert(key(o), digest) != Some(digest)
+                let service = o.endpoints_of();
+                match self.known.insert(key(o), (digest, service.clone())) {
+                    Some((old, _)) if old == digest => Touch::Nothing,
+                    // A slice moving to another Service changes two Services' endpoints.
+                    Some((_, old_service)) if old_service != service => Touch::Everything,
+                    _ => service.map_or(Touch::Everything, Touch::Endpoints),
+                }
             }
-            watcher::Event::Delete(o) => self.digests.remove(&key(o)).is_some(),
+            watcher::Event::Delete(o) => match self.known.remove(&key(o)) {
+                None => Touch::Nothing,
+                Some((_, Some(service))) => Touch::Endpoints(service),
+                Some((_, None)) => Touch::Everything,
+            },
         }
     }
 }
@@ -251,34 +295,105 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_relevant_changes_are_reported() {
-        let mut seen = Seen::default();
-        assert!(!seen.apply(&watcher::Event::<Service>::Init));
-        assert!(!seen.apply(&watcher::Event::InitApply(service("a", 80, "1"))));
-        assert!(
-            seen.apply(&watcher::Event::<Service>::InitDone),
-            "first list"
+    fn changed(seen: &mut Seen, event: &watcher::Event<Service>) -> bool {
+        seen.apply(event) != Touch::Nothing
+    }
+
+    fn slice(name: &str, service: &str, ready: bool) -> EndpointSlice {
+        let mut s = EndpointSlice {
+            address_type: "IPv4".to_owned(),
+            endpoints: Some(vec![k8s_openapi::api::discovery::v1::Endpoint {
+                addresses: vec!["10.0.0.1".to_owned()],
+                conditions: Some(k8s_openapi::api::discovery::v1::EndpointConditions {
+                    ready: Some(ready),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        s.metadata.name = Some(name.to_owned());
+        s.metadata.namespace = Some("ns".to_owned());
+        s.metadata.labels = Some(
+            [("kubernetes.io/service-name".to_owned(), service.to_owned())]
+                .into_iter()
+                .collect(),
         );
-        assert!(
-            !seen.apply(&watcher::Event::Apply(service("a", 80, "2"))),
-            "a new resourceVersion alone is noise"
-        );
-        assert!(seen.apply(&watcher::Event::Apply(service("a", 81, "3"))));
-        // A re-list (after 410 Gone) with the same content changes nothing.
-        assert!(!seen.apply(&watcher::Event::<Service>::Init));
-        assert!(!seen.apply(&watcher::Event::InitApply(service("a", 81, "9"))));
-        assert!(!seen.apply(&watcher::Event::<Service>::InitDone));
-        // One that lost an object does.
-        assert!(!seen.apply(&watcher::Event::<Service>::Init));
-        assert!(seen.apply(&watcher::Event::<Service>::InitDone));
-        assert!(!seen.apply(&watcher::Event::Delete(service("a", 81, "9"))));
+        s
     }
 
     #[test]
-    fn an_empty_first_list_still_counts_as_synced() {
+    fn slice_changes_name_their_service_and_a_move_between_services_is_a_full_change() {
+        let mut seen = Seen::default();
+        seen.apply(&watcher::Event::<EndpointSlice>::Init);
+        assert_eq!(
+            seen.apply(&watcher::Event::<EndpointSlice>::InitDone),
+            Touch::Everything
+        );
+        assert_eq!(
+            seen.apply(&watcher::Event::Apply(slice("a-1", "a", true))),
+            Touch::Endpoints("ns/a".to_owned())
+        );
+        assert_eq!(
+            seen.apply(&watcher::Event::Apply(slice("a-1", "a", false))),
+            Touch::Endpoints("ns/a".to_owned())
+        );
+        assert_eq!(
+            seen.apply(&watcher::Event::Apply(slice("a-1", "b", false))),
+            Touch::Everything,
+            "relabelled: both Services changed"
+        );
+        assert_eq!(
+            seen.apply(&watcher::Event::Delete(slice("a-1", "b", false))),
+            Touch::Endpoints("ns/b".to_owned())
+        );
+    }
+
+    #[test]
+    fn re_listing_an_empty_kind_is_not_a_change() {
         let mut seen = Seen::default();
         seen.apply(&watcher::Event::<Service>::Init);
-        assert!(seen.apply(&watcher::Event::<Service>::InitDone));
+        assert!(
+            changed(&mut seen, &watcher::Event::<Service>::InitDone),
+            "first list"
+        );
+        seen.apply(&watcher::Event::<Service>::Init);
+        assert!(!changed(&mut seen, &watcher::Event::<Service>::InitDone));
+    }
+
+    #[test]
+    fn only_relevant_changes_are_reported() {
+        let mut seen = Seen::default();
+        assert!(!changed(&mut seen, &watcher::Event::<Service>::Init));
+        assert!(!changed(
+            &mut seen,
+            &watcher::Event::InitApply(service("a", 80, "1"))
+        ));
+        assert!(
+            changed(&mut seen, &watcher::Event::<Service>::InitDone),
+            "first list"
+        );
+        assert!(
+            !changed(&mut seen, &watcher::Event::Apply(service("a", 80, "2"))),
+            "a new resourceVersion alone is noise"
+        );
+        assert!(changed(
+            &mut seen,
+            &watcher::Event::Apply(service("a", 81, "3"))
+        ));
+        // A re-list (after 410 Gone) with the same content changes nothing.
+        assert!(!changed(&mut seen, &watcher::Event::<Service>::Init));
+        assert!(!changed(
+            &mut seen,
+            &watcher::Event::InitApply(service("a", 81, "9"))
+        ));
+        assert!(!changed(&mut seen, &watcher::Event::<Service>::InitDone));
+        // One that lost an object does.
+        assert!(!changed(&mut seen, &watcher::Event::<Service>::Init));
+        assert!(changed(&mut seen, &watcher::Event::<Service>::InitDone));
+        assert!(!changed(
+            &mut seen,
+            &watcher::Event::Delete(service("a", 81, "9"))
+        ));
     }
 }
