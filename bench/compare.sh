@@ -1,0 +1,418 @@
+#!/usr/bin/env bash
+# Sluice and nginx side by side as reverse proxies, in one run on one machine, over the same
+# upstreams, driven by the same load generators in alternating order (nginx, sluice, nginx, ...).
+#
+#   bench/compare.sh                              # every scenario, 3 rounds of 10 s
+#   SCENARIOS="plain routes10k" ROUNDS=5 DURATION=15 bench/compare.sh
+#
+# Scenarios: plain (HTTP/1.1 keep-alive, one route), routes100, routes10k (the matched route is
+# the last one defined), h2 (HTTP/2 cleartext to the proxy, h2load), rate (fixed 5,000 requests/s
+# with latency percentiles; needs `oha`, see below), swaps (the configuration rewritten 10 times
+# a second under load), churn (an upstream instance removed and re-added under load).
+#
+# Pinning, for 2-core machines: the proxy under test runs alone on core 0; the load generator
+# and the upstreams share core 1. Both proxies get one worker (nginx worker_processes 1, sluice
+# --workers 1), access logs off, upstream keep-alive on. Three upstream nginx processes on
+# separate ports return a small static body; both proxies balance across them round robin.
+#
+# Fixed-rate latency uses oha (wrk cannot hold a fixed rate and wrk2 is not packaged): set
+# OHA=/path/to/oha, or INSTALL_OHA=1 to `cargo install oha` into target/bench-tools first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCENARIOS=${SCENARIOS:-"plain routes100 routes10k h2 rate swaps churn"}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-50}
+RATE=${RATE:-5000}
+BASE_PORT=${BASE_PORT:-18100}
+NGINX_PORT=$((BASE_PORT)) SLUICE_PORT=$((BASE_PORT + 1)) ADMIN_PORT=$((BASE_PORT + 2))
+NGINX_H2_PORT=$((BASE_PORT + 3)) UP_PORTS=($((BASE_PORT + 11)) $((BASE_PORT + 12)) $((BASE_PORT + 13)))
+
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]})); then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [ -z "${OHA:-}" ]; then
+  if command -v oha >/dev/null; then
+    OHA=$(command -v oha)
+  elif [ -x target/bench-tools/bin/oha ]; then
+    OHA=$PWD/target/bench-tools/bin/oha
+  elif [ "${INSTALL_OHA:-0}" = 1 ]; then
+    cargo install oha --locked --root target/bench-tools >&2
+    OHA=$PWD/target/bench-tools/bin/oha
+  fi
+fi
+cargo build --release --locked -p sluice-controller --bin sluice >&2
+SLUICE=$PWD/target/release/sluice
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+# Anything still running when the time budget is spent is stopped by the trap.
+# (The sleep must not hold our stdout open, or a pipeline reading it waits for the sleep.)
+( sleep "${TIME_LIMIT:-1800}" >/dev/null 2>&1 & wait $!; echo "bench/compare.sh: time limit reached" >&2; kill -TERM $$ ) &
+pids+=("$!")
+
+log() { printf '%s\n' "$*" >&2; }
+wait_for() { for _ in $(seq 200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done; log "not up: $1"; return 1; }
+
+# --- upstreams: three nginx processes, so that one can be stopped on its own -----------------
+for i in 0 1 2; do
+  d="$work/up$i"
+  mkdir -p "$d"
+  cat >"$d/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:${UP_PORTS[$i]} reuseport;
+    location / { return 200 "hello from upstream $i\n"; }
+  }
+}
+CONF
+  taskset -c 1 "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/error.log" &
+  pids+=("$!")
+  eval "up_pid_$i=$!"
+done
+for p in "${UP_PORTS[@]}"; do wait_for "http://127.0.0.1:$p/"; done
+
+# --- configuration of both proxies for N routes (/r0/ ... /r{N-1}/) --------------------------
+# upstream_servers PORT... -> nginx `server` lines
+upstream_servers() { for p in "$@"; do printf '    server 127.0.0.1:%s;\n' "$p"; done; }
+
+write_nginx_conf() { # ROUTES [PORTS...]
+  local routes=$1
+  shift
+  local d="$work/nginx"
+  mkdir -p "$d"
+  {
+    cat <<CONF
+worker_processes 1;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream up {
+$(upstream_servers "$@")
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT reuseport;
+    listen 127.0.0.1:$NGINX_H2_PORT http2;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host \$host;
+    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+CONF
+    for ((r = 0; r < routes; r++)); do printf '    location /r%d/ { proxy_pass http://up; }\n' "$r"; done
+    echo "  }"
+    echo "}"
+  } >"$d/nginx.conf.tmp"
+  mv "$d/nginx.conf.tmp" "$d/nginx.conf"
+}
+
+write_sluice_manifests() { # ROUTES [READY...] (one ready flag per upstream, default all true)
+  local routes=$1
+  shift
+  local ready=("${@:-true}")
+  local d="$work/manifests"
+  mkdir -p "$d"
+  {
+    printf 'apiVersion: v1\nkind: Service\nmetadata: {name: up, namespace: default}\nspec:\n  ports: [{name: http, port: 80}]\n'
+    for i in 0 1 2; do
+      printf -- '---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: up-%d, namespace: default, labels: {kubernetes.io/service-name: up}}\naddressType: IPv4\nports: [{name: http, port: %d}]\nendpoints: [{addresses: ["127.0.0.1"], conditions: {ready: %s}}]\n' \
+        "$i" "${UP_PORTS[$i]}" "${ready[$i]:-true}"
+    done
+  } >"$d/backends.yaml.tmp"
+  mv "$d/backends.yaml.tmp" "$d/backends.yaml"
+  awk -v n="$routes" 'BEGIN {
+    for (r = 0; r < n; r++) {
+      printf "---\napiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: r%d, namespace: default}\nspec:\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /r%d/}}]\n    backendRefs: [{name: up, port: 80}]\n", r, r
+    }
+  }' >"$d/routes.yaml.tmp"
+  mv "$d/routes.yaml.tmp" "$d/routes.yaml"
+}
+
+nginx_pid=
+sluice_pid=
+start_proxies() { # ROUTES
+  stop_proxies
+  write_nginx_conf "$1" "${UP_PORTS[@]}"
+  write_sluice_manifests "$1"
+  taskset -c 0 "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" &
+  nginx_pid=$!
+  pids+=("$nginx_pid")
+  SLUICE_LOG=warn taskset -c 0 "$SLUICE" run --manifests "$work/manifests" --workers 1 \
+    --listen "127.0.0.1:$SLUICE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" &
+  sluice_pid=$!
+  pids+=("$sluice_pid")
+  local last=$(($1 - 1))
+  wait_for "http://127.0.0.1:$NGINX_PORT/r$last/x"
+  wait_for "http://127.0.0.1:$ADMIN_PORT/readyz"
+  wait_for "http://127.0.0.1:$SLUICE_PORT/r$last/x"
+}
+stop_proxies() {
+  [ -n "$nginx_pid" ] && kill "$nginx_pid" 2>/dev/null && wait "$nginx_pid" 2>/dev/null || true
+  [ -n "$sluice_pid" ] && kill "$sluice_pid" 2>/dev/null && wait "$sluice_pid" 2>/dev/null || true
+  nginx_pid="" sluice_pid=""
+}
+
+# Every process of a proxy: nginx's master and its worker(s), or sluice.
+proxy_pids() { [ "$1" = nginx ] && echo "$nginx_pid $(pgrep -P "$nginx_pid" | tr '\n' ' ')" || echo "$sluice_pid"; }
+cpu_ticks() { local t=0 p; for p in $(proxy_pids "$1"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo $t; }
+peak_rss_mib() { local k=0 p; for p in $(proxy_pids "$1"); do k=$((k + $(awk '/VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo $((k / 1024)); }
+port_of() { [ "$1" = nginx ] && echo "$NGINX_PORT" || echo "$SLUICE_PORT"; }
+clk=$(getconf CLK_TCK)
+to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) {sub(/us$/, "", v); printf "%.3f", v / 1000} else if (v ~ /ms$/) {sub(/ms$/, "", v); printf "%.3f", v} else {sub(/s$/, "", v); printf "%.3f", v * 1000} }'; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+col() { [ -s "$work/res/$1" ] && awk -v c="$2" '{print $c}' "$work/res/$1" | median || echo -; }
+mkdir -p "$work/res"
+
+# wrk_run SCENARIO PATH TARGET -> "rps p50 p99 non2xx sockerr cpu_s_per_100k rss"
+wrk_run() {
+  local scenario=$1 path=$2 target=$3 before after out
+  before=$(cpu_ticks "$target")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$(port_of "$target")$path")
+  after=$(cpu_ticks "$target")
+  local rps p50 p99 total non2xx sockerr cpu
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  total=$(awk '/requests in/ {print $1}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  sockerr=$(awk '/Socket errors/ {gsub(",", ""); print $4+$6+$8+$10}' <<<"$out")
+  cpu=$(awk -v t=$((after - before)) -v hz="$clk" -v n="$total" 'BEGIN {printf "%.2f", t / hz / n * 100000}')
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${non2xx:-0} ${sockerr:-0} $cpu $(peak_rss_mib "$target")" >>"$work/res/$scenario-$target"
+}
+
+# h2_run TARGET -> "rps - - failed errored cpu rss" (h2load: 10 connections x 10 streams)
+h2_run() {
+  local target=$1 port before after out
+  port=$([ "$target" = nginx ] && echo "$NGINX_H2_PORT" || echo "$SLUICE_PORT")
+  before=$(cpu_ticks "$target")
+  out=$(taskset -c 1 h2load -c10 -m10 -D"$DURATION" "http://127.0.0.1:$port/r0/x" 2>&1)
+  after=$(cpu_ticks "$target")
+  local rps done_ failed errored
+  rps=$(awk '/^finished in/ {gsub(",", ""); print $4}' <<<"$out")
+  done_=$(awk '/^requests:/ {gsub(",", ""); print $8}' <<<"$out")
+  failed=$(awk '/^requests:/ {gsub(",", ""); print $10}' <<<"$out")
+  errored=$(awk '/^requests:/ {gsub(",", ""); print $12}' <<<"$out")
+  local non2xx
+  non2xx=$(awk '/^status codes:/ {gsub(",", ""); print $5+$7+$9}' <<<"$out")
+  awk -v t=$((after - before)) -v hz="$clk" -v n="${done_:-1}" -v rps="${rps:-0}" -v f="${failed:-0}" \
+    -v e="${errored:-0}" -v x="${non2xx:-0}" -v rss="$(peak_rss_mib "$target")" \
+    'BEGIN {printf "%s - - %d %d %.2f %s\n", rps, f + x, e, t / hz / (n > 0 ? n : 1) * 100000, rss}' \
+    >>"$work/res/h2-$target"
+}
+
+# rate_run TARGET -> "rps p50 p99 p99.9 non2xx errors cpu rss" at a fixed RATE with oha
+rate_run() {
+  local target=$1 before after json
+  before=$(cpu_ticks "$target")
+  json=$(taskset -c 1 "$OHA" --no-tui --output-format json -z "${DURATION}s" -c "$CONNECTIONS" \
+    -q "$RATE" --latency-correction "http://127.0.0.1:$(port_of "$target")/r0/x")
+  after=$(cpu_ticks "$target")
+  python3 - "$json" $((after - before)) "$clk" "$(peak_rss_mib "$target")" >>"$work/res/rate-$target" <<'PY'
+import json, sys
+d = json.loads(sys.argv[1]); ticks, hz, rss = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+s = d["summary"]; p = d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+ok = sum(v for k, v in codes.items() if k.startswith("2")); total = sum(codes.values())
+errors = sum(d.get("errorDistribution", {}).values())
+ms = lambda v: "%.3f" % (v * 1000) if v is not None else "-"
+print("%.0f" % s["requestsPerSec"], ms(p["p50"]), ms(p["p99"]), ms(p["p99.9"]), total - ok, errors,
+      "%.2f" % (ticks / hz / max(total, 1) * 100000), rss)
+PY
+}
+
+# swaps_run TARGET -> "rps p50 p99 non2xx sockerr - - change_p50_ms change_max_ms"
+# During a wrk run, the configuration gains a new route 10 times a second (nginx: rewrite its
+# configuration and `nginx -s reload`; sluice: rewrite a manifest); each change is timed from
+# just before the write to the first 200 on the new path, by one poller process (a persistent
+# connection, every 1 ms) so that no process start-up is counted.
+swaps_run() {
+  local target=$1 port
+  port=$(port_of "$target")
+  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/r0/x" >"$work/wrk.out" &
+  local wrk_pid=$!
+  taskset -c 1 python3 - "$target" "$port" "$DURATION" "$work" "$NGINX" >"$work/swap-times" <<'PY'
+import http.client, re, subprocess, sys, time
+target, port, duration, work, nginx = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+base = open(f"{work}/nginx/nginx.conf").read() if target == "nginx" else None
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+def ok(path):
+    global conn
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse(); r.read()
+        return r.status == 200
+    except Exception:
+        conn.close(); conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        return False
+end = time.monotonic() + duration - 0.5
+i = 0
+while time.monotonic() < end:
+    started = time.monotonic()
+    if target == "nginx":
+        with open(f"{work}/nginx/nginx.conf", "w") as f:
+            f.write(re.sub(r"location /(r99|swap[0-9]+)/ ", f"location /swap{i}/ ", base))
+        subprocess.run([nginx, "-p", f"{work}/nginx", "-c", f"{work}/nginx/nginx.conf", "-s", "reload"],
+                       stderr=subprocess.DEVNULL, check=False)
+    else:
+        with open(f"{work}/manifests/swap.yaml.tmp", "w") as f:
+            f.write("apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\n"
+                    "metadata: {name: swap, namespace: default}\nspec:\n  rules:\n"
+                    f"  - matches: [{{path: {{type: PathPrefix, value: /swap{i}/}}}}]\n"
+                    "    backendRefs: [{name: up, port: 80}]\n")
+        import os; os.replace(f"{work}/manifests/swap.yaml.tmp", f"{work}/manifests/swap.yaml")
+    while not ok(f"/swap{i}/x"):
+        if time.monotonic() - started > 10:
+            print("timeout"); break
+        time.sleep(0.001)
+    else:
+        print("%.1f" % ((time.monotonic() - started) * 1000))
+    i += 1
+    time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
+PY
+  wait "$wrk_pid" || true
+  local out
+  out=$(cat "$work/wrk.out")
+  local rps p50 p99 non2xx sockerr
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  sockerr=$(awk '/Socket errors/ {gsub(",", ""); print $4+$6+$8+$10}' <<<"$out")
+  local cp50 cmax
+  cp50=$({ grep -v timeout "$work/swap-times" || true; } | median)
+  cmax=$({ grep -v timeout "$work/swap-times" || true; } | sort -g | tail -1)
+  local timeouts
+  timeouts=$(grep -c timeout "$work/swap-times" || true)
+  [ "${timeouts:-0}" -gt 0 ] && log "  $target: $timeouts change(s) not served within 10 s"
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${non2xx:-0} ${sockerr:-0} - - $cp50 ${cmax:--}" >>"$work/res/swaps-$target"
+}
+
+# churn_run TARGET -> "rps p50 p99 non2xx sockerr"
+# During a wrk run, upstream 2 is taken out of the proxy's set (sluice: its endpoint turns not
+# ready; nginx: configuration reload without it), stopped gracefully, started again and put back.
+churn_run() {
+  local target=$1 port
+  port=$(port_of "$target")
+  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/r0/x" >"$work/wrk.out" &
+  local wrk_pid=$!
+  sleep "$(awk -v d="$DURATION" 'BEGIN {print d / 4}')"
+  if [ "$target" = nginx ]; then
+    write_nginx_conf 1 "${UP_PORTS[0]}" "${UP_PORTS[1]}"
+    "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" -s reload 2>/dev/null
+  else
+    write_sluice_manifests 1 true true false
+  fi
+  sleep 0.5
+  "$NGINX" -p "$work/up2" -c "$work/up2/nginx.conf" -s quit 2>/dev/null
+  wait "$up_pid_2" 2>/dev/null || true
+  sleep "$(awk -v d="$DURATION" 'BEGIN {print d / 4}')"
+  taskset -c 1 "$NGINX" -p "$work/up2" -c "$work/up2/nginx.conf" -e "$work/up2/error.log" &
+  up_pid_2=$!
+  pids+=("$up_pid_2")
+  wait_for "http://127.0.0.1:${UP_PORTS[2]}/"
+  if [ "$target" = nginx ]; then
+    write_nginx_conf 1 "${UP_PORTS[@]}"
+    "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" -s reload 2>/dev/null
+  else
+    write_sluice_manifests 1 true true true
+  fi
+  wait "$wrk_pid" || true
+  local out
+  out=$(cat "$work/wrk.out")
+  echo "$(awk '/^Requests\/sec/ {print $2}' <<<"$out") $(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")") $(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")") $(awk '/Non-2xx/ {print $NF}' <<<"$out" | grep . || echo 0) $(awk '/Socket errors/ {gsub(",", ""); print $4+$6+$8+$10}' <<<"$out" | grep . || echo 0)" >>"$work/res/churn-$target"
+}
+
+alternate() { # FUNCTION ARGS... : runs nginx then sluice, ROUNDS times
+  local round
+  for round in $(seq "$ROUNDS"); do
+    log "  round $round/$ROUNDS"
+    "$@" nginx
+    "$@" sluice
+  done
+}
+warm() { taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$NGINX_PORT$1" >/dev/null; taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$SLUICE_PORT$1" >/dev/null; }
+
+for scenario in $SCENARIOS; do
+  log "== $scenario"
+  case $scenario in
+    plain) start_proxies 1; warm /r0/x; alternate wrk_run plain /r0/x ;;
+    routes100) start_proxies 100; warm /r99/x; alternate wrk_run routes100 /r99/x ;;
+    routes10k) start_proxies 10000; warm /r9999/x; alternate wrk_run routes10k /r9999/x ;;
+    h2) start_proxies 1; alternate h2_run ;;
+    rate)
+      if [ -z "${OHA:-}" ]; then log "  skipped: no oha (set OHA=... or INSTALL_OHA=1)"; continue; fi
+      start_proxies 1; warm /r0/x; alternate rate_run ;;
+    swaps) start_proxies 100; warm /r0/x; alternate swaps_run ;;
+    churn) start_proxies 1; warm /r0/x; alternate churn_run ;;
+    *) log "unknown scenario $scenario"; exit 64 ;;
+  esac
+done
+stop_proxies
+
+# --- report -----------------------------------------------------------------------------------
+printf '\n%s; %s rounds x %ss per target, alternating; %s connections; medians\n' \
+  "$(date -u +%Y-%m-%d) $(nproc) cores" "$ROUNDS" "$DURATION" "$CONNECTIONS"
+for scenario in $SCENARIOS; do
+  [ -s "$work/res/$scenario-nginx" ] || continue
+  case $scenario in
+    rate)
+      printf '\n### rate (fixed %s requests/s, oha, latency-corrected)\n\n' "$RATE"
+      printf '| target | requests/s | p50 ms | p99 ms | p99.9 ms | non-2xx | errors | CPU s / 100k | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n'
+      for t in nginx sluice; do
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$(col rate-$t 1)" "$(col rate-$t 2)" \
+          "$(col rate-$t 3)" "$(col rate-$t 4)" "$(col rate-$t 5)" "$(col rate-$t 6)" "$(col rate-$t 7)" "$(col rate-$t 8)"
+      done
+      ;;
+    swaps)
+      printf '\n### swaps (a route added 10 times a second under load)\n\n'
+      printf '| target | requests/s | p50 ms | p99 ms | non-2xx | socket errors | change to first 200, p50 ms | max ms |\n|---|---|---|---|---|---|---|---|\n'
+      for t in nginx sluice; do
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$(col swaps-$t 1)" "$(col swaps-$t 2)" \
+          "$(col swaps-$t 3)" "$(col swaps-$t 4)" "$(col swaps-$t 5)" "$(col swaps-$t 8)" "$(col swaps-$t 9)"
+      done
+      ;;
+    churn)
+      printf '\n### churn (an upstream taken out, stopped, restarted and put back under load)\n\n'
+      printf '| target | requests/s | p50 ms | p99 ms | non-2xx | socket errors |\n|---|---|---|---|---|---|\n'
+      for t in nginx sluice; do
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$t" "$(col churn-$t 1)" "$(col churn-$t 2)" \
+          "$(col churn-$t 3)" "$(col churn-$t 4)" "$(col churn-$t 5)"
+      done
+      ;;
+    *)
+      printf '\n### %s\n\n' "$scenario"
+      printf '| target | requests/s | p50 ms | p99 ms | non-2xx / failed | socket errors | CPU s / 100k | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n'
+      for t in nginx sluice; do
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$(col "$scenario-$t" 1)" "$(col "$scenario-$t" 2)" \
+          "$(col "$scenario-$t" 3)" "$(col "$scenario-$t" 4)" "$(col "$scenario-$t" 5)" "$(col "$scenario-$t" 6)" "$(col "$scenario-$t" 7)"
+      done
+      awk -v a="$(col "$scenario-sluice" 1)" -v b="$(col "$scenario-nginx" 1)" -v c="$(col "$scenario-sluice" 6)" -v d="$(col "$scenario-nginx" 6)" \
+        'BEGIN {if (b > 0 && d > 0) printf "\nsluice / nginx: throughput %.2fx, CPU per request %.2fx\n", a / b, c / d}'
+      ;;
+  esac
+done
