@@ -149,11 +149,16 @@ fn run(args: RunArgs) -> ExitCode {
     if workers == 0 {
         return usage_error("--workers must be at least 1");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-    {
+    // One worker needs no work-stealing scheduler: the current-thread one skips its
+    // cross-thread queues and wake-ups. Blocking work (compile) still goes to the blocking pool.
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sluice: cannot start the runtime: {e}");
