@@ -343,3 +343,33 @@ async fn endpoint_churn_of_services_no_route_uses_costs_no_snapshot() {
     let c = client::http1();
     assert_eq!(status_of(&c, &replica, "/b").await, 503);
 }
+
+#[tokio::test]
+async fn a_route_deleted_and_created_again_gets_its_status_again() {
+    let api = FakeApi::start().await;
+    let b = TestBackend::start("b").await;
+    api.apply(SERVICES, service("b"));
+    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    api.apply(ROUTES, prefix_route("r", "/b", "b"));
+    let replica = Replica::start(&api, 0, "pod-a").await;
+    let programmed = || async {
+        api.get(ROUTES, "default", "r")
+            .and_then(|r| condition(&r, "Programmed").cloned())
+            .is_some_and(|c| c["status"] == "True")
+    };
+    assert!(eventually(PATIENCE, programmed).await);
+    assert!(api.delete(ROUTES, "default", "r"));
+    let c = client::http1();
+    assert!(
+        eventually(PATIENCE, || async {
+            status_of(&c, &replica, "/b").await == 404
+        })
+        .await
+    );
+    api.apply(ROUTES, prefix_route("r", "/b", "b"));
+    assert!(
+        eventually(PATIENCE, programmed).await,
+        "the new object is another object: {:#}",
+        api.get(ROUTES, "default", "r").unwrap_or_default()
+    );
+}

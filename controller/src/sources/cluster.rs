@@ -174,6 +174,7 @@ async fn serve_changes(
         reported: HashSet::new(),
         unresolved: HashSet::new(),
         referenced: HashSet::new(),
+        failed: false,
         propagation,
     };
     let mut pending: Vec<Changed> = Vec::new();
@@ -181,13 +182,11 @@ async fn serve_changes(
     while changes.try_recv().is_ok() {}
     let mut full = true;
     loop {
-        if full {
-            match compiler.recompile(stores, &pending).await {
-                Some(result) => {
-                    let _ = publish.send(Some(result));
-                }
-                // The current snapshot keeps serving; the next change tries again.
-                None => tracing::error!("compile failed; keeping the current snapshot"),
+        // After a failed compile the next batch, whatever it is, is compiled in full, or the
+        // changes the failed one carried would be skipped by an endpoint refresh.
+        if full || compiler.failed {
+            if let Some(result) = compiler.recompile(stores, &pending).await {
+                let _ = publish.send(Some(result));
             }
         } else if let Some(result) = compiler.refresh(stores, &pending).await {
             let _ = publish.send(Some(result));
@@ -215,7 +214,9 @@ async fn serve_changes(
                     () = tokio::time::sleep_until(deadline) => break,
                 }
             }
-            pending.retain(|c| compiler.matters(c));
+            if !compiler.failed {
+                pending.retain(|c| compiler.matters(c));
+            }
         }
         full = !compiler.endpoints_only(&pending);
     }
@@ -230,6 +231,8 @@ struct Compiler {
     unresolved: HashSet<String>,
     /// Services some rule of the live snapshot sends to.
     referenced: HashSet<String>,
+    /// The last full compile failed (its task died); the current snapshot keeps serving.
+    failed: bool,
     propagation: Histogram,
 }
 
@@ -316,9 +319,11 @@ impl Compiler {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "compile task failed; keeping the current snapshot");
+                self.failed = true;
                 return None;
             }
         };
+        self.failed = false;
         let rules = compiled.snapshot.rules.len();
         self.referenced = compiled
             .snapshot

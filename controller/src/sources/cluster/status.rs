@@ -116,6 +116,10 @@ fn truncate(message: &str) -> String {
 /// Key of an object in the writer's memory: kind, namespace, name.
 type Key = (String, String, String);
 
+/// A status this replica wrote, for the object's generation and uid (a deleted and recreated
+/// object of the same name is another object).
+type Written = (Option<i64>, Option<String>, ObjectStatus);
+
 /// Writes statuses and events.
 pub struct StatusWriter {
     client: Client,
@@ -123,7 +127,7 @@ pub struct StatusWriter {
     /// What this replica last wrote, per object, with the generation it was for. The stores
     /// see our writes only when their watch event arrives; until then this is the truth, so a
     /// second trigger in between does not write the same status again.
-    written: std::sync::Mutex<HashMap<Key, (Option<i64>, ObjectStatus)>>,
+    written: std::sync::Mutex<HashMap<Key, Written>>,
 }
 
 /// How many status writes are in flight at once: enough to finish 10,000 first writes in
@@ -149,7 +153,7 @@ impl StatusWriter {
         self.lock_written().clear();
     }
 
-    fn lock_written(&self) -> std::sync::MutexGuard<'_, HashMap<Key, (Option<i64>, ObjectStatus)>> {
+    fn lock_written(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Written>> {
         self.written
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -193,8 +197,10 @@ impl StatusWriter {
                     }
                     let ours = written
                         .get(&key)
-                        .filter(|(generation, _)| *generation == r.observed_generation)
-                        .map(|(_, status)| status);
+                        .filter(|(generation, uid, _)| {
+                            *generation == r.observed_generation && *uid == object.meta().uid
+                        })
+                        .map(|(_, _, status)| status);
                     let current = ours.or_else(|| object.status());
                     let next = desired_status(r, current, live, not_programmed_reason);
                     (current != Some(&next)).then(|| (Arc::clone(object), next))
@@ -227,7 +233,11 @@ impl StatusWriter {
             Ok(_) => {
                 self.lock_written().insert(
                     (K::kind(&()).to_string(), namespace.clone(), name.clone()),
-                    (object.meta().generation, status.clone()),
+                    (
+                        object.meta().generation,
+                        object.meta().uid.clone(),
+                        status.clone(),
+                    ),
                 );
             }
             // Deleted since compile: nothing to report on.
