@@ -179,12 +179,13 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-/// The listeners and gateway every mode starts with.
+/// What every mode starts with: the gateway, its proxy listener, the admin listener already
+/// serving, and the stop flag that SIGTERM or Ctrl-C sets.
 struct Serving {
     gateway: Arc<Gateway>,
     proxy_listener: TcpListener,
-    admin_listener: TcpListener,
     admin_listen: SocketAddr,
+    stop: watch::Receiver<bool>,
 }
 
 async fn bind(args: &RunArgs) -> anyhow::Result<Serving> {
@@ -207,15 +208,23 @@ async fn bind(args: &RunArgs) -> anyhow::Result<Serving> {
     let admin_listener = TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("cannot listen on {admin_listen} (admin)"))?;
+    let stop = stop_on_signal();
+    // /readyz answers 503 until the first snapshot is installed, so the admin listener can
+    // serve from the start.
+    tokio::spawn(sluice_proxy::admin::serve_admin(
+        gateway.clone(),
+        admin_listener,
+        stopped(stop.clone()),
+    ));
     Ok(Serving {
         gateway,
         proxy_listener,
-        admin_listener,
         admin_listen,
+        stop,
     })
 }
 
-/// A stop flag that turns true on SIGTERM or Ctrl-C, and a future for each listener to await.
+/// A stop flag that turns true on SIGTERM or Ctrl-C.
 fn stop_on_signal() -> watch::Receiver<bool> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -243,18 +252,12 @@ async fn run_cluster(args: RunArgs) -> anyhow::Result<()> {
     let Serving {
         gateway,
         proxy_listener,
-        admin_listener,
         admin_listen,
+        stop,
     } = bind(&args).await?;
-    let stop = stop_on_signal();
-    tokio::spawn(sluice_proxy::admin::serve_admin(
-        gateway.clone(),
-        admin_listener,
-        stopped(stop.clone()),
-    ));
     let options = ClusterOptions {
         namespaces: args.namespaces.clone(),
-        debounce: cluster::default_debounce(),
+        debounce: Debounce::default(),
         leader: LeaderConfig::new(lease_namespace, identity),
     };
     tracing::info!(
@@ -275,8 +278,8 @@ async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()>
     let Serving {
         gateway,
         proxy_listener,
-        admin_listener,
         admin_listen,
+        stop: stop_rx,
     } = bind(&args).await?;
 
     let mut source = DirSource::new(manifests.clone(), args.namespaces);
@@ -293,12 +296,6 @@ async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()>
         .context("initial load failed")?
     };
 
-    let stop_rx = stop_on_signal();
-    tokio::spawn(sluice_proxy::admin::serve_admin(
-        gateway.clone(),
-        admin_listener,
-        stopped(stop_rx.clone()),
-    ));
     let watch_gateway = gateway.clone();
     let watch_stop = stopped(stop_rx.clone());
     tokio::spawn(source.run(dir_watch, watch_gateway, Debounce::default(), watch_stop));

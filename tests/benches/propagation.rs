@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_controller::sources::cluster::default_debounce;
+use sluice_controller::sources::dir::Debounce;
 use sluice_tests::backend::TestBackend;
 use sluice_tests::client;
 use sluice_tests::cluster::{ROUTES, Replica, SERVICES, SLICES, prefix_route, service, slice};
@@ -45,7 +45,7 @@ async fn scenario(routes: usize) {
             prefix_route(&format!("base{i}"), &format!("/base/{i}"), "b"),
         );
     }
-    let replica = Replica::start_with(&api, 0, "bench", default_debounce()).await;
+    let replica = Replica::start_with(&api, 0, "bench", Debounce::default()).await;
     let c = client::http1();
     let last = format!("/base/{}", routes - 1);
     assert!(

@@ -229,8 +229,8 @@ struct Compiler {
     reported: HashSet<String>,
     /// Services the last full compile could not resolve a backend against.
     unresolved: HashSet<String>,
-    /// Services some rule of the live snapshot sends to.
-    referenced: HashSet<String>,
+    /// Services some rule of the live snapshot sends to (the snapshot's own names, shared).
+    referenced: HashSet<Arc<str>>,
     /// The last full compile failed (its task died); the current snapshot keeps serving.
     failed: bool,
     propagation: Histogram,
@@ -243,7 +243,7 @@ impl Compiler {
         change
             .endpoints_of
             .as_ref()
-            .is_none_or(|s| self.referenced.contains(s) || self.unresolved.contains(s))
+            .is_none_or(|s| self.referenced.contains(s.as_str()) || self.unresolved.contains(s))
     }
 
     /// True when every change in `pending` is to the EndpointSlices of Services that resolved
@@ -329,7 +329,7 @@ impl Compiler {
             .snapshot
             .rules
             .iter()
-            .flat_map(|r| r.backends.iter().map(|b| b.service.to_string()))
+            .flat_map(|r| r.backends.iter().map(|b| Arc::clone(&b.service)))
             .collect();
         self.gateway.install(compiled.snapshot);
         let propagation_ms = self.observe(pending);
@@ -419,13 +419,5 @@ async fn write_statuses(
                 "status written"
             );
         }
-    }
-}
-
-/// Debounce defaults for cluster mode: the same as the directory source.
-pub fn default_debounce() -> Debounce {
-    Debounce {
-        holdoff: Duration::from_millis(10),
-        max_delay: Duration::from_millis(100),
     }
 }
