@@ -8,11 +8,11 @@ use serde_json::{Value, json};
 use sluice_controller::sources::cluster::{self, ClusterOptions, leader::LeaderConfig};
 use sluice_controller::sources::dir::Debounce;
 use sluice_proxy::{Gateway, ProxyConfig};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::fake_api::FakeApi;
+use crate::harness::{Listening, QUICK_DEBOUNCE, serve_in_background};
 
 /// `group/version/plural` of the kinds the controller reads, as the fake API names them.
 pub const ROUTES: &str = "sluice.dev/v1alpha1/gatewayroutes";
@@ -43,11 +43,7 @@ impl Replica {
     /// Starts replica `identity` against listener `listener` of `api`, with a short Lease so
     /// that failover happens within a test's patience.
     pub async fn start(api: &FakeApi, listener: usize, identity: &str) -> Self {
-        let debounce = Debounce {
-            holdoff: Duration::from_millis(5),
-            max_delay: Duration::from_millis(50),
-        };
-        Self::start_with(api, listener, identity, debounce).await
+        Self::start_with(api, listener, identity, QUICK_DEBOUNCE).await
     }
 
     /// Like [`Replica::start`] with a given debounce.
@@ -58,24 +54,13 @@ impl Replica {
         debounce: Debounce,
     ) -> Self {
         let gateway = Gateway::new(ProxyConfig::default());
-        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let addr = proxy.local_addr().expect("proxy addr");
-        let admin = admin_listener.local_addr().expect("admin addr");
-        let (stop, stop_rx) = watch::channel(false);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        tokio::spawn(sluice_proxy::admin::serve_admin(
-            gateway.clone(),
-            admin_listener,
-            stopped(stop_rx.clone()),
-        ));
-        tokio::spawn(sluice_proxy::serve(
-            gateway.clone(),
-            proxy,
-            stopped(stop_rx.clone()),
-        ));
+        let Listening {
+            addr,
+            admin,
+            stop,
+            stop_rx,
+            ..
+        } = serve_in_background(&gateway).await;
         let mut leader = LeaderConfig::new("sluice-system".to_owned(), identity.to_owned());
         leader.lease_duration = Duration::from_secs(2);
         leader.retry_period = Duration::from_millis(200);

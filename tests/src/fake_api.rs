@@ -752,7 +752,21 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-fn commit(shared: &Shared, store: &mut Store, kind: &'static str, key: Key, object: Value) {
+/// Records a change: a new resourceVersion stamped on the object, the store updated (the
+/// caller has already removed a deleted object), the change logged for watches resuming from
+/// an older version and sent to the open ones. Returns the object as stored.
+fn commit(
+    shared: &Shared,
+    store: &mut Store,
+    kind: &'static str,
+    key: Key,
+    mut object: Value,
+) -> Value {
+    store.rv += 1;
+    object["metadata"]["resourceVersion"] = Value::String(store.rv.to_string());
+    if kind != "DELETED" {
+        store.objects.insert(key.clone(), object.clone());
+    }
     store.log.push(Change {
         rv: store.rv,
         kind,
@@ -763,8 +777,21 @@ fn commit(shared: &Shared, store: &mut Store, kind: &'static str, key: Key, obje
         rv: store.rv,
         kind,
         key,
-        object,
+        object: object.clone(),
     });
+    object
+}
+
+/// The stored object `incoming` is written over, if `incoming` names its current version (or
+/// none).
+fn current_for(store: &Store, key: &Key, incoming: &Value) -> Result<Value, ApiError> {
+    let current = store
+        .objects
+        .get(key)
+        .cloned()
+        .ok_or_else(|| not_found(key))?;
+    check_version(&current, incoming)?;
+    Ok(current)
 }
 
 fn create(shared: &Shared, key: Key, mut object: Value) -> Result<Value, ApiError> {
@@ -776,7 +803,6 @@ fn create(shared: &Shared, key: Key, mut object: Value) -> Result<Value, ApiErro
             format!("{} \"{}\" already exists", key.0.0, key.2),
         ));
     }
-    store.rv += 1;
     store.uid += 1;
     let (kind, api_version) = kind_of(&key.0);
     object["kind"] = Value::String(kind.to_owned());
@@ -787,7 +813,6 @@ fn create(shared: &Shared, key: Key, mut object: Value) -> Result<Value, ApiErro
         meta["namespace"] = Value::String(key.1.clone());
     }
     meta["uid"] = Value::String(format!("00000000-0000-0000-0000-{:012x}", store.uid));
-    meta["resourceVersion"] = Value::String(store.rv.to_string());
     meta["creationTimestamp"] = Value::String(now_rfc3339());
     meta["generation"] = Value::from(1);
     if let Some(m) = meta.as_object_mut() {
@@ -797,9 +822,7 @@ fn create(shared: &Shared, key: Key, mut object: Value) -> Result<Value, ApiErro
         // Status is set through the subresource only.
         o.remove("status");
     }
-    store.objects.insert(key.clone(), object.clone());
-    commit(shared, &mut store, "ADDED", key, object.clone());
-    Ok(object)
+    Ok(commit(shared, &mut store, "ADDED", key, object))
 }
 
 fn merge(target: &mut Value, patch: &Value) {
@@ -831,12 +854,7 @@ fn check_version(current: &Value, incoming: &Value) -> Result<(), ApiError> {
 
 fn update(shared: &Shared, key: &Key, incoming: Value, patch: bool) -> Result<Value, ApiError> {
     let mut store = shared.store.lock().expect("store");
-    let current = store
-        .objects
-        .get(key)
-        .cloned()
-        .ok_or_else(|| not_found(key))?;
-    check_version(&current, &incoming)?;
+    let current = current_for(&store, key, &incoming)?;
     let mut next = if patch {
         let mut next = current.clone();
         merge(&mut next, &incoming);
@@ -862,11 +880,7 @@ fn update(shared: &Shared, key: &Key, incoming: Value, patch: bool) -> Result<Va
     if next == current {
         return Ok(current);
     }
-    store.rv += 1;
-    next["metadata"]["resourceVersion"] = Value::String(store.rv.to_string());
-    store.objects.insert(key.clone(), next.clone());
-    commit(shared, &mut store, "MODIFIED", key.clone(), next.clone());
-    Ok(next)
+    Ok(commit(shared, &mut store, "MODIFIED", key.clone(), next))
 }
 
 fn write_status(
@@ -877,12 +891,7 @@ fn write_status(
     patch: bool,
 ) -> Result<Value, ApiError> {
     let mut store = shared.store.lock().expect("store");
-    let current = store
-        .objects
-        .get(key)
-        .cloned()
-        .ok_or_else(|| not_found(key))?;
-    check_version(&current, &incoming)?;
+    let current = current_for(&store, key, &incoming)?;
     store.status_writes.push(StatusWrite {
         listener,
         namespace: key.1.clone(),
@@ -902,20 +911,13 @@ fn write_status(
     if next == current {
         return Ok(current);
     }
-    store.rv += 1;
-    next["metadata"]["resourceVersion"] = Value::String(store.rv.to_string());
-    store.objects.insert(key.clone(), next.clone());
-    commit(shared, &mut store, "MODIFIED", key.clone(), next.clone());
-    Ok(next)
+    Ok(commit(shared, &mut store, "MODIFIED", key.clone(), next))
 }
 
 fn delete(shared: &Shared, key: &Key) -> Result<Value, ApiError> {
     let mut store = shared.store.lock().expect("store");
-    let mut object = store.objects.remove(key).ok_or_else(|| not_found(key))?;
-    store.rv += 1;
-    object["metadata"]["resourceVersion"] = Value::String(store.rv.to_string());
-    commit(shared, &mut store, "DELETED", key.clone(), object.clone());
-    Ok(object)
+    let object = store.objects.remove(key).ok_or_else(|| not_found(key))?;
+    Ok(commit(shared, &mut store, "DELETED", key.clone(), object))
 }
 
 #[cfg(test)]

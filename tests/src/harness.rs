@@ -62,34 +62,14 @@ impl TestGateway {
             .start_watching()
             .expect("watch the manifest directory");
         source.reload(&gateway);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let addr = listener.local_addr().expect("proxy addr");
-        let admin = admin_listener.local_addr().expect("admin addr");
-        let (stop, stop_rx) = watch::channel(false);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        tokio::spawn(sluice_proxy::admin::serve_admin(
-            gateway.clone(),
-            admin_listener,
-            stopped(stop_rx.clone()),
-        ));
-        let debounce = Debounce {
-            holdoff: Duration::from_millis(5),
-            max_delay: Duration::from_millis(50),
-        };
-        tokio::spawn(source.run(
-            dir_watch,
-            gateway.clone(),
-            debounce,
-            stopped(stop_rx.clone()),
-        ));
-        let serve = tokio::spawn(sluice_proxy::serve(
-            gateway.clone(),
-            listener,
-            stopped(stop_rx),
-        ));
+        let Listening {
+            addr,
+            admin,
+            stop,
+            stop_rx,
+            serve,
+        } = serve_in_background(&gateway).await;
+        tokio::spawn(source.run(dir_watch, gateway.clone(), QUICK_DEBOUNCE, stopped(stop_rx)));
         TestGateway {
             addr,
             admin,
@@ -99,7 +79,60 @@ impl TestGateway {
             serve: Some(serve),
         }
     }
+}
 
+/// Debounce for tests: a change is picked up within milliseconds.
+pub const QUICK_DEBOUNCE: Debounce = Debounce {
+    holdoff: Duration::from_millis(5),
+    max_delay: Duration::from_millis(50),
+};
+
+/// A gateway's proxy and admin listeners on ephemeral loopback ports, served in the background.
+pub struct Listening {
+    /// Proxy address.
+    pub addr: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// Set to true to stop both listeners (the proxy drains first).
+    pub stop: watch::Sender<bool>,
+    /// The same flag, for other tasks to stop with.
+    pub stop_rx: watch::Receiver<bool>,
+    /// The proxy listener's task; it ends once drained.
+    pub serve: JoinHandle<()>,
+}
+
+/// Binds and serves `gateway`'s proxy and admin listeners until the returned flag is set.
+pub async fn serve_in_background(gateway: &Arc<Gateway>) -> Listening {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let addr = listener.local_addr().expect("proxy addr");
+    let admin = admin_listener.local_addr().expect("admin addr");
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(sluice_proxy::admin::serve_admin(
+        gateway.clone(),
+        admin_listener,
+        stopped(stop_rx.clone()),
+    ));
+    let serve = tokio::spawn(sluice_proxy::serve(
+        gateway.clone(),
+        listener,
+        stopped(stop_rx.clone()),
+    ));
+    Listening {
+        addr,
+        admin,
+        stop,
+        stop_rx,
+        serve,
+    }
+}
+
+/// Resolves once `rx` turns true.
+pub async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+impl TestGateway {
     /// Writes (or replaces) a manifest file in the watched directory, atomically.
     pub fn write(&self, name: &str, content: &str) {
         write(&self.dir, name, content);

@@ -39,6 +39,13 @@ async fn exchange(addr: std::net::SocketAddr, raw: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// What the backend echoed of the request, from a raw 200 answer.
+fn backend_saw(answer: &str) -> serde_json::Value {
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").expect("head ends") + 4..];
+    serde_json::from_str(body).expect("backend JSON")
+}
+
 #[tokio::test]
 async fn two_host_headers_are_refused() {
     let b = TestBackend::start("b").await;
@@ -62,9 +69,7 @@ async fn an_absolute_target_is_routed_and_forwarded_with_one_host() {
         "GET http://public.example/x HTTP/1.1\r\nHost: admin.example\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let body = &answer[answer.find("\r\n\r\n").expect("head ends") + 4..];
-    let seen: serde_json::Value = serde_json::from_str(body).expect("backend JSON");
+    let seen = backend_saw(&answer);
     assert_eq!(seen["headers"]["host"], "public.example");
 }
 
@@ -77,9 +82,7 @@ async fn an_h2c_upgrade_offer_is_proxied_as_plain_http() {
         "GET / HTTP/1.1\r\nHost: public.example\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let body = &answer[answer.find("\r\n\r\n").expect("head ends") + 4..];
-    let seen: serde_json::Value = serde_json::from_str(body).expect("backend JSON");
+    let seen = backend_saw(&answer);
     assert!(seen["headers"].get("upgrade").is_none(), "{seen}");
     assert!(seen["headers"].get("http2-settings").is_none(), "{seen}");
 }

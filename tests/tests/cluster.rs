@@ -1,6 +1,7 @@
 //! Cluster mode end to end: a real `kube::Client` watching the fake API server, real backends,
 //! requests through the proxy, status read back from the API server.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -13,6 +14,15 @@ use sluice_tests::eventually;
 use sluice_tests::fake_api::FakeApi;
 
 const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A fake API server holding Service `b` whose one ready endpoint is a real backend named `b`.
+async fn api_with_backend() -> (Arc<FakeApi>, TestBackend) {
+    let api = FakeApi::start().await;
+    let b = TestBackend::start("b").await;
+    api.apply(SERVICES, service("b"));
+    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    (api, b)
+}
 
 async fn serves(replica: &Replica, path: &str, backend: &str) -> bool {
     let c = client::http1();
@@ -28,10 +38,7 @@ async fn status_of(c: &client::HttpClient, replica: &Replica, path: &str) -> u16
 
 #[tokio::test]
 async fn an_applied_route_serves_and_reports_programmed_with_its_generation() {
-    let api = FakeApi::start().await;
-    let b = TestBackend::start("b").await;
-    api.apply(SERVICES, service("b"));
-    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    let (api, _backend) = api_with_backend().await;
     let replica = Replica::start(&api, 0, "pod-a").await;
     api.apply(ROUTES, prefix_route("r", "/b", "b"));
 
@@ -118,10 +125,7 @@ async fn readiness_flips_take_endpoints_out_and_back() {
 
 #[tokio::test]
 async fn an_invalid_route_is_rejected_with_its_field_while_others_serve() {
-    let api = FakeApi::start().await;
-    let b = TestBackend::start("b").await;
-    api.apply(SERVICES, service("b"));
-    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    let (api, _backend) = api_with_backend().await;
     api.apply(ROUTES, prefix_route("good", "/good", "b"));
     let mut bad = prefix_route("bad", "/bad", "b");
     bad["spec"]["rules"][0]["matches"][0]["path"] =
@@ -165,10 +169,7 @@ async fn an_invalid_route_is_rejected_with_its_field_while_others_serve() {
 
 #[tokio::test]
 async fn traffic_continues_while_the_api_server_is_away_and_changes_resume_after() {
-    let api = FakeApi::start().await;
-    let b = TestBackend::start("b").await;
-    api.apply(SERVICES, service("b"));
-    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    let (api, _backend) = api_with_backend().await;
     api.apply(ROUTES, prefix_route("r", "/b", "b"));
     let replica = Replica::start(&api, 0, "pod-a").await;
     assert!(eventually(PATIENCE, || serves(&replica, "/b", "b")).await);
@@ -192,10 +193,7 @@ async fn traffic_continues_while_the_api_server_is_away_and_changes_resume_after
 
 #[tokio::test]
 async fn a_410_gone_relists_without_a_pointless_recompile_and_keeps_up() {
-    let api = FakeApi::start().await;
-    let b = TestBackend::start("b").await;
-    api.apply(SERVICES, service("b"));
-    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    let (api, _backend) = api_with_backend().await;
     api.apply(ROUTES, prefix_route("r", "/b", "b"));
     let replica = Replica::start(&api, 0, "pod-a").await;
     assert!(eventually(PATIENCE, || serves(&replica, "/b", "b")).await);
@@ -217,10 +215,7 @@ async fn a_410_gone_relists_without_a_pointless_recompile_and_keeps_up() {
 
 #[tokio::test]
 async fn our_own_status_writes_cause_no_recompile_or_write_loop() {
-    let api = FakeApi::start().await;
-    let b = TestBackend::start("b").await;
-    api.apply(SERVICES, service("b"));
-    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    let (api, _backend) = api_with_backend().await;
     for i in 0..5 {
         api.apply(
             ROUTES,
@@ -253,11 +248,8 @@ async fn our_own_status_writes_cause_no_recompile_or_write_loop() {
 
 #[tokio::test]
 async fn only_the_leader_writes_status_and_another_takes_over_when_it_dies() {
-    let api = FakeApi::start().await;
+    let (api, _backend) = api_with_backend().await;
     let second = api.add_listener().await;
-    let b = TestBackend::start("b").await;
-    api.apply(SERVICES, service("b"));
-    api.apply(SLICES, slice("b", "b-1", b.addr, true));
     api.apply(ROUTES, prefix_route("r", "/b", "b"));
     let first = Replica::start(&api, 0, "pod-a").await;
     assert!(
@@ -322,10 +314,7 @@ async fn only_the_leader_writes_status_and_another_takes_over_when_it_dies() {
 
 #[tokio::test]
 async fn endpoint_churn_of_services_no_route_uses_costs_no_snapshot() {
-    let api = FakeApi::start().await;
-    let b = TestBackend::start("b").await;
-    api.apply(SERVICES, service("b"));
-    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    let (api, b) = api_with_backend().await;
     api.apply(SERVICES, service("unused"));
     api.apply(ROUTES, prefix_route("r", "/b", "b"));
     let replica = Replica::start(&api, 0, "pod-a").await;
@@ -346,10 +335,7 @@ async fn endpoint_churn_of_services_no_route_uses_costs_no_snapshot() {
 
 #[tokio::test]
 async fn a_route_deleted_and_created_again_gets_its_status_again() {
-    let api = FakeApi::start().await;
-    let b = TestBackend::start("b").await;
-    api.apply(SERVICES, service("b"));
-    api.apply(SLICES, slice("b", "b-1", b.addr, true));
+    let (api, _backend) = api_with_backend().await;
     api.apply(ROUTES, prefix_route("r", "/b", "b"));
     let replica = Replica::start(&api, 0, "pod-a").await;
     let programmed = || async {
