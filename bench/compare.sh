@@ -68,25 +68,35 @@ pids+=("$!")
 log() { printf '%s\n' "$*" >&2; }
 wait_for() { for _ in $(seq 200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done; log "not up: $1"; return 1; }
 
-# --- upstreams: three nginx processes, so that one can be stopped on its own -----------------
-for i in 0 1 2; do
-  d="$work/up$i"
-  mkdir -p "$d"
-  cat >"$d/nginx.conf" <<CONF
+# nginx_preamble DIR: one worker, files under DIR, no access log, long keep-alive; the caller
+# writes the rest of the `http` block and closes it.
+nginx_preamble() {
+  cat <<CONF
 worker_processes 1;
 daemon off;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
+CONF
+}
+
+# --- upstreams: three nginx processes, so that one can be stopped on its own -----------------
+for i in 0 1 2; do
+  d="$work/up$i"
+  mkdir -p "$d"
+  {
+    nginx_preamble "$d"
+    cat <<CONF
   server {
     listen 127.0.0.1:${UP_PORTS[$i]} reuseport;
     location / { return 200 "hello from upstream $i\n"; }
   }
 }
 CONF
+  } >"$d/nginx.conf"
   taskset -c 1 "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/error.log" &
   pids+=("$!")
   eval "up_pid_$i=$!"
@@ -103,15 +113,8 @@ write_nginx_conf() { # ROUTES [PORTS...]
   local d="$work/nginx"
   mkdir -p "$d"
   {
+    nginx_preamble "$d"
     cat <<CONF
-worker_processes 1;
-daemon off;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
   upstream up {
 $(upstream_servers "$@")
     keepalive 64;
@@ -188,21 +191,27 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else print (NR
 col() { [ -s "$work/res/$1" ] && awk -v c="$2" '{print $c}' "$work/res/$1" | median || echo -; }
 mkdir -p "$work/res"
 
+# wrk_summary WRK-OUTPUT -> "rps p50_ms p99_ms non2xx sockerr" (wrk run with --latency)
+wrk_summary() {
+  local rps p50 p99 non2xx sockerr
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$1")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$1")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$1")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$1")
+  sockerr=$(awk '/Socket errors/ {gsub(",", ""); print $4+$6+$8+$10}' <<<"$1")
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${non2xx:-0} ${sockerr:-0}"
+}
+
 # wrk_run SCENARIO PATH TARGET -> "rps p50 p99 non2xx sockerr cpu_s_per_100k rss"
 wrk_run() {
   local scenario=$1 path=$2 target=$3 before after out
   before=$(cpu_ticks "$target")
   out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$(port_of "$target")$path")
   after=$(cpu_ticks "$target")
-  local rps p50 p99 total non2xx sockerr cpu
-  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  local total cpu
   total=$(awk '/requests in/ {print $1}' <<<"$out")
-  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  sockerr=$(awk '/Socket errors/ {gsub(",", ""); print $4+$6+$8+$10}' <<<"$out")
   cpu=$(awk -v t=$((after - before)) -v hz="$clk" -v n="$total" 'BEGIN {printf "%.2f", t / hz / n * 100000}')
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${non2xx:-0} ${sockerr:-0} $cpu $(peak_rss_mib "$target")" >>"$work/res/$scenario-$target"
+  echo "$(wrk_summary "$out") $cpu $(peak_rss_mib "$target")" >>"$work/res/$scenario-$target"
 }
 
 # h2_run TARGET -> "rps - - failed errored cpu rss" (h2load: 10 connections x 10 streams)
@@ -295,21 +304,13 @@ while time.monotonic() < end:
     time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
 PY
   wait "$wrk_pid" || true
-  local out
-  out=$(cat "$work/wrk.out")
-  local rps p50 p99 non2xx sockerr
-  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  sockerr=$(awk '/Socket errors/ {gsub(",", ""); print $4+$6+$8+$10}' <<<"$out")
   local cp50 cmax
   cp50=$({ grep -v timeout "$work/swap-times" || true; } | median)
   cmax=$({ grep -v timeout "$work/swap-times" || true; } | sort -g | tail -1)
   local timeouts
   timeouts=$(grep -c timeout "$work/swap-times" || true)
   [ "${timeouts:-0}" -gt 0 ] && log "  $target: $timeouts change(s) not served within 10 s"
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${non2xx:-0} ${sockerr:-0} - - $cp50 ${cmax:--}" >>"$work/res/swaps-$target"
+  echo "$(wrk_summary "$(cat "$work/wrk.out")") - - $cp50 ${cmax:--}" >>"$work/res/swaps-$target"
 }
 
 # churn_run TARGET -> "rps p50 p99 non2xx sockerr"
@@ -342,9 +343,7 @@ churn_run() {
     write_sluice_manifests 1 true true true
   fi
   wait "$wrk_pid" || true
-  local out
-  out=$(cat "$work/wrk.out")
-  echo "$(awk '/^Requests\/sec/ {print $2}' <<<"$out") $(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")") $(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")") $(awk '/Non-2xx/ {print $NF}' <<<"$out" | grep . || echo 0) $(awk '/Socket errors/ {gsub(",", ""); print $4+$6+$8+$10}' <<<"$out" | grep . || echo 0)" >>"$work/res/churn-$target"
+  wrk_summary "$(cat "$work/wrk.out")" >>"$work/res/churn-$target"
 }
 
 alternate() { # FUNCTION ARGS... : runs nginx then sluice, ROUNDS times

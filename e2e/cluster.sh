@@ -45,8 +45,8 @@ release=sluice
 work="$(mktemp -d "${TMPDIR:-/tmp}/sluice-e2e-cluster.XXXXXX")"
 pf_pid=""
 created_crds=()
-passed=0
-failed=0
+# shellcheck source=e2e/tap.sh
+source "$(dirname "${BASH_SOURCE[0]}")/tap.sh"
 
 # SLUICE_IMAGE as the chart's repository and tag; `repo@sha256:x` splits into `repo@sha256`
 # and `x`, which the chart joins back with ':'.
@@ -57,22 +57,6 @@ if [[ "$image_repo" == "$SLUICE_IMAGE" || "$image_tag" == */* ]]; then
   image_tag=latest
 fi
 
-ok() { echo "ok - $1"; passed=$((passed + 1)); }
-not_ok() {
-  echo "not ok - $1"
-  shift
-  for line in "$@"; do echo "#   $line"; done
-  failed=$((failed + 1))
-}
-# check NAME COMMAND... [-- diagnostic lines]: ok when the command succeeds.
-check() {
-  local name="$1"
-  shift
-  local cmd=()
-  while (($#)) && [[ "$1" != "--" ]]; do cmd+=("$1"); shift; done
-  (($#)) && shift
-  if "${cmd[@]}"; then ok "$name"; else not_ok "$name" "$@"; fi
-}
 # wait_until SECONDS COMMAND...: polls every second; fails after SECONDS.
 wait_until() {
   local deadline=$((SECONDS + $1))

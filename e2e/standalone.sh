@@ -49,8 +49,8 @@ log="$work/sluice.log"
 sluice_pid=""
 watchdog_pid=""
 declare -A backend_pid=()
-passed=0
-failed=0
+# shellcheck source=e2e/tap.sh
+source "$(dirname "${BASH_SOURCE[0]}")/tap.sh"
 
 cleanup() {
   trap - EXIT INT TERM
@@ -73,25 +73,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------------------------------------
-# Helpers
-
-ok() { echo "ok - $1"; passed=$((passed + 1)); }
-not_ok() {
-  echo "not ok - $1"
-  shift
-  for line in "$@"; do echo "#   $line"; done
-  failed=$((failed + 1))
-}
-# check NAME CONDITION-COMMAND... [-- diagnostic lines]: ok when the command succeeds.
-check() {
-  local name="$1"
-  shift
-  local cmd=() diag=()
-  while (($#)) && [[ "$1" != "--" ]]; do cmd+=("$1"); shift; done
-  (($#)) && shift
-  diag=("$@")
-  if "${cmd[@]}"; then ok "$name"; else not_ok "$name" "${diag[@]}"; fi
-}
+# Helpers (ok, not_ok and check come from tap.sh)
 
 # fetch URL [curl args...]: sets $code, $body (file) and $hdrs (file). Never waits over 10 s.
 body="$work/body"
