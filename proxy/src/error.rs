@@ -24,7 +24,7 @@ pub enum ProxyError {
     BackendTimeout,
     /// Connecting to the backend or exchanging the request with it failed.
     #[error("backend failed")]
-    Backend(#[source] hyper_util::client::legacy::Error),
+    Backend(#[source] crate::upstream::UpstreamError),
     /// The backend answered in a way a proxy must not relay (for example a protocol switch the
     /// client did not ask for).
     #[error("backend protocol error: {0}")]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -17,9 +17,10 @@ use crate::path;
 use crate::router::{Candidate, RequestView};
 use crate::server::{Gateway, Live};
 use crate::snapshot::{PathRewrite, Rule};
+use crate::upstream::UpstreamBody;
 
 /// Body of every response the gateway sends: the backend's, streamed, or one of its own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -46,7 +47,7 @@ static IDENTITY_HEADERS: [HeaderName; 2] = [
 
 /// What happened to one request, for metrics and the access log.
 pub(crate) struct Outcome {
-    pub result: Result<Response<Incoming>, ProxyError>,
+    pub result: Result<Response<UpstreamBody>, ProxyError>,
     pub rule: Option<u32>,
     pub upstream: Option<SocketAddr>,
 }
@@ -66,7 +67,7 @@ pub(crate) async fn forward(
     gw: &Gateway,
     live: &Live,
     mut req: Request<Incoming>,
-    remote: SocketAddr,
+    client_ip: &HeaderValue,
     request_id: &HeaderValue,
     started: Instant,
 ) -> Outcome {
@@ -115,29 +116,28 @@ pub(crate) async fn forward(
     prepare_headers(
         &mut parts.headers,
         wants_upgrade,
-        remote,
+        client_ip,
         original_host,
         request_id,
     );
     rule.request_headers.apply(&mut parts.headers);
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(endpoint.authority().clone());
-    uri.path_and_query = Some(path_and_query);
-    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path are all set");
+    if !parts.headers.contains_key(HOST) {
+        // HTTP/1.0 without a Host: name the endpoint, as an HTTP/1.1 request must name one.
+        if let Ok(v) = HeaderValue::try_from(endpoint.addr.to_string()) {
+            parts.headers.insert(HOST, v);
+        }
+    }
+    parts.uri = Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
 
     let upstream = Request::from_parts(parts, body);
+    let exchange = gw.upstreams.send(endpoint.addr, upstream);
     let result = match deadline(rule, started) {
-        Some(limit) => match tokio::time::timeout(limit, gw.client.request(upstream)).await {
+        Some(limit) => match tokio::time::timeout(limit, exchange).await {
             Ok(r) => r.map_err(ProxyError::Backend),
             Err(_) => Err(ProxyError::BackendTimeout),
         },
-        None => gw
-            .client
-            .request(upstream)
-            .await
-            .map_err(ProxyError::Backend),
+        None => exchange.await.map_err(ProxyError::Backend),
     };
     let result = result.and_then(|mut response| {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -283,25 +283,50 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// True for a header that must not cross the gateway: hop-by-hop, or an identity header.
+fn is_dropped(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || IDENTITY_HEADERS.contains(name)
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names. For an upgrade,
 /// `Connection: upgrade` and `Upgrade` are end-to-end in effect and are kept.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && *n == UPGRADE))
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
-        if keep_upgrade && (*name == CONNECTION || *name == UPGRADE) {
-            continue;
+    // One pass over the names finds which hop-by-hop headers are present: most messages carry
+    // none or only `Connection`, and a hashed remove per name would cost more than the scan.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
         }
-        headers.remove(name);
+    }
+    if present == 0 && !keep_upgrade {
+        return;
+    }
+    if headers.contains_key(CONNECTION) {
+        // The usual tokens (`keep-alive`, `close`, `upgrade`) name nothing beyond the fixed set.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        let kept = keep_upgrade && (*name == CONNECTION || *name == UPGRADE);
+        if present & (1 << i) != 0 && !kept {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -311,20 +336,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 fn prepare_headers(
     headers: &mut HeaderMap,
     upgrade: bool,
-    remote: SocketAddr,
+    client_ip: &HeaderValue,
     original_host: Option<HeaderValue>,
     request_id: &HeaderValue,
 ) {
-    strip_hop_by_hop(headers, upgrade);
-    for name in &IDENTITY_HEADERS {
-        headers.remove(name);
+    if upgrade || headers.keys().any(is_dropped) {
+        strip_hop_by_hop(headers, upgrade);
+        for name in &IDENTITY_HEADERS {
+            headers.remove(name);
+        }
     }
-    let client_ip = remote.ip().to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::try_from(format!("{prior}, {client_ip}")),
-        None => HeaderValue::try_from(client_ip),
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        Some(prior) => {
+            let mut list = Vec::with_capacity(prior.len() + 2 + client_ip.len());
+            list.extend_from_slice(prior.as_bytes());
+            list.extend_from_slice(b", ");
+            list.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(list)).ok()
+        }
+        None => Some(client_ip.clone()),
     };
-    if let Ok(v) = forwarded_for {
+    if let Some(v) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -366,8 +398,19 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::try_from(id).expect("hex digits are a valid header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    let mut bits = fastrand::u128(..);
+    for digit in id.iter_mut().rev() {
+        *digit = HEX[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
+}
+
+/// A client's address as an `X-Forwarded-For` entry: made once per connection, not per request.
+pub fn client_ip_header(remote: &SocketAddr) -> HeaderValue {
+    HeaderValue::try_from(remote.ip().to_string()).expect("an IP address is a valid header value")
 }
 
 /// The header carrying the request id.
@@ -445,12 +488,12 @@ mod tests {
         h.insert("x-user-id", HeaderValue::from_static("admin"));
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let remote: SocketAddr = "192.0.2.7:5555".parse().expect("addr");
+        let client = client_ip_header(&"192.0.2.7:5555".parse().expect("addr"));
         let id = HeaderValue::from_static("rid");
         prepare_headers(
             &mut h,
             false,
-            remote,
+            &client,
             Some(HeaderValue::from_static("a.example")),
             &id,
         );
@@ -514,15 +557,45 @@ mod tests {
     }
 
     #[test]
+    fn generated_request_ids_are_32_hex_digits_and_differ() {
+        let a = request_id(&HeaderMap::new());
+        let b = request_id(&HeaderMap::new());
+        assert_eq!(a.len(), 32);
+        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert_ne!(a, b);
+        let mut sane = HeaderMap::new();
+        sane.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&sane), "abc-123");
+    }
+
+    #[test]
+    fn identity_headers_go_even_when_no_hop_by_hop_header_is_present() {
+        let mut h = HeaderMap::new();
+        h.insert("x-user-roles", HeaderValue::from_static("admin"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let client = client_ip_header(&"[2001:db8::1]:5555".parse().expect("addr"));
+        prepare_headers(
+            &mut h,
+            false,
+            &client,
+            None,
+            &HeaderValue::from_static("rid"),
+        );
+        assert!(!h.contains_key("x-user-roles"));
+        assert!(h.contains_key("x-kept"));
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+    }
+
+    #[test]
     fn routed_host_replaces_what_the_client_sent() {
         let mut h = HeaderMap::new();
         h.insert(HOST, HeaderValue::from_static("admin.internal"));
-        let remote: SocketAddr = "192.0.2.7:5555".parse().expect("addr");
+        let client = client_ip_header(&"192.0.2.7:5555".parse().expect("addr"));
         let id = HeaderValue::from_static("rid");
         prepare_headers(
             &mut h,
             false,
-            remote,
+            &client,
             Some(HeaderValue::from_static("b.example")),
             &id,
         );

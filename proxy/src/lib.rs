@@ -16,6 +16,7 @@ pub mod path;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod upstream;
 
 pub use error::ProxyError;
 pub use server::{Gateway, ProxyConfig, serve};

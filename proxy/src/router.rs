@@ -20,23 +20,27 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+/// The router's tables are built from configuration, never from request data, so a fast
+/// non-cryptographic hash is safe here and saves a SipHash of the path on every request.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use matching::{Candidate, HeaderMatch, PathMatch, QueryMatch, RequestView, ValueMatch};
 
 /// Routes grouped by hostname.
 #[derive(Debug, Default, Serialize)]
 pub struct Router {
-    exact_hosts: HashMap<Box<str>, MatchTable>,
+    exact_hosts: Map<Box<str>, MatchTable>,
     /// Keyed by the suffix after `*.` (`*.example.com` → `example.com`).
-    wildcard_hosts: HashMap<Box<str>, MatchTable>,
+    wildcard_hosts: Map<Box<str>, MatchTable>,
     any_host: MatchTable,
 }
 
 /// The candidates of one host group, indexed by path.
 #[derive(Debug, Default, Serialize)]
 struct MatchTable {
-    exact: HashMap<Box<str>, Box<[Candidate]>>,
+    exact: Map<Box<str>, Box<[Candidate]>>,
     /// Keyed by the prefix without its trailing `/` (the root prefix is `/`).
-    prefix: HashMap<Box<str>, Box<[Candidate]>>,
+    prefix: Map<Box<str>, Box<[Candidate]>>,
     regex: Box<[Candidate]>,
     /// For each regex candidate, a literal every matching path starts with: a cheap test that
     /// spares running expressions that cannot match.
@@ -189,8 +193,8 @@ impl RouterBuilder {
 impl MatchTable {
     fn build(mut candidates: Vec<Candidate>) -> MatchTable {
         candidates.sort_by(Candidate::precedence);
-        let mut exact: HashMap<Box<str>, Vec<Candidate>> = HashMap::new();
-        let mut prefix: HashMap<Box<str>, Vec<Candidate>> = HashMap::new();
+        let mut exact: Map<Box<str>, Vec<Candidate>> = Map::default();
+        let mut prefix: Map<Box<str>, Vec<Candidate>> = Map::default();
         let mut regex = Vec::new();
         for c in candidates {
             match &c.path {

@@ -13,8 +13,6 @@ use http::header::HeaderValue;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -23,6 +21,7 @@ use tokio::net::TcpListener;
 use crate::forward::{self, ProxyBody};
 use crate::metrics::{Metrics, RuleStats};
 use crate::snapshot::Snapshot;
+use crate::upstream::Upstreams;
 
 /// Limits and timeouts of the proxy listener and its upstream client.
 #[derive(Debug, Clone)]
@@ -37,6 +36,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Idle upstream connections are closed after this.
     pub pool_idle_timeout: Duration,
+    /// Idle upstream connections kept per backend endpoint and worker thread.
+    pub pool_max_idle_per_endpoint: usize,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout: Duration,
 }
@@ -49,6 +50,7 @@ impl Default for ProxyConfig {
             header_read_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_endpoint: 256,
             drain_timeout: Duration::from_secs(25),
         }
     }
@@ -64,7 +66,7 @@ pub(crate) struct Live {
 /// Pools and metrics outlive snapshots; a swap replaces only the snapshot.
 pub struct Gateway {
     live: ArcSwap<Live>,
-    pub(crate) client: Client<HttpConnector, Incoming>,
+    pub(crate) upstreams: Upstreams,
     metrics: Metrics,
     unmatched: RuleStats,
     ready: AtomicBool,
@@ -74,14 +76,11 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway serving an empty snapshot (every request 404) until [`Gateway::install`].
     pub fn new(config: ProxyConfig) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let upstreams = Upstreams {
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.pool_idle_timeout,
+            max_idle_per_endpoint: config.pool_max_idle_per_endpoint,
+        };
         let metrics = Metrics::new();
         let unmatched = metrics.unmatched();
         Arc::new(Gateway {
@@ -89,7 +88,7 @@ impl Gateway {
                 snapshot: Arc::new(Snapshot::default()),
                 stats: Box::default(),
             }),
-            client,
+            upstreams,
             metrics,
             unmatched,
             ready: AtomicBool::new(false),
@@ -124,14 +123,19 @@ impl Gateway {
     }
 
     /// Serves one request: loads the snapshot once, forwards, records metrics and the access log.
-    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        client_ip: &HeaderValue,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let live = self.live.load_full();
         let request_id = forward::request_id(req.headers());
         let method = req.method().clone();
         let uri = req.uri().clone();
         let version = req.version();
-        let outcome = forward::forward(self, &live, req, remote, &request_id, started).await;
+        let outcome = forward::forward(self, &live, req, client_ip, &request_id, started).await;
         let (mut response, error_kind) = match outcome.result {
             Ok(r) => (r.map(ProxyBody::Left), None),
             Err(e) => {
@@ -221,9 +225,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
+        let client_ip = forward::client_ip_header(&remote);
         let service = service_fn(move |req: Request<Incoming>| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(gw.handle(req, remote).await) }
+            let client_ip = client_ip.clone();
+            async move { Ok::<_, Infallible>(gw.handle(req, remote, &client_ip).await) }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();

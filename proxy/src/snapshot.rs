@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 use serde::Serialize;
 
@@ -240,25 +239,16 @@ impl Clone for Backend {
     }
 }
 
-/// One ready endpoint, with its URI authority prebuilt so forwarding does not format it.
+/// One ready endpoint.
 #[derive(Debug, Clone, Serialize)]
 pub struct Endpoint {
     /// The pod (or local process) address.
     pub addr: SocketAddr,
-    #[serde(skip)]
-    authority: Authority,
 }
 
 impl Endpoint {
     /// An endpoint at `addr`.
     pub fn new(addr: SocketAddr) -> Self {
-        let authority = Authority::try_from(addr.to_string().as_str())
-            .expect("a socket address is always a valid authority");
-        Endpoint { addr, authority }
-    }
-
-    /// `ip:port` as a URI authority.
-    pub fn authority(&self) -> &Authority {
-        &self.authority
+        Endpoint { addr }
     }
 }

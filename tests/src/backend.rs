@@ -35,6 +35,7 @@ pub struct TestBackend {
     /// Its name, returned in every JSON answer and in `x-backend`.
     pub name: String,
     hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -46,13 +47,16 @@ impl TestBackend {
             .expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let hits = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let name_owned = name.to_owned();
         let counter = hits.clone();
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let name = name_owned.clone();
                 let counter = counter.clone();
                 tokio::spawn(async move {
@@ -71,6 +75,7 @@ impl TestBackend {
             addr,
             name: name.to_owned(),
             hits,
+            connections,
             task,
         }
     }
@@ -78,6 +83,11 @@ impl TestBackend {
     /// Requests received so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// Stops accepting connections (existing ones are dropped with the task's children only
