@@ -7,8 +7,9 @@
 #
 # Scenarios: plain (HTTP/1.1 keep-alive, one route), routes100, routes10k (the matched route is
 # the last one defined), h2 (HTTP/2 cleartext to the proxy, h2load), rate (fixed 5,000 requests/s
-# with latency percentiles; needs `oha`, see below), swaps (the configuration rewritten 10 times
-# a second under load), churn (an upstream instance removed and re-added under load).
+# with latency percentiles; needs `oha`, see below), swaps and swaps10k (a route added 10 times a
+# second under load, with 100 and with 10,000 routes configured), churn (an upstream instance
+# removed and re-added under load).
 #
 # Pinning, for 2-core machines: the proxy under test runs alone on core 0; the load generator
 # and the upstreams share core 1. Both proxies get one worker (nginx worker_processes 1, sluice
@@ -20,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SCENARIOS=${SCENARIOS:-"plain routes100 routes10k h2 rate swaps churn"}
+SCENARIOS=${SCENARIOS:-"plain routes100 routes10k h2 rate swaps swaps10k churn"}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-50}
@@ -254,13 +255,13 @@ print("%.0f" % s["requestsPerSec"], ms(p["p50"]), ms(p["p99"]), ms(p["p99.9"]), 
 PY
 }
 
-# swaps_run TARGET -> "rps p50 p99 non2xx sockerr - - change_p50_ms change_max_ms"
+# swaps_run TARGET [RESULT] -> "rps p50 p99 non2xx sockerr - - change_p50_ms change_max_ms change_p99_ms"
 # During a wrk run, the configuration gains a new route 10 times a second (nginx: rewrite its
 # configuration and `nginx -s reload`; sluice: rewrite a manifest); each change is timed from
 # just before the write to the first 200 on the new path, by one poller process (a persistent
 # connection, every 1 ms) so that no process start-up is counted.
 swaps_run() {
-  local target=$1 port
+  local target=$1 result=${2:-swaps} port
   port=$(port_of "$target")
   taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/r0/x" >"$work/wrk.out" &
   local wrk_pid=$!
@@ -304,14 +305,18 @@ while time.monotonic() < end:
     time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
 PY
   wait "$wrk_pid" || true
-  local cp50 cmax
+  local cp50 cmax cp99
   cp50=$({ grep -v timeout "$work/swap-times" || true; } | median)
   cmax=$({ grep -v timeout "$work/swap-times" || true; } | sort -g | tail -1)
+  cp99=$({ grep -v timeout "$work/swap-times" || true; } | sort -g |
+    awk '{v[NR] = $1} END {if (NR) {i = int(NR * 0.99 + 0.999); if (i > NR) i = NR; print v[i]} else print "-"}')
   local timeouts
   timeouts=$(grep -c timeout "$work/swap-times" || true)
   [ "${timeouts:-0}" -gt 0 ] && log "  $target: $timeouts change(s) not served within 10 s"
-  echo "$(wrk_summary "$(cat "$work/wrk.out")") - - $cp50 ${cmax:--}" >>"$work/res/swaps-$target"
+  echo "$(wrk_summary "$(cat "$work/wrk.out")") - - $cp50 ${cmax:--} $cp99" >>"$work/res/$result-$target"
 }
+
+swaps10k_run() { swaps_run "$1" swaps10k; }
 
 # churn_run TARGET -> "rps p50 p99 non2xx sockerr"
 # During a wrk run, upstream 2 is taken out of the proxy's set (sluice: its endpoint turns not
@@ -367,6 +372,7 @@ for scenario in $SCENARIOS; do
       if [ -z "${OHA:-}" ]; then log "  skipped: no oha (set OHA=... or INSTALL_OHA=1)"; continue; fi
       start_proxies 1; warm /r0/x; alternate rate_run ;;
     swaps) start_proxies 100; warm /r0/x; alternate swaps_run ;;
+    swaps10k) start_proxies 10000; warm /r0/x; alternate swaps10k_run ;;
     churn) start_proxies 1; warm /r0/x; alternate churn_run ;;
     *) log "unknown scenario $scenario"; exit 64 ;;
   esac
@@ -387,12 +393,14 @@ for scenario in $SCENARIOS; do
           "$(col rate-$t 3)" "$(col rate-$t 4)" "$(col rate-$t 5)" "$(col rate-$t 6)" "$(col rate-$t 7)" "$(col rate-$t 8)"
       done
       ;;
-    swaps)
-      printf '\n### swaps (a route added 10 times a second under load)\n\n'
-      printf '| target | requests/s | p50 ms | p99 ms | non-2xx | socket errors | change to first 200, p50 ms | max ms |\n|---|---|---|---|---|---|---|---|\n'
+    swaps | swaps10k)
+      printf '\n### %s (a route added 10 times a second under load, %s routes)\n\n' "$scenario" \
+        "$([ "$scenario" = swaps ] && echo 100 || echo 10,000)"
+      printf '| target | requests/s | p50 ms | p99 ms | non-2xx | socket errors | change to first 200, p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|---|---|\n'
       for t in nginx sluice; do
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$(col swaps-$t 1)" "$(col swaps-$t 2)" \
-          "$(col swaps-$t 3)" "$(col swaps-$t 4)" "$(col swaps-$t 5)" "$(col swaps-$t 8)" "$(col swaps-$t 9)"
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$(col $scenario-$t 1)" "$(col $scenario-$t 2)" \
+          "$(col $scenario-$t 3)" "$(col $scenario-$t 4)" "$(col $scenario-$t 5)" "$(col $scenario-$t 8)" \
+          "$(col $scenario-$t 10)" "$(col $scenario-$t 9)"
       done
       ;;
     churn)

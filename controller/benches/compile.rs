@@ -11,7 +11,7 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::collections::HashSet;
 
-use sluice_controller::compile::{Inputs, compile, refresh_endpoints};
+use sluice_controller::compile::{Inputs, RouteCache, compile, compile_cached, refresh_endpoints};
 
 mod support;
 
@@ -37,6 +37,20 @@ fn bench_compile(c: &mut Criterion) {
             &inputs,
             |b, inputs| b.iter_with_large_drop(|| compile(inputs, 2, Some(&first.snapshot))),
         );
+        // One route changed per compile, with the route cache the sources keep: alternating
+        // between two inputs that differ in one route, so every iteration recompiles one route.
+        let changed = change_one_route(&inputs);
+        let mut cache = RouteCache::default();
+        let primed = compile_cached(&inputs, 2, Some(&first.snapshot), &mut cache);
+        assert_eq!(primed.snapshot.rules.len(), routes);
+        let mut flip = false;
+        group.bench_function(BenchmarkId::new("route_change_cached", routes), |b| {
+            b.iter_with_large_drop(|| {
+                flip = !flip;
+                let next = if flip { &changed } else { &inputs };
+                compile_cached(next, 3, Some(&first.snapshot), &mut cache)
+            })
+        });
         let flipped = flip_one_endpoint(&inputs);
         group.bench_with_input(
             BenchmarkId::new("endpoint_flip_full", routes),
@@ -56,6 +70,22 @@ fn bench_compile(c: &mut Criterion) {
         );
     }
     group.finish();
+}
+
+/// The inputs with route 5 pointing at another path (a new object, as an edit makes).
+fn change_one_route(inputs: &Inputs) -> Inputs {
+    let mut changed = inputs.clone();
+    let mut route = (*changed.routes[5]).clone();
+    route.metadata.generation = Some(route.metadata.generation.unwrap_or(1) + 1);
+    if let Some(m) = route.spec.rules[0]
+        .matches
+        .first_mut()
+        .and_then(|m| m.path.as_mut())
+    {
+        m.value = "/changed".to_owned();
+    }
+    changed.routes[5] = Arc::new(route);
+    changed
 }
 
 /// The inputs with the first endpoint of Service `svc7` flipped to not ready.

@@ -96,8 +96,9 @@ impl fmt::Display for Diagnostic {
 pub struct Compiled {
     /// The snapshot to serve.
     pub snapshot: Snapshot,
-    /// Conditions for every GatewayRoute and RateLimitPolicy.
-    pub statuses: Vec<StatusReport>,
+    /// Conditions for every GatewayRoute and RateLimitPolicy (shared with the route cache, so a
+    /// recompile does not copy the statuses of routes that did not change).
+    pub statuses: Vec<Arc<StatusReport>>,
     /// Every problem found, in object order.
     pub diagnostics: Vec<Diagnostic>,
     /// `namespace/name` of the Services some backend reference failed to resolve against.
@@ -107,9 +108,83 @@ pub struct Compiled {
 /// Compiles `inputs` into snapshot `generation`. Regular expressions already compiled in `prev`
 /// are reused, so a recompile pays only for what changed.
 pub fn compile(inputs: &Inputs, generation: u64, prev: Option<&Snapshot>) -> Compiled {
+    compile_routes(inputs, generation, prev, None)
+}
+
+/// Route outputs of the last compile, by route object (see [`compile_cached`]).
+#[derive(Default)]
+pub struct RouteCache {
+    /// Keyed by the address of the route object; the entry holds the object, so the address
+    /// cannot be reused by another while the entry lives.
+    routes: FastMap<usize, CachedRoute>,
+    /// Counts compiles; entries not used by the latest are dropped.
+    stamp: u64,
+}
+
+/// Maps keyed by configuration, never by request data: a fast hash is safe.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+struct CachedRoute {
+    source: Arc<GatewayRoute>,
+    /// `(namespace, Service, fingerprint)` of every Service the route names, as compiled.
+    services: Vec<(String, String, Option<u64>)>,
+    /// `namespace/name` of the Services among those that did not resolve.
+    failed: Vec<String>,
+    output: routes::RouteOutput,
+    /// The compile that last used this entry.
+    used: u64,
+}
+
+/// Identity of a Service's inputs: its object and its EndpointSlice objects. Objects are
+/// shared, unchanged, from one set of inputs to the next, so equal fingerprints mean the
+/// same resolution.
+fn service_fingerprints(inputs: &Inputs) -> FastMap<(&str, &str), u64> {
+    fn mix(p: usize) -> u64 {
+        (p as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29)
+    }
+    let mut out: FastMap<(&str, &str), u64> =
+        FastMap::with_capacity_and_hasher(inputs.services.len(), Default::default());
+    for s in &inputs.services {
+        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+        if let Some(name) = s.metadata.name.as_deref() {
+            let fp = out.entry((ns, name)).or_default();
+            *fp = fp.wrapping_add(mix(Arc::as_ptr(s) as usize));
+        }
+    }
+    for slice in &inputs.slices {
+        let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+        if let Some(service) = slice.labels().get(endpoints::SERVICE_NAME_LABEL) {
+            let fp = out.entry((ns, service.as_str())).or_default();
+            *fp = fp.wrapping_add(mix(Arc::as_ptr(slice) as usize).rotate_left(7));
+        }
+    }
+    out
+}
+
+/// [`compile`], reusing from `cache` the output of every route that is the same object as last
+/// time and whose Services (and their EndpointSlices) are the same objects too; the cache is
+/// updated for the next call. In a large configuration a one-route change then costs about
+/// what that route costs, plus placing the others and building the router.
+pub fn compile_cached(
+    inputs: &Inputs,
+    generation: u64,
+    prev: Option<&Snapshot>,
+    cache: &mut RouteCache,
+) -> Compiled {
+    compile_routes(inputs, generation, prev, Some(cache))
+}
+
+fn compile_routes(
+    inputs: &Inputs,
+    generation: u64,
+    prev: Option<&Snapshot>,
+    cache: Option<&mut RouteCache>,
+) -> Compiled {
     let mut regexes = RegexCache::from_snapshot(prev);
     let mut endpoints = endpoints::EndpointIndex::new(&inputs.services, &inputs.slices, prev);
-    let mut order: Vec<&GatewayRoute> = inputs.routes.iter().map(|r| &**r).collect();
+    let mut order: Vec<&Arc<GatewayRoute>> = inputs.routes.iter().collect();
     // Gateway API tie-break: the oldest route wins, then `namespace/name`.
     order.sort_unstable_by_key(|r| {
         let m = &r.metadata;
@@ -120,31 +195,128 @@ pub fn compile(inputs: &Inputs, generation: u64, prev: Option<&Snapshot>) -> Com
         )
     });
 
-    let mut out = routes::Output {
+    let mut out = Assembly {
         rules: Vec::new(),
         router: RouterBuilder::default(),
-        statuses: Vec::new(),
+        statuses: Vec::with_capacity(order.len() + inputs.policies.len()),
         diagnostics: Vec::new(),
+        failed: HashSet::new(),
     };
-    for (rank, route) in order.iter().enumerate() {
-        routes::compile_route(route, rank as u64, &mut endpoints, &mut regexes, &mut out);
+    match cache {
+        None => {
+            for (rank, route) in order.iter().enumerate() {
+                let output = routes::compile_route(route, &mut endpoints, &mut regexes);
+                out.place(&output, rank as u64, &[]);
+            }
+        }
+        Some(cache) => {
+            let fingerprints = service_fingerprints(inputs);
+            cache.stamp += 1;
+            let stamp = cache.stamp;
+            for (rank, route) in order.iter().enumerate() {
+                let key = Arc::as_ptr(route) as usize;
+                let reused = cache.routes.get_mut(&key).is_some_and(|entry| {
+                    entry.used = stamp;
+                    Arc::ptr_eq(&entry.source, route)
+                        && entry.services.iter().all(|(ns, name, fp)| {
+                            fingerprints.get(&(ns.as_str(), name.as_str())) == fp.as_ref()
+                        })
+                });
+                if !reused {
+                    let output = routes::compile_route(route, &mut endpoints, &mut regexes);
+                    let entry = CachedRoute::new(route, output, &fingerprints, &endpoints, stamp);
+                    cache.routes.insert(key, entry);
+                }
+                let entry = &cache.routes[&key];
+                out.place(&entry.output, rank as u64, &entry.failed);
+            }
+            // Routes that are gone (or changed: their new object has a new key) leave the cache.
+            cache.routes.retain(|_, entry| entry.used == stamp);
+        }
     }
+    let Assembly {
+        rules,
+        router,
+        mut statuses,
+        mut diagnostics,
+        mut failed,
+    } = out;
+    let mut policy_statuses = Vec::new();
     policies::compile_policies(
         &inputs.policies,
         &inputs.routes,
-        &mut out.statuses,
-        &mut out.diagnostics,
+        &mut policy_statuses,
+        &mut diagnostics,
     );
+    statuses.extend(policy_statuses.into_iter().map(Arc::new));
+    failed.extend(endpoints.into_failed());
 
     Compiled {
         snapshot: Snapshot {
             generation,
-            rules: out.rules.into_iter().map(Arc::new).collect(),
-            router: Arc::new(out.router.build()),
+            rules: rules.into_boxed_slice(),
+            router: Arc::new(router.build()),
         },
-        statuses: out.statuses,
-        diagnostics: out.diagnostics,
-        unresolved_services: endpoints.into_failed(),
+        statuses,
+        diagnostics,
+        unresolved_services: failed,
+    }
+}
+
+impl CachedRoute {
+    fn new(
+        route: &Arc<GatewayRoute>,
+        output: routes::RouteOutput,
+        fingerprints: &FastMap<(&str, &str), u64>,
+        endpoints: &endpoints::EndpointIndex<'_>,
+        stamp: u64,
+    ) -> Self {
+        let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
+        let mut services: Vec<(String, String, Option<u64>)> = Vec::new();
+        for b in route.spec.rules.iter().flat_map(|r| &r.backend_refs) {
+            if !services.iter().any(|(_, n, _)| *n == b.name) {
+                let fp = fingerprints.get(&(namespace, b.name.as_str())).copied();
+                services.push((namespace.to_owned(), b.name.clone(), fp));
+            }
+        }
+        let failed = services
+            .iter()
+            .map(|(ns, name, _)| format!("{ns}/{name}"))
+            .filter(|id| endpoints.has_failed(id))
+            .collect();
+        CachedRoute {
+            source: Arc::clone(route),
+            services,
+            failed,
+            output,
+            used: stamp,
+        }
+    }
+}
+
+/// The snapshot's parts, filled route by route in precedence order.
+struct Assembly {
+    rules: Vec<Arc<sluice_proxy::snapshot::Rule>>,
+    router: RouterBuilder,
+    statuses: Vec<Arc<StatusReport>>,
+    diagnostics: Vec<Diagnostic>,
+    failed: HashSet<String>,
+}
+
+impl Assembly {
+    /// Appends one route's rules, router candidates, status and problems at its `rank`.
+    fn place(&mut self, output: &routes::RouteOutput, rank: u64, failed: &[String]) {
+        let base = u32::try_from(self.rules.len()).unwrap_or(u32::MAX);
+        self.rules.extend(output.rules.iter().cloned());
+        for (host, candidate) in &output.candidates {
+            let mut candidate = candidate.clone();
+            candidate.rule = base.saturating_add(candidate.rule);
+            candidate.tiebreak |= rank << routes::RANK_SHIFT;
+            self.router.add(host.clone(), candidate);
+        }
+        self.statuses.push(Arc::clone(&output.status));
+        self.diagnostics.extend(output.diagnostics.iter().cloned());
+        self.failed.extend(failed.iter().cloned());
     }
 }
 
@@ -220,31 +392,40 @@ pub fn refresh_endpoints(
 
 /// Compiled regular expressions by their full (anchored) pattern.
 #[derive(Default)]
-pub(crate) struct RegexCache {
+pub(crate) struct RegexCache<'a> {
     compiled: HashMap<String, Regex>,
+    /// Where earlier expressions come from, read only when an expression is first needed: a
+    /// recompile that compiles no regex route does not walk the router for them.
+    prev: Option<&'a Snapshot>,
 }
 
 /// Largest compiled program accepted for one expression: a manifest must not be able to make the
 /// gateway allocate without bound.
 const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 
-impl RegexCache {
-    fn from_snapshot(prev: Option<&Snapshot>) -> Self {
-        let compiled = prev
-            .map(|s| {
-                s.router
+impl<'a> RegexCache<'a> {
+    fn from_snapshot(prev: Option<&'a Snapshot>) -> Self {
+        RegexCache {
+            compiled: HashMap::new(),
+            prev,
+        }
+    }
+
+    fn load_previous(&mut self) {
+        if let Some(prev) = self.prev.take() {
+            self.compiled.extend(
+                prev.router
                     .regexes()
                     .into_iter()
-                    .map(|r| (r.as_str().to_owned(), r.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        RegexCache { compiled }
+                    .map(|r| (r.as_str().to_owned(), r.clone())),
+            );
+        }
     }
 
     /// `pattern` anchored at both ends (a regex match is a whole-value match).
     pub(crate) fn anchored(&mut self, pattern: &str) -> Result<Regex, String> {
         let full = format!("^(?:{pattern})$");
+        self.load_previous();
         if let Some(r) = self.compiled.get(&full) {
             return Ok(r.clone());
         }

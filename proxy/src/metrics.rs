@@ -29,7 +29,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     generation: IntGauge,
-    bound: Mutex<HashMap<RuleKey, Arc<RuleStats>>>,
+    /// Keyed by configured names, not request data: a fast hash is safe.
+    bound: Mutex<HashMap<RuleKey, Arc<RuleStats>, foldhash::fast::RandomState>>,
 }
 
 /// Handles for one rule (or for unmatched requests), kept across snapshots while the rule exists.
@@ -105,7 +106,7 @@ impl Metrics {
             requests,
             duration,
             generation,
-            bound: Mutex::new(HashMap::new()),
+            bound: Mutex::new(HashMap::default()),
         }
     }
 
@@ -113,7 +114,7 @@ impl Metrics {
     /// configuration are dropped so the label set stays bounded by what is configured.
     pub fn bind(&self, snapshot: &Snapshot) -> Box<[Arc<RuleStats>]> {
         let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = HashMap::with_capacity(snapshot.rules.len());
+        let mut next = HashMap::with_capacity_and_hasher(snapshot.rules.len(), Default::default());
         let stats = snapshot
             .rules
             .iter()

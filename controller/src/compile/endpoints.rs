@@ -2,7 +2,7 @@
 //! name selects the EndpointSlice port, whose number is the pod's target port. Only endpoints
 //! with `conditions.ready` (absent counts as ready) that are not terminating receive traffic.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use kube::ResourceExt;
 use sluice_proxy::Snapshot;
 use sluice_proxy::snapshot::Endpoint;
 
+use super::FastMap;
 use crate::resources::{EndpointSlice, Service};
 
 /// The label that ties an EndpointSlice to its Service.
@@ -26,17 +27,27 @@ pub struct Resolved {
 
 type Key<'a> = (&'a str, &'a str);
 
-/// Services and slices by `(namespace, service)`, with resolutions memoised per port.
+/// Services and slices by `(namespace, service)`, with resolutions memoised per port. Built on
+/// the first resolution: a recompile that reuses every route resolves nothing.
 pub struct EndpointIndex<'a> {
-    /// namespace → name → Service (nested so lookups borrow the caller's strings).
-    services: HashMap<&'a str, HashMap<&'a str, &'a Service>>,
-    slices: HashMap<Key<'a>, Vec<&'a EndpointSlice>>,
-    resolved: HashMap<(Key<'a>, i32), Result<Resolved, String>>,
-    /// Ready endpoint lists of the previous snapshot by `(namespace/name, port)`: when a
-    /// Service's ready addresses did not change, its list is shared instead of rebuilt.
-    previous: HashMap<&'a str, HashMap<u16, Arc<[Endpoint]>>>,
+    inputs: (
+        &'a [Arc<Service>],
+        &'a [Arc<EndpointSlice>],
+        Option<&'a Snapshot>,
+    ),
+    built: Option<Indexed<'a>>,
+    resolved: FastMap<(Key<'a>, i32), Result<Resolved, String>>,
     /// `namespace/name` of every Service a resolution failed for.
     failed: HashSet<String>,
+}
+
+struct Indexed<'a> {
+    /// namespace → name → Service (nested so lookups borrow the caller's strings).
+    services: FastMap<&'a str, FastMap<&'a str, &'a Service>>,
+    slices: FastMap<Key<'a>, Vec<&'a EndpointSlice>>,
+    /// Ready endpoint lists of the previous snapshot by `(namespace/name, port)`: when a
+    /// Service's ready addresses did not change, its list is shared instead of rebuilt.
+    previous: FastMap<&'a str, FastMap<u16, Arc<[Endpoint]>>>,
 }
 
 fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
@@ -44,13 +55,26 @@ fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
 }
 
 impl<'a> EndpointIndex<'a> {
-    /// Indexes the inputs once per compile.
+    /// An index over these inputs.
     pub fn new(
         services: &'a [Arc<Service>],
         slices: &'a [Arc<EndpointSlice>],
         prev: Option<&'a Snapshot>,
     ) -> Self {
-        let mut previous: HashMap<&str, HashMap<u16, Arc<[Endpoint]>>> = HashMap::new();
+        EndpointIndex {
+            inputs: (services, slices, prev),
+            built: None,
+            resolved: FastMap::default(),
+            failed: HashSet::new(),
+        }
+    }
+
+    fn build(
+        services: &'a [Arc<Service>],
+        slices: &'a [Arc<EndpointSlice>],
+        prev: Option<&'a Snapshot>,
+    ) -> Indexed<'a> {
+        let mut previous: FastMap<&str, FastMap<u16, Arc<[Endpoint]>>> = FastMap::default();
         for backend in prev
             .iter()
             .flat_map(|p| p.rules.iter())
@@ -62,7 +86,7 @@ impl<'a> EndpointIndex<'a> {
                 .entry(backend.port)
                 .or_insert_with(|| backend.endpoints.clone());
         }
-        let mut by_name: HashMap<&'a str, HashMap<&'a str, &'a Service>> = HashMap::new();
+        let mut by_name: FastMap<&'a str, FastMap<&'a str, &'a Service>> = FastMap::default();
         for s in services {
             if let Some(name) = s.metadata.name.as_deref() {
                 by_name
@@ -71,7 +95,7 @@ impl<'a> EndpointIndex<'a> {
                     .insert(name, &**s);
             }
         }
-        let mut by_service: HashMap<Key<'a>, Vec<&'a EndpointSlice>> = HashMap::new();
+        let mut by_service: FastMap<Key<'a>, Vec<&'a EndpointSlice>> = FastMap::default();
         for slice in slices {
             if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
                 by_service
@@ -80,18 +104,20 @@ impl<'a> EndpointIndex<'a> {
                     .push(slice);
             }
         }
-        EndpointIndex {
+        Indexed {
             services: by_name,
             slices: by_service,
-            resolved: HashMap::new(),
             previous,
-            failed: HashSet::new(),
         }
     }
 
     /// The endpoints behind Service `namespace/name` port `port`, or why there are none to have.
     pub fn resolve(&mut self, namespace: &str, name: &str, port: i32) -> Result<Resolved, String> {
-        let found = self
+        let (services, slices, prev) = self.inputs;
+        let index = self
+            .built
+            .get_or_insert_with(|| Self::build(services, slices, prev));
+        let found = index
             .services
             .get_key_value(namespace)
             .and_then(|(&ns, by_name)| {
@@ -106,7 +132,7 @@ impl<'a> EndpointIndex<'a> {
         if let Some(hit) = self.resolved.get(&(key, port)) {
             return hit.clone();
         }
-        let result = self.resolve_uncached(key, service, port);
+        let result = index.resolve_uncached(key, service, port);
         if result.is_err() {
             self.failed.insert(format!("{namespace}/{name}"));
         }
@@ -114,12 +140,19 @@ impl<'a> EndpointIndex<'a> {
         result
     }
 
+    /// True when resolving Service `namespace/name` failed.
+    pub fn has_failed(&self, service_id: &str) -> bool {
+        self.failed.contains(service_id)
+    }
+
     /// `namespace/name` of every Service a resolution failed for: a change to one of them may
     /// bring a dropped rule back, which only a full compile does.
     pub fn into_failed(self) -> HashSet<String> {
         self.failed
     }
+}
 
+impl<'a> Indexed<'a> {
     fn resolve_uncached(
         &self,
         key: Key<'a>,

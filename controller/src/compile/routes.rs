@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 use sluice_proxy::path;
-use sluice_proxy::router::{self, Candidate, HostPattern, RouterBuilder};
+use sluice_proxy::router::{self, Candidate, HostPattern};
 use sluice_proxy::snapshot::{Backend, HeaderFilter, PathRewrite, Rule, Timeouts};
 
 use super::endpoints::EndpointIndex;
@@ -44,13 +44,19 @@ const FORBIDDEN_FILTER_HEADERS: &[&str] = &[
     "x-user-roles",
 ];
 
-/// Accumulates the compile of every route.
-pub(super) struct Output {
-    pub rules: Vec<Rule>,
-    pub router: RouterBuilder,
-    pub statuses: Vec<StatusReport>,
+/// What one route compiles to, on its own: rule ids count from 0 and tie-breaks leave out the
+/// route's rank, so the output can be placed anywhere in a snapshot and reused unchanged when
+/// neither the route nor the Services it names changed.
+#[derive(Debug)]
+pub(super) struct RouteOutput {
+    pub rules: Vec<Arc<Rule>>,
+    pub candidates: Vec<(HostPattern, Candidate)>,
+    pub status: Arc<StatusReport>,
     pub diagnostics: Vec<Diagnostic>,
 }
+
+/// Bits of a candidate's tie-break below the route's rank (rule index and match index).
+pub(super) const RANK_SHIFT: u32 = 24;
 
 /// A problem with one field.
 #[derive(Debug)]
@@ -84,11 +90,9 @@ impl From<FieldError> for RuleError {
 /// diagnostic per problem.
 pub(super) fn compile_route(
     route: &GatewayRoute,
-    rank: u64,
     endpoints: &mut EndpointIndex<'_>,
     regexes: &mut RegexCache,
-    out: &mut Output,
-) {
+) -> RouteOutput {
     let object = ObjectRef::of(route);
     let route_id: Arc<str> = format!("{}/{}", object.namespace, object.name).into();
     let GatewayRouteSpec { hostnames, rules } = &route.spec;
@@ -107,20 +111,25 @@ pub(super) fn compile_route(
     let hosts = match route_level {
         Ok(hosts) => hosts,
         Err(e) => {
-            out.statuses.push(StatusReport {
-                object: object.clone(),
-                observed_generation: generation,
-                conditions: vec![Condition::new(
-                    "Accepted",
-                    false,
-                    "UnsupportedValue",
-                    format!("{}: {}", e.field, e.reason),
-                )],
-            });
-            out.diagnostics.push(diagnostic(&object, e));
-            return;
+            return RouteOutput {
+                rules: Vec::new(),
+                candidates: Vec::new(),
+                status: Arc::new(StatusReport {
+                    object: object.clone(),
+                    observed_generation: generation,
+                    conditions: vec![Condition::new(
+                        "Accepted",
+                        false,
+                        "UnsupportedValue",
+                        format!("{}: {}", e.field, e.reason),
+                    )],
+                }),
+                diagnostics: vec![diagnostic(&object, e)],
+            };
         }
     };
+    let mut out_rules = Vec::new();
+    let mut out_candidates = Vec::new();
 
     let mut accepted = 0;
     let mut invalid = Vec::new();
@@ -139,16 +148,16 @@ pub(super) fn compile_route(
             namespace: &object.namespace,
             route: &route_id,
             index: i,
-            tiebreak: (rank << 24) | ((i as u64) << 12),
+            tiebreak: (i as u64) << 12,
         };
         match compile_rule(&ctx, name, rule, endpoints, regexes) {
             Ok((compiled, candidates)) => {
-                let id = u32::try_from(out.rules.len()).unwrap_or(u32::MAX);
-                out.rules.push(compiled);
+                let id = u32::try_from(out_rules.len()).unwrap_or(u32::MAX);
+                out_rules.push(Arc::new(compiled));
                 for mut candidate in candidates {
                     candidate.rule = id;
                     for host in &hosts {
-                        out.router.add(host.clone(), candidate.clone());
+                        out_candidates.push((host.clone(), candidate.clone()));
                     }
                 }
                 accepted += 1;
@@ -201,17 +210,21 @@ pub(super) fn compile_route(
             ),
         ));
     }
-    out.statuses.push(StatusReport {
-        object: object.clone(),
-        observed_generation: generation,
-        conditions,
-    });
-    out.diagnostics.extend(
-        invalid
-            .into_iter()
-            .chain(unresolved)
-            .map(|e| diagnostic(&object, e)),
-    );
+    let diagnostics = invalid
+        .into_iter()
+        .chain(unresolved)
+        .map(|e| diagnostic(&object, e))
+        .collect();
+    RouteOutput {
+        rules: out_rules,
+        candidates: out_candidates,
+        status: Arc::new(StatusReport {
+            object,
+            observed_generation: generation,
+            conditions,
+        }),
+        diagnostics,
+    }
 }
 
 fn summary<'a>(errors: impl Iterator<Item = &'a FieldError>) -> String {

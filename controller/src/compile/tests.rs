@@ -511,7 +511,8 @@ fn regexes_of_the_previous_snapshot_are_reused() {
         "  rules:\n  - matches: [{path: {type: RegularExpression, value: '/v[0-9]+'}}]\n    backendRefs: [{name: users, port: 80}]",
     );
     let first = compile_with_backends(&text);
-    let cache = RegexCache::from_snapshot(Some(&first.snapshot));
+    let mut cache = RegexCache::from_snapshot(Some(&first.snapshot));
+    cache.load_previous();
     assert!(cache.compiled.contains_key("^(?:/v[0-9]+)$"));
 }
 
@@ -595,4 +596,141 @@ fn services_that_failed_to_resolve_are_reported_for_the_refresh_path() {
     ));
     let expected: HashSet<String> = ["shop/ghost".to_owned(), "shop/users".to_owned()].into();
     assert_eq!(c.unresolved_services, expected);
+}
+
+const ORDERS_ROUTE_SPEC: &str = "  rules:\n  - matches: [{path: {value: /orders}}]\n    backendRefs: [{name: orders, port: 9000}]";
+
+/// The gateway's view of `c` equals a from-scratch compile of the same inputs.
+fn assert_same_as_uncached(c: &Compiled, inputs: &Inputs) {
+    let full = compile(inputs, c.snapshot.generation, None);
+    let json = |s: &Snapshot| serde_json::to_value(s).expect("json");
+    assert_eq!(json(&c.snapshot), json(&full.snapshot));
+    assert_eq!(c.statuses, full.statuses);
+    assert_eq!(c.diagnostics, full.diagnostics);
+    assert_eq!(c.unresolved_services, full.unresolved_services);
+}
+
+fn rule_of<'a>(c: &'a Compiled, route: &str) -> &'a Arc<sluice_proxy::snapshot::Rule> {
+    c.snapshot
+        .rules
+        .iter()
+        .find(|r| &*r.route == route)
+        .unwrap_or_else(|| panic!("a rule of {route}"))
+}
+
+fn replace_route(inputs: &mut Inputs, name: &str, yaml: &str) {
+    let new = self::inputs(yaml).routes.pop().expect("one route");
+    let at = inputs
+        .routes
+        .iter()
+        .position(|r| r.metadata.name.as_deref() == Some(name))
+        .expect("route present");
+    inputs.routes[at] = new;
+}
+
+fn cached_pair() -> (Inputs, RouteCache, Compiled) {
+    let inputs = inputs(&format!(
+        "{BACKENDS}\n---\n{}---\n{}",
+        route("users", &format!("  rules:\n{USERS_RULE}")),
+        route("orders", ORDERS_ROUTE_SPEC)
+    ));
+    let mut cache = RouteCache::default();
+    let first = compile_cached(&inputs, 1, None, &mut cache);
+    assert_same_as_uncached(&first, &inputs);
+    (inputs, cache, first)
+}
+
+#[test]
+fn a_cached_compile_recompiles_only_the_changed_route() {
+    let (mut inputs, mut cache, first) = cached_pair();
+    replace_route(
+        &mut inputs,
+        "users",
+        &route(
+            "users",
+            "  rules:\n  - matches: [{path: {value: /people}}]\n    backendRefs: [{name: users, port: 80}]",
+        ),
+    );
+    let second = compile_cached(&inputs, 2, Some(&first.snapshot), &mut cache);
+    assert_same_as_uncached(&second, &inputs);
+    assert!(find(&second, "h", "/people").is_some());
+    assert!(find(&second, "h", "/users").is_none());
+    assert!(Arc::ptr_eq(
+        rule_of(&first, "shop/orders"),
+        rule_of(&second, "shop/orders")
+    ));
+    assert!(!Arc::ptr_eq(
+        rule_of(&first, "shop/users"),
+        rule_of(&second, "shop/users")
+    ));
+}
+
+#[test]
+fn a_cached_route_is_recompiled_when_its_service_endpoints_change() {
+    let (mut inputs, mut cache, first) = cached_pair();
+    let flipped = self::inputs(&BACKENDS.replace(
+        "- addresses: [\"10.0.0.2\"]\n  conditions: {ready: false}",
+        "- addresses: [\"10.0.0.2\"]\n  conditions: {ready: true}",
+    ));
+    inputs.slices[0] = Arc::clone(&flipped.slices[0]);
+    let second = compile_cached(&inputs, 2, Some(&first.snapshot), &mut cache);
+    assert_same_as_uncached(&second, &inputs);
+    let ready: Vec<String> = rule_of(&second, "shop/users").backends[0]
+        .endpoints
+        .iter()
+        .map(|e| e.addr.to_string())
+        .collect();
+    assert!(ready.contains(&"10.0.0.2:8080".to_owned()), "{ready:?}");
+    assert!(Arc::ptr_eq(
+        rule_of(&first, "shop/orders"),
+        rule_of(&second, "shop/orders")
+    ));
+}
+
+#[test]
+fn a_service_created_later_brings_back_the_cached_route_that_named_it() {
+    let mut inputs = inputs(&format!(
+        "{BACKENDS}\n---\n{}",
+        route("r", "  rules:\n  - backendRefs: [{name: ghost, port: 80}]")
+    ));
+    let mut cache = RouteCache::default();
+    let first = compile_cached(&inputs, 1, None, &mut cache);
+    assert!(first.snapshot.rules.is_empty());
+    assert!(first.unresolved_services.contains("shop/ghost"));
+    let ghost = self::inputs(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ghost, namespace: shop}\nspec:\n  ports: [{port: 80}]\n",
+    );
+    inputs.services.extend(ghost.services);
+    let second = compile_cached(&inputs, 2, Some(&first.snapshot), &mut cache);
+    assert_same_as_uncached(&second, &inputs);
+    assert_eq!(second.snapshot.rules.len(), 1);
+    assert!(second.unresolved_services.is_empty());
+}
+
+#[test]
+fn cached_routes_take_their_new_place_when_a_preferred_route_arrives_or_one_goes() {
+    let (mut inputs, mut cache, first) = cached_pair();
+    // Same age as the others (none given), so `namespace/name` decides: it sorts first.
+    let preferred = route(
+        "aa-first",
+        "  rules:\n  - matches: [{path: {value: /orders}}]\n    backendRefs: [{name: users, port: 80}]",
+    );
+    inputs.routes.extend(self::inputs(&preferred).routes);
+    let second = compile_cached(&inputs, 2, Some(&first.snapshot), &mut cache);
+    assert_same_as_uncached(&second, &inputs);
+    assert_eq!(
+        &*find(&second, "h", "/orders").expect("match").route,
+        "shop/aa-first",
+        "the new route wins the tie over the cached one"
+    );
+    inputs
+        .routes
+        .retain(|r| r.metadata.name.as_deref() != Some("aa-first"));
+    let third = compile_cached(&inputs, 3, Some(&second.snapshot), &mut cache);
+    assert_same_as_uncached(&third, &inputs);
+    assert_eq!(
+        &*find(&third, "h", "/orders").expect("match").route,
+        "shop/orders"
+    );
+    assert_eq!(cache.routes.len(), 2, "the removed route left the cache");
 }

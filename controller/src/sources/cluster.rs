@@ -24,7 +24,7 @@ use self::leader::{LeaderConfig, until_stopped};
 use self::status::{LiveSnapshot, StatusWriter};
 use self::watch::{Changed, KindStores};
 use super::dir::Debounce;
-use crate::compile::{self, Inputs, StatusReport, compile};
+use crate::compile::{self, Inputs, StatusReport};
 use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Service};
 
 /// How the cluster source runs.
@@ -70,7 +70,7 @@ impl Stores {
 /// What the status writer works from: the latest compile's reports and its snapshot.
 #[derive(Clone)]
 struct Published {
-    reports: Arc<Vec<StatusReport>>,
+    reports: Arc<Vec<Arc<StatusReport>>>,
     live: LiveSnapshot,
 }
 
@@ -176,6 +176,7 @@ async fn serve_changes(
         referenced: HashSet::new(),
         failed: false,
         propagation,
+        cache: compile::RouteCache::default(),
     };
     let mut pending: Vec<Changed> = Vec::new();
     // The first compile is a full one whatever arrived while syncing.
@@ -234,6 +235,8 @@ struct Compiler {
     /// The last full compile failed (its task died); the current snapshot keeps serving.
     failed: bool,
     propagation: Histogram,
+    /// Route outputs of the last compile, so that one route's change recompiles one route.
+    cache: compile::RouteCache,
 }
 
 impl Compiler {
@@ -310,13 +313,19 @@ impl Compiler {
         let generation = self.generation;
         let inputs = stores.inputs();
         let previous = self.gateway.snapshot();
+        // Lost if the task dies: the next compile then starts from scratch, as it should.
+        let mut cache = std::mem::take(&mut self.cache);
         let compiled = tokio::task::spawn_blocking(move || {
-            let compiled = compile(&inputs, generation, Some(&previous));
-            (compiled, inputs.routes.len())
+            let compiled =
+                compile::compile_cached(&inputs, generation, Some(&previous), &mut cache);
+            (compiled, inputs.routes.len(), cache)
         })
         .await;
         let (compiled, routes) = match compiled {
-            Ok(c) => c,
+            Ok((compiled, routes, cache)) => {
+                self.cache = cache;
+                (compiled, routes)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "compile task failed; keeping the current snapshot");
                 self.failed = true;

@@ -9,7 +9,7 @@ use sluice_proxy::Gateway;
 use tokio::sync::mpsc;
 
 use super::manifests::ManifestSet;
-use crate::compile::compile;
+use crate::compile::{RouteCache, compile_cached};
 
 /// How long the directory must be quiet before a reload, and the longest a reload may wait
 /// while changes keep coming.
@@ -24,7 +24,7 @@ pub struct Debounce {
 impl Default for Debounce {
     fn default() -> Self {
         Debounce {
-            holdoff: Duration::from_millis(10),
+            holdoff: Duration::from_millis(3),
             max_delay: Duration::from_millis(100),
         }
     }
@@ -36,6 +36,9 @@ pub struct DirSource {
     namespaces: Vec<String>,
     set: ManifestSet,
     generation: u64,
+    /// Route outputs of the last compile: unchanged files keep their objects, so their routes
+    /// are not compiled again.
+    cache: RouteCache,
 }
 
 impl DirSource {
@@ -46,6 +49,7 @@ impl DirSource {
             namespaces,
             set: ManifestSet::default(),
             generation: 0,
+            cache: RouteCache::default(),
         }
     }
 
@@ -65,7 +69,7 @@ impl DirSource {
         }
         self.generation += 1;
         let previous = gateway.snapshot();
-        let compiled = compile(&inputs, self.generation, Some(&previous));
+        let compiled = compile_cached(&inputs, self.generation, Some(&previous), &mut self.cache);
         for d in &compiled.diagnostics {
             let file = self.set.origin(&d.object).map(|p| p.display().to_string());
             tracing::warn!(file, "{d}");

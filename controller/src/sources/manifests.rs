@@ -314,7 +314,9 @@ impl ManifestSet {
     /// The compile inputs, restricted to `namespaces` when it is not empty. An object defined in
     /// two files is taken from the first (in path order) and the other is reported.
     pub fn inputs(&self, namespaces: &[String]) -> (Inputs, Vec<LoadError>) {
-        let mut seen: BTreeMap<&ObjectRef, &Path> = BTreeMap::new();
+        let objects = self.files.values().map(|f| f.objects.len()).sum();
+        let mut seen: crate::compile::FastMap<&ObjectRef, &Path> =
+            crate::compile::FastMap::with_capacity_and_hasher(objects, Default::default());
         let mut duplicates = Vec::new();
         let mut inputs = Inputs::default();
         for (path, file) in &self.files {

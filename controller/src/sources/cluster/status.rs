@@ -164,7 +164,7 @@ impl StatusWriter {
     pub async fn write<K>(
         &self,
         objects: &[Arc<K>],
-        reports: &[StatusReport],
+        reports: &[Arc<StatusReport>],
         live: &LiveSnapshot,
         not_programmed_reason: &'static str,
         leading: &tokio::sync::watch::Receiver<bool>,
