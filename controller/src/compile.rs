@@ -119,6 +119,9 @@ pub struct RouteCache {
     routes: FastMap<usize, CachedRoute>,
     /// Counts compiles; entries not used by the latest are dropped.
     stamp: u64,
+    /// The Services and EndpointSlices of the last compile, kept alive so that no new object
+    /// can be allocated at an address a fingerprint was made from.
+    held: (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>),
 }
 
 /// Maps keyed by configuration, never by request data: a fast hash is safe.
@@ -126,18 +129,19 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct CachedRoute {
     source: Arc<GatewayRoute>,
-    /// `(namespace, Service, fingerprint)` of every Service the route names, as compiled.
-    services: Vec<(String, String, Option<u64>)>,
+    /// The fingerprints of every Service the route names, combined, as compiled.
+    services: u64,
     /// `namespace/name` of the Services among those that did not resolve.
-    failed: Vec<String>,
+    failed: Box<[String]>,
     output: routes::RouteOutput,
     /// The compile that last used this entry.
     used: u64,
 }
 
-/// Identity of a Service's inputs: its object and its EndpointSlice objects. Objects are
-/// shared, unchanged, from one set of inputs to the next, so equal fingerprints mean the
-/// same resolution.
+/// Identity of a Service's inputs: the addresses of its object and its EndpointSlice objects.
+/// Objects are shared, unchanged, from one set of inputs to the next, so equal fingerprints
+/// mean the same resolution; the cache holds the previous objects while a new compile runs, so
+/// a replaced object's address cannot be taken by its replacement.
 fn service_fingerprints(inputs: &Inputs) -> FastMap<(&str, &str), u64> {
     fn mix(p: usize) -> u64 {
         (p as u64)
@@ -161,6 +165,25 @@ fn service_fingerprints(inputs: &Inputs) -> FastMap<(&str, &str), u64> {
         }
     }
     out
+}
+
+/// One number for the state of every Service `route` names (each counted once per reference,
+/// which is stable for an unchanged route); a Service that does not exist counts as a value
+/// of its own, so its creation changes the number too.
+fn services_fingerprint(route: &GatewayRoute, fingerprints: &FastMap<(&str, &str), u64>) -> u64 {
+    let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
+    route
+        .spec
+        .rules
+        .iter()
+        .flat_map(|r| &r.backend_refs)
+        .fold(0u64, |acc, b| {
+            let fp = fingerprints
+                .get(&(namespace, b.name.as_str()))
+                .copied()
+                .unwrap_or(0x5EED);
+            acc.rotate_left(5) ^ fp
+        })
 }
 
 /// [`compile`], reusing from `cache` the output of every route that is the same object as last
@@ -218,9 +241,7 @@ fn compile_routes(
                 let reused = cache.routes.get_mut(&key).is_some_and(|entry| {
                     entry.used = stamp;
                     Arc::ptr_eq(&entry.source, route)
-                        && entry.services.iter().all(|(ns, name, fp)| {
-                            fingerprints.get(&(ns.as_str(), name.as_str())) == fp.as_ref()
-                        })
+                        && entry.services == services_fingerprint(route, &fingerprints)
                 });
                 if !reused {
                     let output = routes::compile_route(route, &mut endpoints, &mut regexes);
@@ -232,6 +253,7 @@ fn compile_routes(
             }
             // Routes that are gone (or changed: their new object has a new key) leave the cache.
             cache.routes.retain(|_, entry| entry.used == stamp);
+            cache.held = (inputs.services.clone(), inputs.slices.clone());
         }
     }
     let Assembly {
@@ -272,22 +294,17 @@ impl CachedRoute {
         stamp: u64,
     ) -> Self {
         let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
-        let mut services: Vec<(String, String, Option<u64>)> = Vec::new();
+        let mut failed: Vec<String> = Vec::new();
         for b in route.spec.rules.iter().flat_map(|r| &r.backend_refs) {
-            if !services.iter().any(|(_, n, _)| *n == b.name) {
-                let fp = fingerprints.get(&(namespace, b.name.as_str())).copied();
-                services.push((namespace.to_owned(), b.name.clone(), fp));
+            let id = format!("{namespace}/{}", b.name);
+            if endpoints.has_failed(&id) && !failed.contains(&id) {
+                failed.push(id);
             }
         }
-        let failed = services
-            .iter()
-            .map(|(ns, name, _)| format!("{ns}/{name}"))
-            .filter(|id| endpoints.has_failed(id))
-            .collect();
         CachedRoute {
             source: Arc::clone(route),
-            services,
-            failed,
+            services: services_fingerprint(route, fingerprints),
+            failed: failed.into_boxed_slice(),
             output,
             used: stamp,
         }

@@ -49,10 +49,10 @@ const FORBIDDEN_FILTER_HEADERS: &[&str] = &[
 /// neither the route nor the Services it names changed.
 #[derive(Debug)]
 pub(super) struct RouteOutput {
-    pub rules: Vec<Arc<Rule>>,
-    pub candidates: Vec<(HostPattern, Candidate)>,
+    pub rules: Box<[Arc<Rule>]>,
+    pub candidates: Box<[(HostPattern, Candidate)]>,
     pub status: Arc<StatusReport>,
-    pub diagnostics: Vec<Diagnostic>,
+    pub diagnostics: Box<[Diagnostic]>,
 }
 
 /// Bits of a candidate's tie-break below the route's rank (rule index and match index).
@@ -112,8 +112,8 @@ pub(super) fn compile_route(
         Ok(hosts) => hosts,
         Err(e) => {
             return RouteOutput {
-                rules: Vec::new(),
-                candidates: Vec::new(),
+                rules: Box::default(),
+                candidates: Box::default(),
                 status: Arc::new(StatusReport {
                     object: object.clone(),
                     observed_generation: generation,
@@ -124,7 +124,7 @@ pub(super) fn compile_route(
                         format!("{}: {}", e.field, e.reason),
                     )],
                 }),
-                diagnostics: vec![diagnostic(&object, e)],
+                diagnostics: Box::new([diagnostic(&object, e)]),
             };
         }
     };
@@ -216,8 +216,8 @@ pub(super) fn compile_route(
         .map(|e| diagnostic(&object, e))
         .collect();
     RouteOutput {
-        rules: out_rules,
-        candidates: out_candidates,
+        rules: out_rules.into_boxed_slice(),
+        candidates: out_candidates.into_boxed_slice(),
         status: Arc::new(StatusReport {
             object,
             observed_generation: generation,

@@ -734,3 +734,35 @@ fn cached_routes_take_their_new_place_when_a_preferred_route_arrives_or_one_goes
     );
     assert_eq!(cache.routes.len(), 2, "the removed route left the cache");
 }
+
+#[test]
+fn a_replaced_slice_is_never_mistaken_for_the_one_it_replaced() {
+    // The allocator is free to put a new object where a freed one was. Two updates between
+    // compiles (as a watch can deliver) free the object the last fingerprint was made from
+    // before the final one is allocated: an address fingerprint must still tell them apart.
+    let (mut inputs, mut cache, mut prev) = cached_pair();
+    let with_second_ready = |inputs: &Inputs, ready: bool| {
+        let mut slice = (*inputs.slices[0]).clone();
+        if let Some(c) = slice
+            .endpoints
+            .as_mut()
+            .and_then(|e| e.get_mut(1))
+            .and_then(|e| e.conditions.as_mut())
+        {
+            c.ready = Some(ready);
+        }
+        Arc::new(slice)
+    };
+    for round in 0..40 {
+        let ready = round % 2 == 0;
+        inputs.slices[0] = with_second_ready(&inputs, !ready);
+        inputs.slices[0] = with_second_ready(&inputs, ready);
+        let next = compile_cached(&inputs, round + 2, Some(&prev.snapshot), &mut cache);
+        let has_second = rule_of(&next, "shop/users").backends[0]
+            .endpoints
+            .iter()
+            .any(|e| e.addr.to_string() == "10.0.0.2:8080");
+        assert_eq!(has_second, ready, "round {round}");
+        prev = next;
+    }
+}
