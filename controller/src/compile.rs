@@ -120,8 +120,20 @@ pub struct RouteCache {
     /// Counts compiles; entries not used by the latest are dropped.
     stamp: u64,
     /// The Services and EndpointSlices of the last compile, kept alive so that no new object
-    /// can be allocated at an address a fingerprint was made from.
+    /// can be allocated at an address recorded in `services`.
     held: (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>),
+    /// Per Service (`namespace/name`): the addresses of its object and its slices at the last
+    /// compile, and a version that changes whenever that list does. Exact, not a hash: a
+    /// collision would serve stale endpoints.
+    services: FastMap<String, ServiceVersion>,
+    /// Last version handed out; versions are never reused.
+    version: u64,
+}
+
+struct ServiceVersion {
+    objects: Box<[usize]>,
+    version: u64,
+    used: u64,
 }
 
 /// Maps keyed by configuration, never by request data: a fast hash is safe.
@@ -129,8 +141,9 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct CachedRoute {
     source: Arc<GatewayRoute>,
-    /// The fingerprints of every Service the route names, combined, as compiled.
-    services: u64,
+    /// The version of every distinct Service the route names, in order of first reference
+    /// (0: the Service did not exist), as compiled.
+    services: Box<[u64]>,
     /// `namespace/name` of the Services among those that did not resolve.
     failed: Box<[String]>,
     output: routes::RouteOutput,
@@ -138,52 +151,81 @@ struct CachedRoute {
     used: u64,
 }
 
-/// Identity of a Service's inputs: the addresses of its object and its EndpointSlice objects.
-/// Objects are shared, unchanged, from one set of inputs to the next, so equal fingerprints
-/// mean the same resolution; the cache holds the previous objects while a new compile runs, so
-/// a replaced object's address cannot be taken by its replacement.
-fn service_fingerprints(inputs: &Inputs) -> FastMap<(&str, &str), u64> {
-    fn mix(p: usize) -> u64 {
-        (p as u64)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29)
-    }
-    let mut out: FastMap<(&str, &str), u64> =
-        FastMap::with_capacity_and_hasher(inputs.services.len(), Default::default());
-    for s in &inputs.services {
-        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-        if let Some(name) = s.metadata.name.as_deref() {
-            let fp = out.entry((ns, name)).or_default();
-            *fp = fp.wrapping_add(mix(Arc::as_ptr(s) as usize));
+impl RouteCache {
+    /// The current version of every Service in `inputs`: unchanged when the Service object and
+    /// its EndpointSlice objects are the same objects as at the last compile. Objects are
+    /// shared, unchanged, from one set of inputs to the next, and the cache holds the previous
+    /// ones while a compile runs, so an address cannot be taken by a replacement.
+    fn service_versions<'a>(&mut self, inputs: &'a Inputs) -> FastMap<(&'a str, &'a str), u64> {
+        let mut objects: FastMap<(&str, &str), Vec<usize>> =
+            FastMap::with_capacity_and_hasher(inputs.services.len(), Default::default());
+        for s in &inputs.services {
+            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+            if let Some(name) = s.metadata.name.as_deref() {
+                objects
+                    .entry((ns, name))
+                    .or_default()
+                    .insert(0, Arc::as_ptr(s) as usize);
+            }
         }
-    }
-    for slice in &inputs.slices {
-        let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
-        if let Some(service) = slice.labels().get(endpoints::SERVICE_NAME_LABEL) {
-            let fp = out.entry((ns, service.as_str())).or_default();
-            *fp = fp.wrapping_add(mix(Arc::as_ptr(slice) as usize).rotate_left(7));
+        for slice in &inputs.slices {
+            let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+            if let Some(service) = slice.labels().get(endpoints::SERVICE_NAME_LABEL) {
+                // Slices of a Service that does not exist count too: they give it a version.
+                objects
+                    .entry((ns, service.as_str()))
+                    .or_default()
+                    .push(Arc::as_ptr(slice) as usize);
+            }
         }
+        let stamp = self.stamp;
+        let mut versions = FastMap::with_capacity_and_hasher(objects.len(), Default::default());
+        let mut id = String::new();
+        for ((ns, name), mut list) in objects {
+            list.sort_unstable();
+            id.clear();
+            id.push_str(ns);
+            id.push('/');
+            id.push_str(name);
+            let version = match self.services.get_mut(id.as_str()) {
+                Some(known) if *known.objects == *list => {
+                    known.used = stamp;
+                    known.version
+                }
+                _ => {
+                    self.version += 1;
+                    self.services.insert(
+                        id.clone(),
+                        ServiceVersion {
+                            objects: list.into_boxed_slice(),
+                            version: self.version,
+                            used: stamp,
+                        },
+                    );
+                    self.version
+                }
+            };
+            versions.insert((ns, name), version);
+        }
+        self.services.retain(|_, s| s.used == stamp);
+        versions
     }
-    out
 }
 
-/// One number for the state of every Service `route` names (each counted once per reference,
-/// which is stable for an unchanged route); a Service that does not exist counts as a value
-/// of its own, so its creation changes the number too.
-fn services_fingerprint(route: &GatewayRoute, fingerprints: &FastMap<(&str, &str), u64>) -> u64 {
+/// The versions of the distinct Services `route` names, in order of first reference; 0 for one
+/// that does not exist.
+fn route_service_versions<'a>(
+    route: &'a GatewayRoute,
+    versions: &'a FastMap<(&str, &str), u64>,
+) -> impl Iterator<Item = u64> + 'a {
     let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
-    route
-        .spec
-        .rules
-        .iter()
-        .flat_map(|r| &r.backend_refs)
-        .fold(0u64, |acc, b| {
-            let fp = fingerprints
-                .get(&(namespace, b.name.as_str()))
-                .copied()
-                .unwrap_or(0x5EED);
-            acc.rotate_left(5) ^ fp
-        })
+    let refs = move || route.spec.rules.iter().flat_map(|r| &r.backend_refs);
+    refs()
+        .enumerate()
+        // References are few (at most 64 rules of 16): a scan of the earlier ones beats a set.
+        .filter(move |(i, b)| !refs().take(*i).any(|earlier| earlier.name == b.name))
+        .map(|(_, b)| b.name.as_str())
+        .map(move |name| versions.get(&(namespace, name)).copied().unwrap_or(0))
 }
 
 /// [`compile`], reusing from `cache` the output of every route that is the same object as last
@@ -233,19 +275,26 @@ fn compile_routes(
             }
         }
         Some(cache) => {
-            let fingerprints = service_fingerprints(inputs);
             cache.stamp += 1;
             let stamp = cache.stamp;
+            let versions = cache.service_versions(inputs);
             for (rank, route) in order.iter().enumerate() {
                 let key = Arc::as_ptr(route) as usize;
                 let reused = cache.routes.get_mut(&key).is_some_and(|entry| {
                     entry.used = stamp;
                     Arc::ptr_eq(&entry.source, route)
-                        && entry.services == services_fingerprint(route, &fingerprints)
+                        && route_service_versions(route, &versions)
+                            .eq(entry.services.iter().copied())
                 });
                 if !reused {
                     let output = routes::compile_route(route, &mut endpoints, &mut regexes);
-                    let entry = CachedRoute::new(route, output, &fingerprints, &endpoints, stamp);
+                    let entry = CachedRoute {
+                        source: Arc::clone(route),
+                        services: route_service_versions(route, &versions).collect(),
+                        failed: endpoints.take_recent_failures().into_boxed_slice(),
+                        output,
+                        used: stamp,
+                    };
                     cache.routes.insert(key, entry);
                 }
                 let entry = &cache.routes[&key];
@@ -282,32 +331,6 @@ fn compile_routes(
         statuses,
         diagnostics,
         unresolved_services: failed,
-    }
-}
-
-impl CachedRoute {
-    fn new(
-        route: &Arc<GatewayRoute>,
-        output: routes::RouteOutput,
-        fingerprints: &FastMap<(&str, &str), u64>,
-        endpoints: &endpoints::EndpointIndex<'_>,
-        stamp: u64,
-    ) -> Self {
-        let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
-        let mut failed: Vec<String> = Vec::new();
-        for b in route.spec.rules.iter().flat_map(|r| &r.backend_refs) {
-            let id = format!("{namespace}/{}", b.name);
-            if endpoints.has_failed(&id) && !failed.contains(&id) {
-                failed.push(id);
-            }
-        }
-        CachedRoute {
-            source: Arc::clone(route),
-            services: services_fingerprint(route, fingerprints),
-            failed: failed.into_boxed_slice(),
-            output,
-            used: stamp,
-        }
     }
 }
 

@@ -39,6 +39,8 @@ pub struct EndpointIndex<'a> {
     resolved: FastMap<(Key<'a>, i32), Result<Resolved, String>>,
     /// `namespace/name` of every Service a resolution failed for.
     failed: HashSet<String>,
+    /// Failures since the last [`EndpointIndex::take_recent_failures`], repeats included.
+    recent: Vec<String>,
 }
 
 struct Indexed<'a> {
@@ -66,6 +68,7 @@ impl<'a> EndpointIndex<'a> {
             built: None,
             resolved: FastMap::default(),
             failed: HashSet::new(),
+            recent: Vec::new(),
         }
     }
 
@@ -126,23 +129,36 @@ impl<'a> EndpointIndex<'a> {
                     .map(|(&name, &service)| ((ns, name), service))
             });
         let Some((key, service)) = found else {
-            self.failed.insert(format!("{namespace}/{name}"));
+            self.note_failure(namespace, name);
             return Err(format!("Service {namespace}/{name} not found"));
         };
-        if let Some(hit) = self.resolved.get(&(key, port)) {
-            return hit.clone();
-        }
-        let result = index.resolve_uncached(key, service, port);
+        let result = match self.resolved.get(&(key, port)) {
+            Some(hit) => hit.clone(),
+            None => {
+                let result = index.resolve_uncached(key, service, port);
+                self.resolved.insert((key, port), result.clone());
+                result
+            }
+        };
         if result.is_err() {
-            self.failed.insert(format!("{namespace}/{name}"));
+            self.note_failure(namespace, name);
         }
-        self.resolved.insert((key, port), result.clone());
         result
     }
 
-    /// True when resolving Service `namespace/name` failed.
-    pub fn has_failed(&self, service_id: &str) -> bool {
-        self.failed.contains(service_id)
+    fn note_failure(&mut self, namespace: &str, name: &str) {
+        let id = format!("{namespace}/{name}");
+        self.recent.push(id.clone());
+        self.failed.insert(id);
+    }
+
+    /// `namespace/name` of the Services whose resolution failed since the last call: the
+    /// failures of one route, when called after each.
+    pub fn take_recent_failures(&mut self) -> Vec<String> {
+        let mut recent = std::mem::take(&mut self.recent);
+        recent.sort_unstable();
+        recent.dedup();
+        recent
     }
 
     /// `namespace/name` of every Service a resolution failed for: a change to one of them may

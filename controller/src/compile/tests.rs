@@ -766,3 +766,56 @@ fn a_replaced_slice_is_never_mistaken_for_the_one_it_replaced() {
         prev = next;
     }
 }
+
+#[test]
+fn a_route_naming_one_service_many_times_still_sees_its_endpoint_changes() {
+    // 64 rules on one Service: an identity folded per reference could cancel out.
+    let rules: String = (0..64)
+        .map(|i| {
+            format!(
+                "  - matches: [{{path: {{value: /many/{i}}}}}]\n    backendRefs: [{{name: users, port: 80}}, {{name: users, port: 80}}]\n"
+            )
+        })
+        .collect();
+    let mut inputs = inputs(&format!(
+        "{BACKENDS}\n---\n{}",
+        route("many", &format!("  rules:\n{rules}"))
+    ));
+    let mut cache = RouteCache::default();
+    let mut prev = compile_cached(&inputs, 1, None, &mut cache);
+    for round in 0..6u64 {
+        let ready = round % 2 == 0;
+        let flipped = self::inputs(&BACKENDS.replace(
+            "- addresses: [\"10.0.0.2\"]\n  conditions: {ready: false}",
+            &format!("- addresses: [\"10.0.0.2\"]\n  conditions: {{ready: {ready}}}"),
+        ));
+        inputs.slices[0] = Arc::clone(&flipped.slices[0]);
+        let next = compile_cached(&inputs, round + 2, Some(&prev.snapshot), &mut cache);
+        assert_same_as_uncached(&next, &inputs);
+        prev = next;
+    }
+}
+
+#[test]
+fn a_cached_route_reports_only_its_own_unresolved_services() {
+    let failing = route(
+        "a-fails",
+        "  rules:\n  - backendRefs: [{name: users, port: 81}]",
+    );
+    let fine = route("b-fine", &format!("  rules:\n{USERS_RULE}"));
+    let mut inputs = inputs(&format!("{BACKENDS}\n---\n{failing}---\n{fine}"));
+    let mut cache = RouteCache::default();
+    let first = compile_cached(&inputs, 1, None, &mut cache);
+    assert!(first.unresolved_services.contains("shop/users"));
+    replace_route(
+        &mut inputs,
+        "a-fails",
+        &route(
+            "a-fails",
+            "  rules:\n  - backendRefs: [{name: users, port: 80}]",
+        ),
+    );
+    let second = compile_cached(&inputs, 2, Some(&first.snapshot), &mut cache);
+    assert_same_as_uncached(&second, &inputs);
+    assert!(second.unresolved_services.is_empty());
+}
