@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -64,15 +66,31 @@ pub(crate) struct Upstreams {
     pub max_idle_per_endpoint: usize,
 }
 
-struct Idle {
+/// A connection to a backend: its sender, and since when it sits idle in a pool (ms on
+/// [`now_ms`]'s clock; 0 while in use), shared with the task that drives the connection so that
+/// the task closes it after the idle timeout even if no request ever comes to sweep the pool.
+struct Conn {
     sender: SendRequest<Incoming>,
-    since: Instant,
+    idle_since: Arc<AtomicU64>,
+}
+
+impl Conn {
+    fn idle_for(&self, now: u64) -> Duration {
+        Duration::from_millis(now.saturating_sub(self.idle_since.load(Ordering::Relaxed)))
+    }
+}
+
+/// Milliseconds since the first call, never 0 (0 marks a connection in use).
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let ms = EPOCH.get_or_init(Instant::now).elapsed().as_millis();
+    u64::try_from(ms).unwrap_or(u64::MAX).saturating_add(1)
 }
 
 #[derive(Default)]
 struct Pool {
-    idle: HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>,
-    last_sweep: Option<Instant>,
+    idle: HashMap<SocketAddr, Vec<Conn>, foldhash::fast::RandomState>,
+    last_sweep: u64,
 }
 
 thread_local! {
@@ -90,16 +108,16 @@ impl Upstreams {
         mut req: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         loop {
-            let (mut sender, reused) = match self.take_idle(addr) {
-                Some(sender) => (sender, true),
+            let (mut conn, reused) = match self.take_idle(addr) {
+                Some(conn) => (conn, true),
                 None => (self.connect(addr).await?, false),
             };
-            match sender.try_send_request(req).await {
+            match conn.sender.try_send_request(req).await {
                 Ok(response) => {
                     // After a protocol switch the connection belongs to the tunnel.
                     let reuse =
                         (response.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(Reuse {
-                            sender,
+                            conn,
                             addr,
                             upstreams: *self,
                         });
@@ -117,16 +135,17 @@ impl Upstreams {
         }
     }
 
-    fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
-        let now = Instant::now();
+    fn take_idle(&self, addr: SocketAddr) -> Option<Conn> {
+        let now = now_ms();
         POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
             let list = pool.idle.get_mut(&addr)?;
             // Newest first: the most recently used connection is the least likely to have
             // been closed by the backend's own idle timeout.
-            while let Some(idle) = list.pop() {
-                if idle.sender.is_ready() && now.duration_since(idle.since) < self.idle_timeout {
-                    return Some(idle.sender);
+            while let Some(conn) = list.pop() {
+                if conn.sender.is_ready() && conn.idle_for(now) < self.idle_timeout {
+                    conn.idle_since.store(0, Ordering::Relaxed);
+                    return Some(conn);
                 }
             }
             None
@@ -135,35 +154,30 @@ impl Upstreams {
         .flatten()
     }
 
-    fn put_idle(&self, addr: SocketAddr, sender: SendRequest<Incoming>) {
-        let now = Instant::now();
+    fn put_idle(&self, addr: SocketAddr, conn: Conn) {
+        let now = now_ms();
+        conn.idle_since.store(now, Ordering::Relaxed);
         let _ = POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
             let list = pool.idle.entry(addr).or_default();
             if list.len() < self.max_idle_per_endpoint {
-                list.push(Idle { sender, since: now });
+                list.push(conn);
             }
-            // Connections to endpoints no longer routed to are never checked out again; a
-            // sweep now and then closes them instead of holding their sockets forever.
+            // Entries whose connection closed (by the backend, or by its own idle timer) are
+            // dropped now and then, with the addresses no longer routed to.
             let sweep_every = (self.idle_timeout / 4).max(Duration::from_millis(100));
-            match pool.last_sweep {
-                Some(at) if now.duration_since(at) < sweep_every => {}
-                _ => {
-                    pool.last_sweep = Some(now);
-                    let idle_timeout = self.idle_timeout;
-                    pool.idle.retain(|_, list| {
-                        list.retain(|idle| {
-                            !idle.sender.is_closed()
-                                && now.duration_since(idle.since) < idle_timeout
-                        });
-                        !list.is_empty()
-                    });
-                }
+            if Duration::from_millis(now.saturating_sub(pool.last_sweep)) >= sweep_every {
+                pool.last_sweep = now;
+                let idle_timeout = self.idle_timeout;
+                pool.idle.retain(|_, list| {
+                    list.retain(|c| !c.sender.is_closed() && c.idle_for(now) < idle_timeout);
+                    !list.is_empty()
+                });
             }
         });
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Incoming>, UpstreamError> {
+    async fn connect(&self, addr: SocketAddr) -> Result<Conn, UpstreamError> {
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => stream,
@@ -174,18 +188,40 @@ impl Upstreams {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
+        let idle_since = Arc::new(AtomicU64::new(0));
+        let watched = Arc::clone(&idle_since);
+        let idle_timeout = self.idle_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, backend = %addr, "upstream connection ended with an error");
+            let conn = conn.with_upgrades();
+            tokio::pin!(conn);
+            loop {
+                tokio::select! {
+                    ended = &mut conn => {
+                        if let Err(e) = ended {
+                            tracing::debug!(error = %e, backend = %addr, "upstream connection ended with an error");
+                        }
+                        return;
+                    }
+                    () = tokio::time::sleep(idle_timeout) => {
+                        let since = watched.load(Ordering::Relaxed);
+                        let idle = Duration::from_millis(now_ms().saturating_sub(since));
+                        if since != 0 && idle >= idle_timeout {
+                            // Dropping the connection closes the socket; its pooled sender then
+                            // reports closed and is skipped.
+                            tracing::debug!(backend = %addr, "closing idle upstream connection");
+                            return;
+                        }
+                    }
+                }
             }
         });
-        Ok(sender)
+        Ok(Conn { sender, idle_since })
     }
 }
 
 /// The connection a response came on, to be pooled again once its body has been read.
 struct Reuse {
-    sender: SendRequest<Incoming>,
+    conn: Conn,
     addr: SocketAddr,
     upstreams: Upstreams,
 }
@@ -193,13 +229,13 @@ struct Reuse {
 impl Reuse {
     fn check_in(self) {
         let Reuse {
-            mut sender,
+            mut conn,
             addr,
             upstreams,
         } = self;
-        if sender.is_ready() {
-            upstreams.put_idle(addr, sender);
-        } else if !sender.is_closed() {
+        if conn.sender.is_ready() {
+            upstreams.put_idle(addr, conn);
+        } else if !conn.sender.is_closed() {
             // The connection task has not yet seen the end of the exchange (or the request
             // body is still going up): wait for it off the request path, but not for ever.
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -207,9 +243,9 @@ impl Reuse {
             };
             runtime.spawn(async move {
                 if let Ok(Ok(())) =
-                    tokio::time::timeout(upstreams.idle_timeout, sender.ready()).await
+                    tokio::time::timeout(upstreams.idle_timeout, conn.sender.ready()).await
                 {
-                    upstreams.put_idle(addr, sender);
+                    upstreams.put_idle(addr, conn);
                 }
             });
         }

@@ -36,6 +36,7 @@ pub struct TestBackend {
     pub name: String,
     hits: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -51,12 +52,16 @@ impl TestBackend {
         let name_owned = name.to_owned();
         let counter = hits.clone();
         let accepted = connections.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let open_now = open.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 accepted.fetch_add(1, Ordering::Relaxed);
+                open_now.fetch_add(1, Ordering::Relaxed);
+                let open_now = open_now.clone();
                 let name = name_owned.clone();
                 let counter = counter.clone();
                 tokio::spawn(async move {
@@ -68,6 +73,7 @@ impl TestBackend {
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
+                    open_now.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         });
@@ -76,6 +82,7 @@ impl TestBackend {
             name: name.to_owned(),
             hits,
             connections,
+            open,
             task,
         }
     }
@@ -88,6 +95,11 @@ impl TestBackend {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections open right now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Stops accepting connections (existing ones are dropped with the task's children only

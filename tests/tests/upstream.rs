@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use http_body_util::BodyExt;
+use sluice_proxy::ProxyConfig;
 use sluice_tests::backend::TestBackend;
 use sluice_tests::client::{self, fetch};
 use sluice_tests::harness::TestGateway;
@@ -108,4 +109,38 @@ async fn a_backend_closing_idle_connections_loses_no_request() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout_without_more_traffic() {
+    let b = TestBackend::start("b").await;
+    let config = ProxyConfig {
+        pool_idle_timeout: Duration::from_millis(200),
+        ..ProxyConfig::default()
+    };
+    let gw = TestGateway::start_with(
+        &[
+            ("svc.yaml", service("b", 80, &[(b.addr, true)])),
+            ("route.yaml", prefix_route("b", "/", "b")),
+        ],
+        config,
+    )
+    .await;
+    let r = fetch(&client::http1(), gw.addr, "h", "/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        b.open_connections(),
+        1,
+        "the upstream connection is kept for reuse"
+    );
+    // No request comes to sweep the pool: the connection's own timer must close it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while b.open_connections() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        b.open_connections(),
+        0,
+        "closed after about two idle timeouts"
+    );
 }
