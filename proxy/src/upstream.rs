@@ -136,14 +136,15 @@ impl Upstreams {
     }
 
     fn take_idle(&self, addr: SocketAddr) -> Option<Conn> {
-        let now = now_ms();
         POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
             let list = pool.idle.get_mut(&addr)?;
             // Newest first: the most recently used connection is the least likely to have
-            // been closed by the backend's own idle timeout.
+            // been closed by the backend's own idle timeout. Expiry is the connection task's
+            // business (it closes the connection, which makes it not ready here), so no clock
+            // is read on this path.
             while let Some(conn) = list.pop() {
-                if conn.sender.is_ready() && conn.idle_for(now) < self.idle_timeout {
+                if conn.sender.is_ready() {
                     conn.idle_since.store(0, Ordering::Relaxed);
                     return Some(conn);
                 }
