@@ -30,16 +30,9 @@ BASE_PORT=${BASE_PORT:-18100}
 NGINX_PORT=$((BASE_PORT)) SLUICE_PORT=$((BASE_PORT + 1)) ADMIN_PORT=$((BASE_PORT + 2))
 NGINX_H2_PORT=$((BASE_PORT + 3)) UP_PORTS=($((BASE_PORT + 11)) $((BASE_PORT + 12)) $((BASE_PORT + 13)))
 
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v h2load >/dev/null || missing+=(nghttp2-client)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-command -v curl >/dev/null || missing+=(curl)
-if ((${#missing[@]})); then
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+install_missing wrk:wrk h2load:nghttp2-client nginx:nginx-light curl:curl
 if [ -z "${OHA:-}" ]; then
   if command -v oha >/dev/null; then
     OHA=$(command -v oha)
@@ -53,36 +46,10 @@ fi
 cargo build --release --locked -p sluice-controller --bin sluice >&2
 SLUICE=$PWD/target/release/sluice
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
 # Anything still running when the time budget is spent is stopped by the trap.
 # (The sleep must not hold our stdout open, or a pipeline reading it waits for the sleep.)
 ( sleep "${TIME_LIMIT:-1800}" >/dev/null 2>&1 & wait $!; echo "bench/compare.sh: time limit reached" >&2; kill -TERM $$ ) &
 pids+=("$!")
-
-log() { printf '%s\n' "$*" >&2; }
-wait_for() { for _ in $(seq 200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done; log "not up: $1"; return 1; }
-
-# nginx_preamble DIR: one worker, files under DIR, no access log, long keep-alive; the caller
-# writes the rest of the `http` block and closes it.
-nginx_preamble() {
-  cat <<CONF
-worker_processes 1;
-daemon off;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-CONF
-}
 
 # --- upstreams: three nginx processes, so that one can be stopped on its own -----------------
 for i in 0 1 2; do

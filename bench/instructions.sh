@@ -14,45 +14,27 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${N:-20000}
-missing=()
-command -v valgrind >/dev/null || missing+=(valgrind)
-command -v h2load >/dev/null || missing+=(nghttp2-client)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-command -v curl >/dev/null || missing+=(curl)
-if ((${#missing[@]})); then
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+install_missing valgrind:valgrind h2load:nghttp2-client nginx:nginx-light curl:curl
 
 if [ $# -eq 0 ]; then
   [ -x target/release/sluice ] || cargo build --release --locked -p sluice-controller --bin sluice >&2
   set -- target/release/sluice
 fi
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 UPSTREAM_PORT=${UPSTREAM_PORT:-18311}
 PROXY_PORT=${PROXY_PORT:-18310}
 ADMIN_PORT=${ADMIN_PORT:-18312}
 mkdir -p "$work/nginx" "$work/manifests"
-cat >"$work/nginx/nginx.conf" <<EOF
-worker_processes 1; daemon off; pid $work/nginx/nginx.pid; error_log $work/nginx/error.log warn;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
-  server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 "hello\n"; } } }
-EOF
+{
+  nginx_preamble "$work/nginx"
+  echo "  server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 \"hello\\n\"; } }"
+  echo "}"
+} >"$work/nginx/nginx.conf"
 "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-pids+=($!)
+pids+=("$!")
+wait_for "http://127.0.0.1:$UPSTREAM_PORT/"
 cat >"$work/manifests/route.yaml" <<EOF
 apiVersion: v1
 kind: Service
@@ -81,10 +63,8 @@ for bin in "$@"; do
     --listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" >"$work/sluice.log" 2>&1 &
   pid=$!
   pids+=("$pid")
-  for _ in $(seq 200); do
-    curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" && break
-    sleep 0.2
-  done
+  # Under valgrind start-up takes seconds, not milliseconds.
+  wait_for "http://127.0.0.1:$ADMIN_PORT/readyz" 60
   h2load --h1 -n 2000 -c 10 "http://127.0.0.1:$PROXY_PORT/x" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   done_line=$(h2load --h1 -n "$N" -c 10 "http://127.0.0.1:$PROXY_PORT/x" | grep -E '^requests:')
