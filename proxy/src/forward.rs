@@ -154,7 +154,7 @@ pub(crate) async fn forward(
                 }
             }
         } else {
-            strip_hop_by_hop(response.headers_mut(), false);
+            strip_hop_by_hop(response.headers_mut(), false, &[]);
         }
         rule.response_headers.apply(response.headers_mut());
         Ok(response)
@@ -283,27 +283,26 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// True for a header that must not cross the gateway: hop-by-hop, or an identity header.
-fn is_dropped(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || IDENTITY_HEADERS.contains(name)
-}
-
-/// Removes hop-by-hop headers, including any the `Connection` header names. For an upgrade,
-/// `Connection: upgrade` and `Upgrade` are end-to-end in effect and are kept.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names finds which hop-by-hop headers are present: most messages carry
-    // none or only `Connection`, and a hashed remove per name would cost more than the scan.
-    let mut present = 0u8;
+/// Removes hop-by-hop headers, including any the `Connection` header names, and the headers in
+/// `also`. For an upgrade, `Connection: upgrade` and `Upgrade` are end-to-end in effect and are
+/// kept.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, also: &[HeaderName]) {
+    let dropped = || HOP_BY_HOP.iter().chain(also);
+    // One pass over the names finds which of them are present: most messages carry none or
+    // only `Connection`, and a hashed remove per name would cost more than the scan.
+    debug_assert!(HOP_BY_HOP.len() + also.len() <= 16 && HOP_BY_HOP[0] == CONNECTION);
+    let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = dropped().position(|h| h == name) {
             present |= 1 << i;
         }
     }
     if present == 0 && !keep_upgrade {
         return;
     }
-    if headers.contains_key(CONNECTION) {
-        // The usual tokens (`keep-alive`, `close`, `upgrade`) name nothing beyond the fixed set.
+    if present & 1 != 0 {
+        // `Connection` is present. Its usual tokens (`keep-alive`, `close`, `upgrade`) name
+        // nothing beyond the fixed set.
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
@@ -322,7 +321,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(name);
         }
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+    for (i, name) in dropped().enumerate() {
         let kept = keep_upgrade && (*name == CONNECTION || *name == UPGRADE);
         if present & (1 << i) != 0 && !kept {
             headers.remove(name);
@@ -340,12 +339,7 @@ fn prepare_headers(
     original_host: Option<HeaderValue>,
     request_id: &HeaderValue,
 ) {
-    if upgrade || headers.keys().any(is_dropped) {
-        strip_hop_by_hop(headers, upgrade);
-        for name in &IDENTITY_HEADERS {
-            headers.remove(name);
-        }
-    }
+    strip_hop_by_hop(headers, upgrade, &IDENTITY_HEADERS);
     let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
         Some(prior) => {
             let mut list = Vec::with_capacity(prior.len() + 2 + client_ip.len());
@@ -449,7 +443,7 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h, false, &[]);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
     }
@@ -460,7 +454,7 @@ mod tests {
         h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         assert!(is_websocket_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
+        strip_hop_by_hop(&mut h, true, &[]);
         assert_eq!(
             h.get(CONNECTION).map(|v| v.as_bytes()),
             Some(&b"upgrade"[..])
