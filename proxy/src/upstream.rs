@@ -66,17 +66,33 @@ pub(crate) struct Upstreams {
     pub max_idle_per_endpoint: usize,
 }
 
-/// A connection to a backend: its sender, and since when it sits idle in a pool (ms on
-/// [`now_ms`]'s clock; 0 while in use), shared with the task that drives the connection so that
-/// the task closes it after the idle timeout even if no request ever comes to sweep the pool.
+/// A connection to a backend: its sender, and its idle clock, shared with the task that drives
+/// the connection so that the task closes it after the idle timeout even if no request ever
+/// comes to sweep the pool.
 struct Conn {
     sender: SendRequest<Incoming>,
-    idle_since: Arc<AtomicU64>,
+    idle_since: IdleSince,
 }
 
-impl Conn {
-    fn idle_for(&self, now: u64) -> Duration {
-        Duration::from_millis(now.saturating_sub(self.idle_since.load(Ordering::Relaxed)))
+/// Since when a connection sits idle in a pool, in ms on [`now_ms`]'s clock; 0 while in use.
+#[derive(Clone, Default)]
+struct IdleSince(Arc<AtomicU64>);
+
+impl IdleSince {
+    fn mark_idle(&self, now: u64) {
+        self.0.store(now, Ordering::Relaxed);
+    }
+
+    fn mark_in_use(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the connection has been idle, or `None` while it is in use.
+    fn idle_for(&self, now: u64) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(Duration::from_millis(now.saturating_sub(since))),
+        }
     }
 }
 
@@ -145,7 +161,7 @@ impl Upstreams {
             // is read on this path.
             while let Some(conn) = list.pop() {
                 if conn.sender.is_ready() {
-                    conn.idle_since.store(0, Ordering::Relaxed);
+                    conn.idle_since.mark_in_use();
                     return Some(conn);
                 }
             }
@@ -157,7 +173,7 @@ impl Upstreams {
 
     fn put_idle(&self, addr: SocketAddr, conn: Conn) {
         let now = now_ms();
-        conn.idle_since.store(now, Ordering::Relaxed);
+        conn.idle_since.mark_idle(now);
         let _ = POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
             let list = pool.idle.entry(addr).or_default();
@@ -171,7 +187,10 @@ impl Upstreams {
                 pool.last_sweep = now;
                 let idle_timeout = self.idle_timeout;
                 pool.idle.retain(|_, list| {
-                    list.retain(|c| !c.sender.is_closed() && c.idle_for(now) < idle_timeout);
+                    list.retain(|c| {
+                        !c.sender.is_closed()
+                            && c.idle_since.idle_for(now).is_none_or(|d| d < idle_timeout)
+                    });
                     !list.is_empty()
                 });
             }
@@ -189,8 +208,8 @@ impl Upstreams {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
-        let idle_since = Arc::new(AtomicU64::new(0));
-        let watched = Arc::clone(&idle_since);
+        let idle_since = IdleSince::default();
+        let watched = idle_since.clone();
         let idle_timeout = self.idle_timeout;
         tokio::spawn(async move {
             let conn = conn.with_upgrades();
@@ -204,9 +223,7 @@ impl Upstreams {
                         return;
                     }
                     () = tokio::time::sleep(idle_timeout) => {
-                        let since = watched.load(Ordering::Relaxed);
-                        let idle = Duration::from_millis(now_ms().saturating_sub(since));
-                        if since != 0 && idle >= idle_timeout {
+                        if watched.idle_for(now_ms()).is_some_and(|d| d >= idle_timeout) {
                             // Dropping the connection closes the socket; its pooled sender then
                             // reports closed and is skipped.
                             tracing::debug!(backend = %addr, "closing idle upstream connection");
@@ -290,7 +307,7 @@ impl Drop for UpstreamBody {
         if let Some(reuse) = self.reuse.take() {
             // A body dropped half-read leaves bytes on the connection: it cannot carry another
             // request, and dropping its sender closes it.
-            if self.done || self.inner.is_end_stream() {
+            if self.is_end_stream() {
                 reuse.check_in();
             }
         }
