@@ -165,7 +165,7 @@ impl RouteCache {
                 objects
                     .entry((ns, name))
                     .or_default()
-                    .insert(0, Arc::as_ptr(s) as usize);
+                    .push(Arc::as_ptr(s) as usize);
             }
         }
         for slice in &inputs.slices {

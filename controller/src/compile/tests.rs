@@ -628,6 +628,29 @@ fn replace_route(inputs: &mut Inputs, name: &str, yaml: &str) {
     inputs.routes[at] = new;
 }
 
+/// The `users` slice of `inputs` (the first slice) with endpoint 10.0.0.2 ready or not: a new
+/// object, as a watch update brings.
+fn users_slice_with_second(inputs: &Inputs, ready: bool) -> Arc<EndpointSlice> {
+    let mut slice = (*inputs.slices[0]).clone();
+    if let Some(c) = slice
+        .endpoints
+        .as_mut()
+        .and_then(|e| e.get_mut(1))
+        .and_then(|e| e.conditions.as_mut())
+    {
+        c.ready = Some(ready);
+    }
+    Arc::new(slice)
+}
+
+/// True when the `users` route sends traffic to 10.0.0.2.
+fn second_users_endpoint_ready(c: &Compiled) -> bool {
+    rule_of(c, "shop/users").backends[0]
+        .endpoints
+        .iter()
+        .any(|e| e.addr.to_string() == "10.0.0.2:8080")
+}
+
 fn cached_pair() -> (Inputs, RouteCache, Compiled) {
     let inputs = inputs(&format!(
         "{BACKENDS}\n---\n{}---\n{}",
@@ -668,19 +691,11 @@ fn a_cached_compile_recompiles_only_the_changed_route() {
 #[test]
 fn a_cached_route_is_recompiled_when_its_service_endpoints_change() {
     let (mut inputs, mut cache, first) = cached_pair();
-    let flipped = self::inputs(&BACKENDS.replace(
-        "- addresses: [\"10.0.0.2\"]\n  conditions: {ready: false}",
-        "- addresses: [\"10.0.0.2\"]\n  conditions: {ready: true}",
-    ));
-    inputs.slices[0] = Arc::clone(&flipped.slices[0]);
+    assert!(!second_users_endpoint_ready(&first));
+    inputs.slices[0] = users_slice_with_second(&inputs, true);
     let second = compile_cached(&inputs, 2, Some(&first.snapshot), &mut cache);
     assert_same_as_uncached(&second, &inputs);
-    let ready: Vec<String> = rule_of(&second, "shop/users").backends[0]
-        .endpoints
-        .iter()
-        .map(|e| e.addr.to_string())
-        .collect();
-    assert!(ready.contains(&"10.0.0.2:8080".to_owned()), "{ready:?}");
+    assert!(second_users_endpoint_ready(&second));
     assert!(Arc::ptr_eq(
         rule_of(&first, "shop/orders"),
         rule_of(&second, "shop/orders")
@@ -741,28 +756,12 @@ fn a_replaced_slice_is_never_mistaken_for_the_one_it_replaced() {
     // compiles (as a watch can deliver) free the object the last fingerprint was made from
     // before the final one is allocated: an address fingerprint must still tell them apart.
     let (mut inputs, mut cache, mut prev) = cached_pair();
-    let with_second_ready = |inputs: &Inputs, ready: bool| {
-        let mut slice = (*inputs.slices[0]).clone();
-        if let Some(c) = slice
-            .endpoints
-            .as_mut()
-            .and_then(|e| e.get_mut(1))
-            .and_then(|e| e.conditions.as_mut())
-        {
-            c.ready = Some(ready);
-        }
-        Arc::new(slice)
-    };
     for round in 0..40 {
         let ready = round % 2 == 0;
-        inputs.slices[0] = with_second_ready(&inputs, !ready);
-        inputs.slices[0] = with_second_ready(&inputs, ready);
+        inputs.slices[0] = users_slice_with_second(&inputs, !ready);
+        inputs.slices[0] = users_slice_with_second(&inputs, ready);
         let next = compile_cached(&inputs, round + 2, Some(&prev.snapshot), &mut cache);
-        let has_second = rule_of(&next, "shop/users").backends[0]
-            .endpoints
-            .iter()
-            .any(|e| e.addr.to_string() == "10.0.0.2:8080");
-        assert_eq!(has_second, ready, "round {round}");
+        assert_eq!(second_users_endpoint_ready(&next), ready, "round {round}");
         prev = next;
     }
 }
@@ -785,11 +784,7 @@ fn a_route_naming_one_service_many_times_still_sees_its_endpoint_changes() {
     let mut prev = compile_cached(&inputs, 1, None, &mut cache);
     for round in 0..6u64 {
         let ready = round % 2 == 0;
-        let flipped = self::inputs(&BACKENDS.replace(
-            "- addresses: [\"10.0.0.2\"]\n  conditions: {ready: false}",
-            &format!("- addresses: [\"10.0.0.2\"]\n  conditions: {{ready: {ready}}}"),
-        ));
-        inputs.slices[0] = Arc::clone(&flipped.slices[0]);
+        inputs.slices[0] = users_slice_with_second(&inputs, ready);
         let next = compile_cached(&inputs, round + 2, Some(&prev.snapshot), &mut cache);
         assert_same_as_uncached(&next, &inputs);
         prev = next;
