@@ -83,6 +83,15 @@ struct RunArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "25s", value_parser = duration_arg)]
     drain_timeout: Duration,
+    /// Access log: one JSON line per request on stdout, or off.
+    #[arg(long, env = "SLUICE_ACCESS_LOG", value_enum, default_value = "json")]
+    access_log: AccessLog,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AccessLog {
+    Json,
+    Off,
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -200,6 +209,7 @@ async fn bind(args: &RunArgs) -> anyhow::Result<Serving> {
     });
     let gateway = Gateway::new(ProxyConfig {
         drain_timeout: args.drain_timeout,
+        access_log: args.access_log == AccessLog::Json,
         ..ProxyConfig::default()
     });
     let proxy_listener = TcpListener::bind(args.listen)

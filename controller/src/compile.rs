@@ -4,6 +4,7 @@
 //! `sluice check`, the directory source and the cluster source agree. An invalid rule is dropped
 //! alone with a diagnostic naming the field; every other rule keeps serving.
 
+mod auth;
 mod endpoints;
 mod policies;
 mod routes;
@@ -20,7 +21,7 @@ use regex::Regex;
 use sluice_proxy::Snapshot;
 use sluice_proxy::router::RouterBuilder;
 
-use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Service};
+use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Secret, Service};
 pub use status::{Condition, StatusReport};
 
 /// Everything compile reads.
@@ -34,6 +35,8 @@ pub struct Inputs {
     pub services: Vec<Arc<Service>>,
     /// EndpointSlices of those Services.
     pub slices: Vec<Arc<EndpointSlice>>,
+    /// Secrets the routes may reference (JWT keys, API keys).
+    pub secrets: Vec<Arc<Secret>>,
 }
 
 /// Identity of an object in diagnostics and statuses.
@@ -64,6 +67,7 @@ fn kind_name<K: kube::Resource<DynamicType = ()>>() -> &'static str {
         "RateLimitPolicy" => "RateLimitPolicy",
         "Service" => "Service",
         "EndpointSlice" => "EndpointSlice",
+        "Secret" => "Secret",
         _ => "Object",
     }
 }
@@ -119,15 +123,23 @@ pub struct RouteCache {
     routes: FastMap<usize, CachedRoute>,
     /// Counts compiles; entries not used by the latest are dropped.
     stamp: u64,
-    /// The Services and EndpointSlices of the last compile, kept alive so that no new object
-    /// can be allocated at an address recorded in `services`.
-    held: (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>),
+    /// The Services, EndpointSlices and Secrets of the last compile, kept alive so that no new
+    /// object can be allocated at an address recorded in `services` or a route's `secrets`.
+    held: Held,
     /// Per Service (`namespace/name`): the addresses of its object and its slices at the last
     /// compile, and a version that changes whenever that list does. Exact, not a hash: a
     /// collision would serve stale endpoints.
     services: FastMap<String, ServiceVersion>,
     /// Last version handed out; versions are never reused.
     version: u64,
+}
+
+/// Objects of the last compile whose addresses the cache recorded.
+#[derive(Default)]
+struct Held {
+    _services: Vec<Arc<Service>>,
+    _slices: Vec<Arc<EndpointSlice>>,
+    _secrets: Vec<Arc<Secret>>,
 }
 
 struct ServiceVersion {
@@ -146,6 +158,9 @@ struct CachedRoute {
     services: Box<[u64]>,
     /// `namespace/name` of the Services among those that did not resolve.
     failed: Box<[String]>,
+    /// The address of every Secret object the route references, in reference order (0: it
+    /// did not exist), as compiled.
+    secrets: Box<[usize]>,
     output: routes::RouteOutput,
     /// The compile that last used this entry.
     used: u64,
@@ -228,6 +243,40 @@ fn route_service_versions<'a>(
         .map(move |name| versions.get(&(namespace, name)).copied().unwrap_or(0))
 }
 
+/// The names of the Secrets `route` references (route-level and per-rule authentication), in
+/// order, repeats included.
+pub fn route_secret_names(route: &GatewayRoute) -> impl Iterator<Item = &str> {
+    let auths = route.spec.authentication.iter().chain(
+        route
+            .spec
+            .rules
+            .iter()
+            .filter_map(|r| r.authentication.as_ref()),
+    );
+    auths.flat_map(|a| {
+        let jwt = a
+            .jwt
+            .iter()
+            .flat_map(|j| &j.providers)
+            .filter_map(|p| p.key_secret_ref.as_ref().map(|s| s.name.as_str()));
+        let keys = a
+            .api_key
+            .iter()
+            .flat_map(|k| &k.secret_refs)
+            .map(|s| s.name.as_str());
+        jwt.chain(keys)
+    })
+}
+
+/// The addresses of the Secret objects `route` references (0 for one that does not exist).
+fn route_secret_addresses<'a>(
+    route: &'a GatewayRoute,
+    secrets: &'a FastMap<(&str, &str), usize>,
+) -> impl Iterator<Item = usize> + 'a {
+    let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
+    route_secret_names(route).map(move |name| secrets.get(&(namespace, name)).copied().unwrap_or(0))
+}
+
 /// [`compile`], reusing from `cache` the output of every route that is the same object as last
 /// time and whose Services (and their EndpointSlices) are the same objects too; the cache is
 /// updated for the next call. In a large configuration a one-route change then costs about
@@ -249,6 +298,7 @@ fn compile_routes(
 ) -> Compiled {
     let mut regexes = RegexCache::from_snapshot(prev);
     let mut endpoints = endpoints::EndpointIndex::new(&inputs.services, &inputs.slices, prev);
+    let mut secrets = auth::SecretIndex::new(&inputs.secrets);
     let mut order: Vec<&Arc<GatewayRoute>> = inputs.routes.iter().collect();
     // Gateway API tie-break: the oldest route wins, then `namespace/name`.
     order.sort_unstable_by_key(|r| {
@@ -270,7 +320,8 @@ fn compile_routes(
     match cache {
         None => {
             for (rank, route) in order.iter().enumerate() {
-                let output = routes::compile_route(route, &mut endpoints, &mut regexes);
+                let output =
+                    routes::compile_route(route, &mut endpoints, &mut regexes, &mut secrets);
                 out.place(&output, rank as u64, &[]);
             }
         }
@@ -278,6 +329,14 @@ fn compile_routes(
             cache.stamp += 1;
             let stamp = cache.stamp;
             let versions = cache.service_versions(inputs);
+            let secret_addresses: FastMap<(&str, &str), usize> = inputs
+                .secrets
+                .iter()
+                .filter_map(|s| {
+                    let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+                    Some(((ns, s.metadata.name.as_deref()?), Arc::as_ptr(s) as usize))
+                })
+                .collect();
             for (rank, route) in order.iter().enumerate() {
                 let key = Arc::as_ptr(route) as usize;
                 let reused = cache.routes.get_mut(&key).is_some_and(|entry| {
@@ -285,13 +344,17 @@ fn compile_routes(
                     Arc::ptr_eq(&entry.source, route)
                         && route_service_versions(route, &versions)
                             .eq(entry.services.iter().copied())
+                        && route_secret_addresses(route, &secret_addresses)
+                            .eq(entry.secrets.iter().copied())
                 });
                 if !reused {
-                    let output = routes::compile_route(route, &mut endpoints, &mut regexes);
+                    let output =
+                        routes::compile_route(route, &mut endpoints, &mut regexes, &mut secrets);
                     let entry = CachedRoute {
                         source: Arc::clone(route),
                         services: route_service_versions(route, &versions).collect(),
                         failed: endpoints.take_recent_failures().into_boxed_slice(),
+                        secrets: route_secret_addresses(route, &secret_addresses).collect(),
                         output,
                         used: stamp,
                     };
@@ -302,7 +365,11 @@ fn compile_routes(
             }
             // Routes that are gone (or changed: their new object has a new key) leave the cache.
             cache.routes.retain(|_, entry| entry.used == stamp);
-            cache.held = (inputs.services.clone(), inputs.slices.clone());
+            cache.held = Held {
+                _services: inputs.services.clone(),
+                _slices: inputs.slices.clone(),
+                _secrets: inputs.secrets.clone(),
+            };
         }
     }
     let Assembly {
@@ -322,16 +389,38 @@ fn compile_routes(
     statuses.extend(policy_statuses.into_iter().map(Arc::new));
     failed.extend(endpoints.into_failed());
 
+    let identity_headers = identity_headers(&rules);
     Compiled {
         snapshot: Snapshot {
             generation,
             rules: rules.into_boxed_slice(),
             router: Arc::new(router.build()),
+            identity_headers,
         },
         statuses,
         diagnostics,
         unresolved_services: failed,
     }
+}
+
+/// The headers any rule copies claims to, beyond the fixed identity headers: every client
+/// request loses them, on every route.
+fn identity_headers(rules: &[Arc<sluice_proxy::snapshot::Rule>]) -> Box<[http::HeaderName]> {
+    let mut out: Vec<http::HeaderName> = Vec::new();
+    for rule in rules {
+        for step in rule.policy.steps.iter() {
+            let sluice_proxy::pipeline::Step::Authenticate(auth) = step else {
+                continue;
+            };
+            for claim in auth.jwt.iter().flat_map(|p| p.claim_to_headers.iter()) {
+                let fixed = sluice_proxy::headers::IDENTITY_HEADERS.contains(&claim.header);
+                if !fixed && !out.contains(&claim.header) {
+                    out.push(claim.header.clone());
+                }
+            }
+        }
+    }
+    out.into_boxed_slice()
 }
 
 /// The snapshot's parts, filled route by route in precedence order.
@@ -427,6 +516,7 @@ pub fn refresh_endpoints(
         generation,
         rules: rules.into_boxed_slice(),
         router: Arc::clone(&prev.router),
+        identity_headers: prev.identity_headers.clone(),
     })
 }
 

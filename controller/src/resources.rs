@@ -4,12 +4,14 @@
 //! ignored. Schema attributes carry what the API server can check itself (enums, bounds,
 //! patterns), so `kubectl apply` rejects nonsense before the controller sees it.
 
+mod auth;
 mod duration;
 mod policy;
 mod route;
 
+pub use auth::*;
 pub use duration::{DURATION_PATTERN, parse_duration};
-pub use k8s_openapi::api::core::v1::Service;
+pub use k8s_openapi::api::core::v1::{Secret, Service};
 pub use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use policy::*;
 pub use route::*;

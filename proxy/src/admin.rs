@@ -14,7 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::server::Gateway;
+use crate::gateway::Gateway;
 
 /// Answers one admin request.
 pub fn respond(gateway: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {

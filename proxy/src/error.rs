@@ -1,21 +1,32 @@
 //! Errors the gateway answers itself, rendered as DESIGN.md's JSON body.
 
-use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
-use http_body_util::Full;
 
-use crate::forward::ProxyBody;
+use crate::body::{self, ProxyBody};
 
-/// A request the gateway could not forward.
+/// The reason of a 401 for a request that carried no credentials at all.
+pub const MISSING_CREDENTIALS: &str = "no credentials";
+
+/// A request the gateway answered without (or instead of) the backend's response.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// The request itself is malformed (for example an invalid path encoding).
+    /// The request itself is malformed (for example an invalid path encoding or host).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     /// No rule matches the request.
     #[error("no route matches the request")]
     NoRoute,
+    /// Credentials are missing or invalid; the reason goes to the access log only.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// Credentials are valid but lack a required role or claim.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// The rule's credentials cannot be checked (a missing Secret, no JWKS keys yet): the rule
+    /// fails closed.
+    #[error("authentication unavailable: {0}")]
+    AuthUnavailable(&'static str),
     /// The rule matched but none of its backends has a ready endpoint.
     #[error("no ready endpoint for the route")]
     NoReadyEndpoint,
@@ -37,7 +48,11 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoReadyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::AuthUnavailable(_) | ProxyError::NoReadyEndpoint => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Backend(_) | ProxyError::BackendProtocol(_) => StatusCode::BAD_GATEWAY,
         }
@@ -48,6 +63,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NoRoute => "no_route",
+            ProxyError::Unauthorized(_) => "unauthorized",
+            ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::AuthUnavailable(_) => "auth_unavailable",
             ProxyError::NoReadyEndpoint => "no_ready_endpoint",
             ProxyError::BackendTimeout => "backend_timeout",
             ProxyError::Backend(e) if e.is_connect() => "backend_connect",
@@ -55,11 +73,26 @@ impl ProxyError {
         }
     }
 
-    /// The client-facing message: fixed text, never echoing request data.
+    /// The detail for the access log: why credentials were refused, never the credential.
+    pub fn detail(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::Unauthorized(why)
+            | ProxyError::Forbidden(why)
+            | ProxyError::AuthUnavailable(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// The client-facing message: fixed text, never echoing request data. Authentication
+    /// failures say no more than "invalid credentials": the precise reason would help an
+    /// attacker probe the configuration, and it is in the access log.
     fn public_message(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(why) => why,
             ProxyError::NoRoute => "no route matches the request",
+            ProxyError::Unauthorized(_) => "missing or invalid credentials",
+            ProxyError::Forbidden(_) => "credentials do not grant access to this resource",
+            ProxyError::AuthUnavailable(_) => "credentials cannot be checked right now",
             ProxyError::NoReadyEndpoint => "no ready endpoint for the route",
             ProxyError::BackendTimeout => "backend did not respond in time",
             ProxyError::Backend(e) if e.is_connect() => "could not connect to the backend",
@@ -67,7 +100,8 @@ impl ProxyError {
         }
     }
 
-    /// `{"error": "...", "status": N, "requestId": "..."}` with the right status code.
+    /// `{"error": "...", "status": N, "requestId": "..."}` with the right status code (and, for
+    /// 401, the RFC 6750 challenge).
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<ProxyBody> {
         let status = self.status();
         let body = serde_json::json!({
@@ -75,12 +109,19 @@ impl ProxyError {
             "status": status.as_u16(),
             "requestId": request_id.to_str().unwrap_or_default(),
         });
-        let mut response =
-            Response::new(ProxyBody::Right(Full::new(Bytes::from(body.to_string()))));
+        let mut response = Response::new(body::local(body.to_string()));
         *response.status_mut() = status;
-        response
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let ProxyError::Unauthorized(why) = self {
+            // RFC 6750 section 3.1: no error code when the request carried no credentials.
+            let challenge = if *why == MISSING_CREDENTIALS {
+                r#"Bearer realm="sluice""#
+            } else {
+                r#"Bearer realm="sluice", error="invalid_token""#
+            };
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
         response
     }
 }

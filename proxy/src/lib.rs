@@ -7,17 +7,29 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
+pub mod auth;
 pub mod balance;
+pub mod body;
 pub mod error;
 pub mod forward;
+pub mod gateway;
+pub mod headers;
+pub mod host;
 pub mod metrics;
 pub mod path;
+pub mod pipeline;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod state;
 pub mod upstream;
 
 pub use error::ProxyError;
-pub use server::{Gateway, ProxyConfig, serve};
+pub use gateway::Gateway;
+pub use server::{ProxyConfig, serve};
 pub use snapshot::Snapshot;
+
+/// Maps keyed by configuration, never by request data: a fast hash is safe.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

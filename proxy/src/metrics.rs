@@ -119,10 +119,10 @@ impl Metrics {
             .rules
             .iter()
             .map(|r| {
-                let key = (r.route.clone(), r.name.clone());
+                let key = (r.route().clone(), r.name().clone());
                 let stats = bound
                     .remove(&key)
-                    .unwrap_or_else(|| Arc::new(self.stats_for(&r.route, &r.name)));
+                    .unwrap_or_else(|| Arc::new(self.stats_for(r.route(), r.name())));
                 next.insert(key, stats.clone());
                 stats
             })

@@ -25,6 +25,7 @@ use serde::Serialize;
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 pub use matching::{Candidate, HeaderMatch, PathMatch, QueryMatch, RequestView, ValueMatch};
+pub(crate) use matching::{percent_decode, query_value};
 
 /// Routes grouped by hostname.
 #[derive(Debug, Default, Serialize)]

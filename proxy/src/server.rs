@@ -1,16 +1,13 @@
-//! The proxy listener: accepts connections (HTTP/1.1 and h2c), serves each request from the
-//! snapshot it loaded, and drains in-flight requests on shutdown.
+//! The proxy listener: accepts connections (HTTP/1.1 and h2c), hands each request to the
+//! [`Gateway`], and drains in-flight requests on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use http::Request;
 use http::header::HeaderValue;
-use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -18,10 +15,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::forward::{self, ProxyBody};
-use crate::metrics::{Metrics, RuleStats};
-use crate::snapshot::Snapshot;
-use crate::upstream::Upstreams;
+use crate::gateway::Gateway;
+use crate::pipeline::Client;
+use crate::state::JwksTiming;
 
 /// Limits and timeouts of the proxy listener and its upstream client.
 #[derive(Debug, Clone)]
@@ -40,6 +36,10 @@ pub struct ProxyConfig {
     pub pool_max_idle_per_endpoint: usize,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout: Duration,
+    /// Write the JSON access log (to stdout).
+    pub access_log: bool,
+    /// How remote JWKS key sets are fetched and refreshed.
+    pub jwks: JwksTiming,
 }
 
 impl Default for ProxyConfig {
@@ -52,132 +52,9 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_endpoint: 256,
             drain_timeout: Duration::from_secs(25),
+            access_log: true,
+            jwks: JwksTiming::default(),
         }
-    }
-}
-
-/// A snapshot with the metric handles bound to its rules.
-pub(crate) struct Live {
-    pub snapshot: Arc<Snapshot>,
-    pub stats: Box<[Arc<RuleStats>]>,
-}
-
-/// The running data plane: the current snapshot, the upstream connection pool and the metrics.
-/// Pools and metrics outlive snapshots; a swap replaces only the snapshot.
-pub struct Gateway {
-    live: ArcSwap<Live>,
-    pub(crate) upstreams: Upstreams,
-    metrics: Metrics,
-    unmatched: RuleStats,
-    ready: AtomicBool,
-    config: ProxyConfig,
-}
-
-impl Gateway {
-    /// A gateway serving an empty snapshot (every request 404) until [`Gateway::install`].
-    pub fn new(config: ProxyConfig) -> Arc<Self> {
-        let upstreams = Upstreams {
-            connect_timeout: config.connect_timeout,
-            idle_timeout: config.pool_idle_timeout,
-            max_idle_per_endpoint: config.pool_max_idle_per_endpoint,
-        };
-        let metrics = Metrics::new();
-        let unmatched = metrics.unmatched();
-        Arc::new(Gateway {
-            live: ArcSwap::from_pointee(Live {
-                snapshot: Arc::new(Snapshot::default()),
-                stats: Box::default(),
-            }),
-            upstreams,
-            metrics,
-            unmatched,
-            ready: AtomicBool::new(false),
-            config,
-        })
-    }
-
-    /// Makes `snapshot` the one new requests use; requests in flight finish on the one they
-    /// loaded. The gateway counts as ready from the first install on.
-    pub fn install(&self, snapshot: Snapshot) {
-        let stats = self.metrics.bind(&snapshot);
-        self.live.store(Arc::new(Live {
-            snapshot: Arc::new(snapshot),
-            stats,
-        }));
-        self.ready.store(true, Ordering::Release);
-    }
-
-    /// The snapshot being served.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.live.load().snapshot.clone()
-    }
-
-    /// True once a first snapshot has been installed.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    /// The gateway's metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// Serves one request: loads the snapshot once, forwards, records metrics and the access log.
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        remote: SocketAddr,
-        client_ip: &HeaderValue,
-    ) -> Response<ProxyBody> {
-        let started = Instant::now();
-        let live = self.live.load_full();
-        let request_id = forward::request_id(req.headers());
-        let method = req.method().clone();
-        let uri = req.uri().clone();
-        let version = req.version();
-        let outcome = forward::forward(self, &live, req, client_ip, &request_id, started).await;
-        let (mut response, error_kind) = match outcome.result {
-            Ok(r) => (r.map(ProxyBody::Left), None),
-            Err(e) => {
-                if let crate::error::ProxyError::Backend(source) = &e {
-                    tracing::debug!(error = ?source, "backend request failed");
-                }
-                (e.to_response(&request_id), Some(e.kind()))
-            }
-        };
-        response
-            .headers_mut()
-            .insert(forward::request_id_header().clone(), request_id.clone());
-        let status = response.status().as_u16();
-        let elapsed = started.elapsed();
-        let (route, rule) = match outcome.rule {
-            Some(id) => {
-                let rule = live.snapshot.rule(id);
-                if let Some(stats) = live.stats.get(id as usize) {
-                    stats.observe(status, elapsed.as_secs_f64());
-                }
-                (&*rule.route, &*rule.name)
-            }
-            None => {
-                self.unmatched.observe(status, elapsed.as_secs_f64());
-                ("", "")
-            }
-        };
-        tracing::info!(
-            target: "sluice::access",
-            request_id = request_id.to_str().unwrap_or_default(),
-            client = %remote.ip(),
-            method = %method,
-            path = uri.path(),
-            version = ?version,
-            status,
-            route,
-            rule,
-            upstream = outcome.upstream.map(tracing::field::display),
-            error = error_kind,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-        );
-        response
     }
 }
 
@@ -225,11 +102,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
-        let client_ip = forward::client_ip_header(&remote);
+        let client = Client::new(remote);
         let service = service_fn(move |req: Request<Incoming>| {
             let gw = gw.clone();
-            let client_ip = client_ip.clone();
-            async move { Ok::<_, Infallible>(gw.handle(req, remote, &client_ip).await) }
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(gw.handle(req, &client).await) }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -259,6 +136,7 @@ pub async fn serve(
             tracing::warn!("drain timeout reached; closing remaining connections");
         }
     }
+    gateway.close_access_log();
 }
 
 /// A `HeaderValue` for tests and tools that need a fixed request id.

@@ -1,7 +1,8 @@
 //! The immutable routing snapshot: plain data compiled by the controller and read by the proxy.
 //!
 //! A snapshot is built once, swapped in whole, and never mutated afterwards (the only interior
-//! mutability is the balancers' round-robin cursors, which are harmless to reset on a swap).
+//! mutability is the balancers' round-robin cursors, which are harmless to reset on a swap, and
+//! caches of verified credentials inside a rule's steps, which are only ever a shortcut).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use http::{HeaderName, HeaderValue};
 use serde::Serialize;
 
 use crate::balance;
+use crate::pipeline::Step;
 use crate::router::Router;
 
 /// Index of a [`Rule`] in [`Snapshot::rules`].
@@ -28,6 +30,10 @@ pub struct Snapshot {
     /// Host and path tables leading to rules, shared by snapshots that differ only in
     /// endpoints.
     pub router: Arc<Router>,
+    /// Headers some rule maps verified claims to, beyond the fixed identity headers: stripped
+    /// from every client request on every route, so no client can assert them.
+    #[serde(serialize_with = "ser_names")]
+    pub identity_headers: Box<[HeaderName]>,
 }
 
 impl Snapshot {
@@ -37,21 +43,14 @@ impl Snapshot {
     }
 }
 
-/// One accepted rule of a route: what happens to a request once it matched.
+/// One accepted rule of a route: what it does ([`RulePolicy`], shared by every snapshot in which
+/// the rule's configuration is unchanged) and where it sends requests (its backends, rebuilt by
+/// an endpoint refresh).
 #[derive(Debug, Serialize)]
 pub struct Rule {
-    /// `namespace/name` of the route, used as the metric and log label.
-    pub route: Arc<str>,
-    /// The rule's name (its `name` field, or its index).
-    pub name: Arc<str>,
-    /// Optional path rewrite.
-    pub rewrite: Option<PathRewrite>,
-    /// Header changes applied to the request before it goes upstream.
-    pub request_headers: HeaderFilter,
-    /// Header changes applied to the response before it goes to the client.
-    pub response_headers: HeaderFilter,
-    /// Request and backend timeouts.
-    pub timeouts: Timeouts,
+    /// What happens to a request on this rule.
+    #[serde(flatten)]
+    pub policy: Arc<RulePolicy>,
     /// Weighted backends with their ready endpoints.
     pub backends: Box<[Backend]>,
     /// Smooth weighted round-robin order over `backends`, precomputed (see [`balance`]).
@@ -61,29 +60,32 @@ pub struct Rule {
     cursor: AtomicUsize,
 }
 
+/// What a rule does with a request, apart from where it sends it: built once per compiled rule
+/// and shared, untouched, by an endpoint refresh.
+#[derive(Debug, Serialize)]
+pub struct RulePolicy {
+    /// `namespace/name` of the route, used as the metric and log label.
+    pub route: Arc<str>,
+    /// The rule's name (its `name` field, or its index).
+    pub name: Arc<str>,
+    /// Optional path rewrite.
+    pub rewrite: Option<PathRewrite>,
+    /// Request and backend timeouts.
+    pub timeouts: Timeouts,
+    /// The rule's pipeline steps, in request order (see [`crate::pipeline`]).
+    pub steps: Box<[Step]>,
+}
+
 impl Rule {
     /// Builds a rule and precomputes its balancing schedule from the backends' weights. A backend
     /// with no ready endpoint is left out of the schedule: its share goes to the others.
-    pub fn new(
-        route: Arc<str>,
-        name: Arc<str>,
-        rewrite: Option<PathRewrite>,
-        request_headers: HeaderFilter,
-        response_headers: HeaderFilter,
-        timeouts: Timeouts,
-        backends: Vec<Backend>,
-    ) -> Self {
+    pub fn new(policy: Arc<RulePolicy>, backends: Vec<Backend>) -> Self {
         let weights: Vec<u32> = backends
             .iter()
             .map(|b| if b.endpoints.is_empty() { 0 } else { b.weight })
             .collect();
         Rule {
-            route,
-            name,
-            rewrite,
-            request_headers,
-            response_headers,
-            timeouts,
+            policy,
             backends: backends.into_boxed_slice(),
             schedule: balance::smooth_weighted_schedule(&weights),
             cursor: AtomicUsize::new(0),
@@ -92,15 +94,17 @@ impl Rule {
 
     /// The same rule with other backends (the balancing schedule recomputed for them).
     pub fn with_backends(&self, backends: Vec<Backend>) -> Self {
-        Rule::new(
-            self.route.clone(),
-            self.name.clone(),
-            self.rewrite.clone(),
-            self.request_headers.clone(),
-            self.response_headers.clone(),
-            self.timeouts,
-            backends,
-        )
+        Rule::new(Arc::clone(&self.policy), backends)
+    }
+
+    /// `namespace/name` of the rule's route.
+    pub fn route(&self) -> &Arc<str> {
+        &self.policy.route
+    }
+
+    /// The rule's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.policy.name
     }
 
     /// Picks the next endpoint: smooth weighted round robin across backends, then round robin
@@ -170,6 +174,11 @@ fn ser_pairs<S: serde::Serializer>(
 
 fn ser_names<S: serde::Serializer>(names: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(names.iter().map(HeaderName::as_str))
+}
+
+/// Serialises one header name as its string.
+pub(crate) fn ser_name<S: serde::Serializer>(name: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(name.as_str())
 }
 
 /// Timeouts of a rule; `None` means no limit.

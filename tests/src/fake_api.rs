@@ -329,6 +329,8 @@ struct Target {
     namespace: Option<String>,
     name: Option<String>,
     status: bool,
+    /// `fieldSelector=metadata.name=X` of a list or watch.
+    selected_name: Option<String>,
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -353,6 +355,7 @@ fn parse_path(path: &str) -> Option<Target> {
         namespace,
         name,
         status,
+        selected_name: None,
     })
 }
 
@@ -421,7 +424,7 @@ async fn route(
     listener: usize,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let Some(target) = parse_path(req.uri().path()) else {
+    let Some(mut target) = parse_path(req.uri().path()) else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -429,13 +432,36 @@ async fn route(
         ));
     };
     let query = req.uri().query().unwrap_or("").to_owned();
-    if query_param(&query, "labelSelector").is_some()
-        || query_param(&query, "fieldSelector").is_some()
-    {
+    if query_param(&query, "labelSelector").is_some() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             "BadRequest",
-            "the fake api does not emulate selectors".to_owned(),
+            "the fake api does not emulate label selectors".to_owned(),
+        ));
+    }
+    if let Some(selector) = query_param(&query, "fieldSelector") {
+        // Only the one field selector RBAC honours with resourceNames.
+        match selector.strip_prefix("metadata.name=") {
+            Some(name) if !name.is_empty() && !name.contains(',') => {
+                target.selected_name = Some(name.to_owned());
+            }
+            _ => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("the fake api does not emulate the field selector {selector:?}"),
+                ));
+            }
+        }
+    }
+    if target.resource.0 == SECRETS && target.name.is_none() && target.selected_name.is_none() {
+        // As RBAC with resourceNames answers: Secrets may be read one by one, never all of a
+        // namespace at once.
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "secrets may only be listed or watched by name (fieldSelector=metadata.name=...)"
+                .to_owned(),
         ));
     }
     let method = req.method().clone();
@@ -583,8 +609,13 @@ fn kind_of(resource: &Resource) -> (&'static str, String) {
 }
 
 fn in_scope(target: &Target, key: &Key) -> bool {
-    key.0 == target.resource && target.namespace.as_ref().is_none_or(|ns| *ns == key.1)
+    key.0 == target.resource
+        && target.namespace.as_ref().is_none_or(|ns| *ns == key.1)
+        && target.selected_name.as_ref().is_none_or(|n| *n == key.2)
 }
+
+/// `group/version/plural` of Secrets.
+const SECRETS: &str = "/v1/secrets";
 
 fn list(shared: &Shared, target: &Target, query: &str) -> Value {
     let store = shared.store.lock().expect("store");
@@ -649,6 +680,7 @@ fn watch_response(shared: &Arc<Shared>, target: &Target, query: &str) -> Respons
         namespace: target.namespace.clone(),
         name: None,
         status: false,
+        selected_name: target.selected_name.clone(),
     };
     let shared = shared.clone();
     let interval = shared.bookmark_interval;

@@ -69,6 +69,7 @@ pub fn inputs(routes: usize) -> Inputs {
             } else {
                 vec![]
             },
+            authentication: None,
             rules: vec![RouteRule {
                 name: Some("main".to_owned()),
                 matches: vec![RouteMatch {
@@ -85,6 +86,8 @@ pub fn inputs(routes: usize) -> Inputs {
                     weight: None,
                 }],
                 timeouts: None,
+                authentication: None,
+                authorization: None,
             }],
         };
         if r % 100 == 0 {

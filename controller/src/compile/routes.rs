@@ -8,15 +8,17 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 use sluice_proxy::path;
+use sluice_proxy::pipeline::Step;
 use sluice_proxy::router::{self, Candidate, HostPattern};
-use sluice_proxy::snapshot::{Backend, HeaderFilter, PathRewrite, Rule, Timeouts};
+use sluice_proxy::snapshot::{Backend, HeaderFilter, PathRewrite, Rule, RulePolicy, Timeouts};
 
+use super::auth::{self, SecretIndex};
 use super::endpoints::EndpointIndex;
 use super::{Condition, Diagnostic, ObjectRef, RegexCache, StatusReport};
 use crate::resources::{
-    BackendRef, GatewayRoute, GatewayRouteSpec, HeaderMatch, HeaderModifier, HeaderValuePair,
-    PathMatch, PathMatchType, PathModifier, PathModifierType, QueryParamMatch, RouteFilters,
-    RouteMatch, RouteRule, RouteTimeouts, UrlRewrite, ValueMatchType, parse_duration,
+    Authentication, BackendRef, GatewayRoute, GatewayRouteSpec, HeaderMatch, HeaderModifier,
+    HeaderValuePair, PathMatch, PathMatchType, PathModifier, PathModifierType, QueryParamMatch,
+    RouteFilters, RouteMatch, RouteRule, RouteTimeouts, UrlRewrite, ValueMatchType, parse_duration,
 };
 
 /// Bounds the schema sets, checked again here because standalone manifests never pass through
@@ -42,6 +44,8 @@ const FORBIDDEN_FILTER_HEADERS: &[&str] = &[
     // author assert a user to the backend.
     "x-user-id",
     "x-user-roles",
+    "x-consumer",
+    "x-auth-provider",
 ];
 
 /// What one route compiles to, on its own: rule ids count from 0 and tie-breaks leave out the
@@ -60,12 +64,12 @@ pub(super) const RANK_SHIFT: u32 = 24;
 
 /// A problem with one field.
 #[derive(Debug)]
-struct FieldError {
-    field: String,
-    reason: String,
+pub(super) struct FieldError {
+    pub field: String,
+    pub reason: String,
 }
 
-fn err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
+pub(super) fn err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
     FieldError {
         field: field.into(),
         reason: reason.into(),
@@ -92,10 +96,15 @@ pub(super) fn compile_route(
     route: &GatewayRoute,
     endpoints: &mut EndpointIndex<'_>,
     regexes: &mut RegexCache,
+    secrets: &mut SecretIndex<'_>,
 ) -> RouteOutput {
     let object = ObjectRef::of(route);
     let route_id: Arc<str> = format!("{}/{}", object.namespace, object.name).into();
-    let GatewayRouteSpec { hostnames, rules } = &route.spec;
+    let GatewayRouteSpec {
+        hostnames,
+        authentication,
+        rules,
+    } = &route.spec;
     let generation = route.metadata.generation;
 
     let route_level = compile_hostnames(hostnames).and_then(|hosts| {
@@ -134,6 +143,8 @@ pub(super) fn compile_route(
     let mut accepted = 0;
     let mut invalid = Vec::new();
     let mut unresolved = Vec::new();
+    // Unresolved references of rules that still serve (failing closed), such as a Secret.
+    let mut unresolved_kept = Vec::new();
     let mut names = HashSet::new();
     for (i, rule) in rules.iter().enumerate() {
         let name = rule.name.clone().unwrap_or_else(|| i.to_string());
@@ -147,11 +158,13 @@ pub(super) fn compile_route(
         let ctx = RuleContext {
             namespace: &object.namespace,
             route: &route_id,
+            route_auth: authentication.as_ref(),
             index: i,
             tiebreak: (i as u64) << 12,
         };
-        match compile_rule(&ctx, name, rule, endpoints, regexes) {
-            Ok((compiled, candidates)) => {
+        match compile_rule(&ctx, name, rule, endpoints, regexes, secrets) {
+            Ok((compiled, candidates, kept_unresolved)) => {
+                unresolved_kept.extend(kept_unresolved);
                 let id = u32::try_from(out_rules.len()).unwrap_or(u32::MAX);
                 out_rules.push(Arc::new(compiled));
                 for mut candidate in candidates {
@@ -162,6 +175,11 @@ pub(super) fn compile_route(
                 }
                 accepted += 1;
             }
+            // An invalid route-level default fails every rule inheriting it: say so once.
+            Err(RuleError::Invalid(e))
+                if invalid
+                    .iter()
+                    .any(|x: &FieldError| x.field == e.field && x.reason == e.reason) => {}
             Err(RuleError::Invalid(e)) => invalid.push(e),
             Err(RuleError::Unresolved(e)) => unresolved.push(e),
         }
@@ -184,19 +202,24 @@ pub(super) fn compile_route(
             summary(invalid.iter().chain(&unresolved)),
         )
     });
-    conditions.push(if unresolved.is_empty() {
+    conditions.push(if unresolved.is_empty() && unresolved_kept.is_empty() {
         Condition::new(
             "ResolvedRefs",
             true,
             "ResolvedRefs",
-            "all backend references resolved",
+            "all references resolved",
         )
     } else {
+        let reason = if unresolved.is_empty() {
+            "SecretNotFound"
+        } else {
+            "BackendNotFound"
+        };
         Condition::new(
             "ResolvedRefs",
             false,
-            "BackendNotFound",
-            summary(unresolved.iter()),
+            reason,
+            summary(unresolved.iter().chain(&unresolved_kept)),
         )
     });
     if accepted > 0 && dropped > 0 {
@@ -213,6 +236,7 @@ pub(super) fn compile_route(
     let diagnostics = invalid
         .into_iter()
         .chain(unresolved)
+        .chain(unresolved_kept)
         .map(|e| diagnostic(&object, e))
         .collect();
     RouteOutput {
@@ -301,6 +325,8 @@ fn is_dns_name(name: &str) -> bool {
 struct RuleContext<'a> {
     namespace: &'a str,
     route: &'a Arc<str>,
+    /// The route's default authentication.
+    route_auth: Option<&'a Authentication>,
     index: usize,
     tiebreak: u64,
 }
@@ -311,19 +337,26 @@ impl RuleContext<'_> {
     }
 }
 
+/// A compiled rule, its router candidates, and the references it could not resolve but serves
+/// without (failing closed).
+type CompiledRule = (Rule, Vec<Candidate>, Vec<FieldError>);
+
 fn compile_rule(
     ctx: &RuleContext<'_>,
     name: String,
     rule: &RouteRule,
     endpoints: &mut EndpointIndex<'_>,
     regexes: &mut RegexCache,
-) -> Result<(Rule, Vec<Candidate>), RuleError> {
+    secrets: &mut SecretIndex<'_>,
+) -> Result<CompiledRule, RuleError> {
     let RouteRule {
         name: declared_name,
         matches,
         filters,
         backend_refs,
         timeouts,
+        authentication,
+        authorization,
     } = rule;
     if let Some(n) = declared_name
         && !is_dns_label(n)
@@ -366,18 +399,60 @@ fn compile_rule(
     let response_headers =
         compile_header_filter(&ctx.field("filters.responseHeaders"), response_headers)?;
     let timeouts = compile_timeouts(ctx, timeouts.as_ref())?;
+    let auth = auth::compile(
+        ctx.route_auth,
+        authentication.as_ref(),
+        authorization.as_ref(),
+        &|rest| ctx.field(rest),
+        ctx.namespace,
+        secrets,
+    )?;
+    if let Some(authn) = &auth.authenticate {
+        // The identity headers are set before the rule's header filter runs: a filter naming one
+        // would overwrite (or remove) what the credentials said.
+        let claimed = authn
+            .jwt
+            .iter()
+            .flat_map(|p| p.claim_to_headers.iter().map(|c| &c.header));
+        let filtered = request_headers
+            .set
+            .iter()
+            .chain(request_headers.add.iter())
+            .map(|(n, _)| n)
+            .chain(request_headers.remove.iter());
+        for name in filtered {
+            if claimed.clone().any(|c| c == name) {
+                return Err(err(
+                    ctx.field("filters.requestHeaders"),
+                    format!("{name} carries a verified claim and cannot be changed by a filter"),
+                )
+                .into());
+            }
+        }
+    }
     let backends = compile_backends(ctx, backend_refs, endpoints)?;
 
-    let rule = Rule::new(
-        ctx.route.clone(),
-        name.into(),
+    let mut steps = Vec::with_capacity(4);
+    steps.extend(auth.authenticate.map(|a| Step::Authenticate(Box::new(a))));
+    steps.extend(auth.authorize.map(|a| Step::Authorize(Box::new(a))));
+    if !request_headers.is_empty() {
+        steps.push(Step::RequestHeaders(request_headers));
+    }
+    if !response_headers.is_empty() {
+        steps.push(Step::ResponseHeaders(response_headers));
+    }
+    let policy = RulePolicy {
+        route: ctx.route.clone(),
+        name: name.into(),
         rewrite,
-        request_headers,
-        response_headers,
         timeouts,
-        backends,
-    );
-    Ok((rule, candidates))
+        steps: steps.into_boxed_slice(),
+    };
+    Ok((
+        Rule::new(Arc::new(policy), backends),
+        candidates,
+        auth.unresolved,
+    ))
 }
 
 fn is_dns_label(s: &str) -> bool {

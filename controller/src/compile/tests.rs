@@ -57,6 +57,7 @@ fn inputs(yaml: &str) -> Inputs {
             Object::Policy(p) => inputs.policies.push(p),
             Object::Service(s) => inputs.services.push(s),
             Object::Slice(s) => inputs.slices.push(s),
+            Object::Secret(s) => inputs.secrets.push(s),
         }
     }
     inputs
@@ -133,7 +134,7 @@ fn unnamed_ports_resolve_to_the_unnamed_slice_port() {
         rule.backends[0].endpoints[0].addr.to_string(),
         "10.0.1.1:9999"
     );
-    assert_eq!(&*rule.name, "0", "an unnamed rule is named by its index");
+    assert_eq!(&**rule.name(), "0", "an unnamed rule is named by its index");
 }
 
 #[test]
@@ -412,14 +413,20 @@ fn the_older_route_wins_an_exact_tie_then_the_name() {
         "generation: 1, creationTimestamp: '2025-01-01T00:00:00Z'",
     );
     let c = compile_with_backends(&format!("{newer}---\n{older}"));
-    assert_eq!(&*find(&c, "h", "/users").expect("rule").route, "shop/zzz");
+    assert_eq!(
+        &**find(&c, "h", "/users").expect("rule").route(),
+        "shop/zzz"
+    );
 
     let c = compile_with_backends(&format!(
         "{}---\n{}",
         route("bbb", &format!("  rules:\n{USERS_RULE}")),
         route("aaa", &format!("  rules:\n{USERS_RULE}"))
     ));
-    assert_eq!(&*find(&c, "h", "/users").expect("rule").route, "shop/aaa");
+    assert_eq!(
+        &**find(&c, "h", "/users").expect("rule").route(),
+        "shop/aaa"
+    );
 }
 
 #[test]
@@ -436,11 +443,11 @@ fn hostnames_select_host_groups() {
         ),
     ));
     assert_eq!(
-        &*find(&c, "api.example.com", "/users").expect("rule").route,
+        &**find(&c, "api.example.com", "/users").expect("rule").route(),
         "shop/exact"
     );
     assert_eq!(
-        &*find(&c, "www.example.com", "/users").expect("rule").route,
+        &**find(&c, "www.example.com", "/users").expect("rule").route(),
         "shop/wild"
     );
     assert!(find(&c, "example.com", "/users").is_none());
@@ -614,7 +621,7 @@ fn rule_of<'a>(c: &'a Compiled, route: &str) -> &'a Arc<sluice_proxy::snapshot::
     c.snapshot
         .rules
         .iter()
-        .find(|r| &*r.route == route)
+        .find(|r| &**r.route() == route)
         .unwrap_or_else(|| panic!("a rule of {route}"))
 }
 
@@ -734,7 +741,7 @@ fn cached_routes_take_their_new_place_when_a_preferred_route_arrives_or_one_goes
     let second = compile_cached(&inputs, 2, Some(&first.snapshot), &mut cache);
     assert_same_as_uncached(&second, &inputs);
     assert_eq!(
-        &*find(&second, "h", "/orders").expect("match").route,
+        &**find(&second, "h", "/orders").expect("match").route(),
         "shop/aa-first",
         "the new route wins the tie over the cached one"
     );
@@ -744,7 +751,7 @@ fn cached_routes_take_their_new_place_when_a_preferred_route_arrives_or_one_goes
     let third = compile_cached(&inputs, 3, Some(&second.snapshot), &mut cache);
     assert_same_as_uncached(&third, &inputs);
     assert_eq!(
-        &*find(&third, "h", "/orders").expect("match").route,
+        &**find(&third, "h", "/orders").expect("match").route(),
         "shop/orders"
     );
     assert_eq!(cache.routes.len(), 2, "the removed route left the cache");

@@ -4,7 +4,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::ObjectStatus;
+use super::{Authentication, Authorization, ObjectStatus};
 
 /// Where a request goes. Field names follow the Gateway API's HTTPRoute.
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -39,6 +39,9 @@ pub struct GatewayRouteSpec {
         )
     )]
     pub hostnames: Vec<String>,
+    /// Default authentication of every rule; a rule's own replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<Authentication>,
     /// Rules, each with matches, filters and backends.
     #[schemars(length(min = 1, max = 64))]
     pub rules: Vec<RouteRule>,
@@ -68,6 +71,12 @@ pub struct RouteRule {
     /// Request and backend timeouts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<RouteTimeouts>,
+    /// Who may call; replaces the route's `authentication`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<Authentication>,
+    /// What the verified identity must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
 }
 
 /// Conditions a request must all meet.

@@ -6,6 +6,7 @@
 //! keeps serving the last snapshot; `/readyz` stays ready.
 
 pub mod leader;
+pub mod secrets;
 pub mod status;
 pub mod watch;
 
@@ -21,6 +22,7 @@ use tokio::sync::{mpsc, watch as channel};
 use tokio::time::Instant;
 
 use self::leader::{LeaderConfig, until_stopped};
+use self::secrets::SecretWatches;
 use self::status::{LiveSnapshot, StatusWriter};
 use self::watch::{Changed, KindStores};
 use super::dir::Debounce;
@@ -54,6 +56,8 @@ impl Stores {
             policies: self.policies.state(),
             services: self.services.state(),
             slices: self.slices.state(),
+            // Secrets are watched one by one, as routes reference them (see `secrets`).
+            secrets: Vec::new(),
         }
     }
 
@@ -121,6 +125,7 @@ pub async fn run(
         services: KindStores::watch(&client, ns, &changes_tx, &mut tasks.0),
         slices: KindStores::watch(&client, ns, &changes_tx, &mut tasks.0),
     };
+    let secrets = SecretWatches::new(client.clone(), changes_tx.clone());
     drop(changes_tx);
 
     let (leading, election) =
@@ -136,16 +141,18 @@ pub async fn run(
     ));
     tasks.0.push(writer.abort_handle());
 
-    serve_changes(
-        &stores,
-        changes,
+    let compiler = Compiler {
         gateway,
-        &options,
+        generation: 0,
+        reported: HashSet::new(),
+        unresolved: HashSet::new(),
+        referenced: HashSet::new(),
+        failed: false,
         propagation,
-        publish,
-        shutdown,
-    )
-    .await;
+        cache: compile::RouteCache::default(),
+        secrets,
+    };
+    serve_changes(&stores, compiler, changes, &options, publish, shutdown).await;
     // Give the election a moment to release the Lease, so another replica takes over at once.
     let _ = tokio::time::timeout(Duration::from_secs(2), election).await;
 }
@@ -154,10 +161,9 @@ pub async fn run(
 /// until `shutdown` turns true.
 async fn serve_changes(
     stores: &Stores,
+    mut compiler: Compiler,
     mut changes: mpsc::UnboundedReceiver<Changed>,
-    gateway: Arc<Gateway>,
     options: &ClusterOptions,
-    propagation: Histogram,
     publish: channel::Sender<Option<Published>>,
     shutdown: channel::Receiver<bool>,
 ) {
@@ -168,16 +174,6 @@ async fn serve_changes(
     }
     tracing::info!("every watched kind has synced; compiling the first snapshot");
 
-    let mut compiler = Compiler {
-        gateway,
-        generation: 0,
-        reported: HashSet::new(),
-        unresolved: HashSet::new(),
-        referenced: HashSet::new(),
-        failed: false,
-        propagation,
-        cache: compile::RouteCache::default(),
-    };
     let mut pending: Vec<Changed> = Vec::new();
     // The first compile is a full one whatever arrived while syncing.
     while changes.try_recv().is_ok() {}
@@ -237,6 +233,8 @@ struct Compiler {
     propagation: Histogram,
     /// Route outputs of the last compile, so that one route's change recompiles one route.
     cache: compile::RouteCache,
+    /// The Secrets the routes reference.
+    secrets: SecretWatches,
 }
 
 impl Compiler {
@@ -311,7 +309,9 @@ impl Compiler {
     async fn recompile(&mut self, stores: &Stores, pending: &[Changed]) -> Option<Published> {
         self.generation += 1;
         let generation = self.generation;
-        let inputs = stores.inputs();
+        let mut inputs = stores.inputs();
+        self.secrets.follow(&inputs.routes).await;
+        inputs.secrets = self.secrets.state();
         let previous = self.gateway.snapshot();
         // Lost if the task dies: the next compile then starts from scratch, as it should.
         let mut cache = std::mem::take(&mut self.cache);

@@ -10,7 +10,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::compile::{Inputs, ObjectRef};
-use crate::resources::{API_VERSION, EndpointSlice, GatewayRoute, RateLimitPolicy, Service};
+use crate::resources::{
+    API_VERSION, EndpointSlice, GatewayRoute, RateLimitPolicy, Secret, Service,
+};
 
 /// One object of a kind Sluice reads.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +25,8 @@ pub enum Object {
     Service(Arc<Service>),
     /// An EndpointSlice.
     Slice(Arc<EndpointSlice>),
+    /// A Secret (JWT keys, API keys).
+    Secret(Arc<Secret>),
 }
 
 /// A problem loading a file, with where it is.
@@ -108,6 +112,13 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(ObjectRef, Object)>, L
                 (
                     o.clone(),
                     Object::Slice(typed(path, text, index, &value, &o)?),
+                )
+            }
+            ("v1", "Secret") => {
+                let o = object("Secret");
+                (
+                    o.clone(),
+                    Object::Secret(typed(path, text, index, &value, &o)?),
                 )
             }
             (api, "GatewayRoute" | "RateLimitPolicy") => {
@@ -342,6 +353,7 @@ impl ManifestSet {
                     Object::Policy(p) => inputs.policies.push(p.clone()),
                     Object::Service(s) => inputs.services.push(s.clone()),
                     Object::Slice(s) => inputs.slices.push(s.clone()),
+                    Object::Secret(s) => inputs.secrets.push(s.clone()),
                 }
             }
         }

@@ -146,14 +146,17 @@ impl Candidate {
 }
 
 /// The percent-decoded value of the first `name` parameter in `query`.
-fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<std::borrow::Cow<'q, str>> {
+pub(crate) fn query_value<'q>(
+    query: Option<&'q str>,
+    name: &str,
+) -> Option<std::borrow::Cow<'q, str>> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (percent_decode(k) == name).then(|| percent_decode(v))
     })
 }
 
-fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.contains('%') {
         return std::borrow::Cow::Borrowed(s);
     }

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Service};
+use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Secret, Service};
 
 /// A change that compile must see, stamped with when the watch delivered it.
 #[derive(Debug, Clone)]
@@ -69,6 +69,12 @@ impl Relevant for Service {
             spec.and_then(|s| s.ports.as_ref()),
             spec.and_then(|s| s.type_.as_ref()),
         ))
+    }
+}
+
+impl Relevant for Secret {
+    fn relevant_digest(&self) -> u64 {
+        digest_of(&(&self.data, &self.string_data, &self.metadata.uid))
     }
 }
 
@@ -129,7 +135,8 @@ where
         let stores = apis
             .into_iter()
             .map(|(scope, api)| {
-                let (store, task) = spawn_watch(api, scope, changes.clone());
+                let (store, task) =
+                    spawn_watch(api, scope, watcher::Config::default(), changes.clone());
                 tasks.push(task);
                 store
             })
@@ -154,9 +161,23 @@ where
     }
 }
 
+/// Watches the one Secret `namespace/name` (a list and watch with a `metadata.name` field
+/// selector, which RBAC can restrict to named Secrets), reporting its changes on `changes`.
+pub fn watch_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    changes: &mpsc::UnboundedSender<Changed>,
+) -> (Store<Secret>, AbortHandle) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    spawn_watch(api, format!("{namespace}/{name}"), config, changes.clone())
+}
+
 fn spawn_watch<K>(
     api: Api<K>,
     scope: String,
+    config: watcher::Config,
     changes: mpsc::UnboundedSender<Changed>,
 ) -> (Store<K>, AbortHandle)
 where
@@ -165,10 +186,7 @@ where
 {
     let (store, writer) = reflector::store();
     let kind = K::kind(&());
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    );
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     let task = tokio::spawn(async move {
         let mut seen = Seen::default();
         let mut last_error_log: Option<Instant> = None;

@@ -1,0 +1,130 @@
+//! The running data plane: the current snapshot and everything that outlives snapshots (the
+//! upstream pools, metrics, long-lived state, the access log). A swap replaces only the
+//! snapshot.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use prometheus::IntCounter;
+
+use crate::access_log::{AccessLog, Sink};
+use crate::body::ProxyBody;
+use crate::metrics::{Metrics, RuleStats};
+use crate::pipeline::{self, Client, Env, Live};
+use crate::server::ProxyConfig;
+use crate::snapshot::Snapshot;
+use crate::state::State;
+use crate::upstream::Upstreams;
+
+/// The running data plane.
+pub struct Gateway {
+    live: ArcSwap<Live>,
+    upstreams: Upstreams,
+    metrics: Metrics,
+    unmatched: RuleStats,
+    state: State,
+    access_log: AccessLog,
+    ready: AtomicBool,
+    pub(crate) config: ProxyConfig,
+}
+
+impl Gateway {
+    /// A gateway serving an empty snapshot (every request 404) until [`Gateway::install`]; its
+    /// access log (when `config.access_log`) goes to stdout.
+    pub fn new(config: ProxyConfig) -> Arc<Self> {
+        let sink: Option<Sink> = config
+            .access_log
+            .then(|| Box::new(std::io::stdout()) as Sink);
+        Self::with_access_log(config, sink)
+    }
+
+    /// Like [`Gateway::new`] with the access log written to `sink` (`None`: no access log).
+    pub fn with_access_log(config: ProxyConfig, sink: Option<Sink>) -> Arc<Self> {
+        let upstreams = Upstreams {
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.pool_idle_timeout,
+            max_idle_per_endpoint: config.pool_max_idle_per_endpoint,
+        };
+        let metrics = Metrics::new();
+        let unmatched = metrics.unmatched();
+        let access_log = match sink {
+            Some(sink) => {
+                let dropped = IntCounter::new(
+                    "sluice_access_log_dropped_total",
+                    "Access log lines dropped because the output could not keep up",
+                )
+                .expect("valid metric definition");
+                if let Err(e) = metrics.registry().register(Box::new(dropped.clone())) {
+                    tracing::warn!(error = %e, "access log metric not registered");
+                }
+                AccessLog::to(sink, dropped)
+            }
+            None => AccessLog::off(),
+        };
+        Arc::new(Gateway {
+            live: ArcSwap::from_pointee(Live {
+                snapshot: Arc::new(Snapshot::default()),
+                stats: Box::default(),
+            }),
+            upstreams,
+            metrics,
+            unmatched,
+            state: State::new(config.jwks),
+            access_log,
+            ready: AtomicBool::new(false),
+            config,
+        })
+    }
+
+    /// Makes `snapshot` the one new requests use; requests in flight finish on the one they
+    /// loaded. Metric handles and long-lived state are bound to its rules first. The gateway
+    /// counts as ready from the first install on.
+    pub fn install(&self, snapshot: Snapshot) {
+        let stats = self.metrics.bind(&snapshot);
+        self.state.bind(&snapshot);
+        self.live.store(Arc::new(Live {
+            snapshot: Arc::new(snapshot),
+            stats,
+        }));
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// The snapshot being served.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load().snapshot.clone()
+    }
+
+    /// True once a first snapshot has been installed.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The gateway's long-lived state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Writes out the access log's buffered lines and stops it (at shutdown).
+    pub fn close_access_log(&self) {
+        self.access_log.close();
+    }
+
+    /// Serves one request from the snapshot current when it arrived.
+    pub async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<ProxyBody> {
+        let live = self.live.load_full();
+        let env = Env {
+            upstreams: &self.upstreams,
+            access_log: &self.access_log,
+            unmatched: &self.unmatched,
+        };
+        pipeline::handle(&env, &live, req, client).await
+    }
+}

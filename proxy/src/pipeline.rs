@@ -1,0 +1,179 @@
+//! The request pipeline: every request, whatever it meets, goes through the same phases.
+//!
+//! 1. **Route**: validate the target and host, match a rule (errors here have no rule).
+//! 2. **Request phase** of each of the rule's [`Step`]s, in order; any may answer instead of the
+//!    backend (401, 403, and later 429, a CORS preflight, a cache hit).
+//! 3. **Upstream**: pick an endpoint and exchange the request with it ([`crate::forward`]).
+//! 4. **Response phase** of each step, in reverse order, on whatever response there is: the
+//!    backend's, or the gateway's own error. Every response passes here exactly once.
+//! 5. **Log**: metrics and the access log line.
+//!
+//! Steps are an enum, not trait objects: the compiled list is plain data in the snapshot and a
+//! request dispatches with one `match` per step.
+
+mod context;
+mod step;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HOST, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+pub use context::{Client, RequestCtx};
+pub use step::Step;
+
+use crate::access_log::AccessLog;
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::headers;
+use crate::host;
+use crate::metrics::RuleStats;
+use crate::path;
+use crate::router::RequestView;
+use crate::snapshot::Snapshot;
+use crate::upstream::{UpstreamBody, Upstreams};
+use crate::{forward, headers::is_websocket_upgrade};
+
+/// A snapshot with the metric handles bound to its rules: what one request loads.
+pub(crate) struct Live {
+    pub snapshot: Arc<Snapshot>,
+    pub stats: Box<[Arc<RuleStats>]>,
+}
+
+/// What the pipeline uses besides the snapshot: parts of the gateway that outlive snapshots.
+pub(crate) struct Env<'g> {
+    pub upstreams: &'g Upstreams,
+    pub access_log: &'g AccessLog,
+    pub unmatched: &'g RuleStats,
+}
+
+/// Serves one request on `live`, start to finish.
+pub(crate) async fn handle(
+    env: &Env<'_>,
+    live: &Live,
+    req: Request<Incoming>,
+    client: &Client,
+) -> Response<ProxyBody> {
+    let mut ctx = RequestCtx::new(headers::request_id(req.headers()), Instant::now(), client);
+    // The request line is kept for the log only when there is a log to write.
+    let request_line = env
+        .access_log
+        .enabled()
+        .then(|| (req.method().clone(), req.uri().clone(), req.version()));
+
+    let result = request_phases(env, live, &mut ctx, req).await;
+    let mut response = match result {
+        Ok(response) => {
+            ctx.upstream_response = true;
+            response.map(ProxyBody::Left)
+        }
+        Err(e) => {
+            if let ProxyError::Backend(source) = &e {
+                tracing::debug!(error = ?source, "backend request failed");
+            }
+            ctx.error = Some(e.kind());
+            ctx.detail = e.detail();
+            e.to_response(&ctx.request_id)
+        }
+    };
+    let rule = ctx.rule.map(|id| live.snapshot.rule(id));
+    if let Some(rule) = rule {
+        for step in rule.policy.steps.iter().rev() {
+            step.on_response(&ctx, &mut response);
+        }
+    }
+    response
+        .headers_mut()
+        .insert(headers::request_id_header().clone(), ctx.request_id.clone());
+
+    // Log phase.
+    let status = response.status().as_u16();
+    let elapsed = ctx.started.elapsed();
+    match ctx.rule.and_then(|id| live.stats.get(id as usize)) {
+        Some(stats) => stats.observe(status, elapsed.as_secs_f64()),
+        None => env.unmatched.observe(status, elapsed.as_secs_f64()),
+    }
+    if let Some((method, uri, version)) = request_line {
+        env.access_log
+            .record(&ctx, rule, &method, &uri, version, status, elapsed);
+    }
+    response
+}
+
+/// Route, request phases and upstream; an `Err` is answered by the gateway.
+async fn request_phases<'a>(
+    env: &Env<'_>,
+    live: &'a Live,
+    ctx: &mut RequestCtx<'a>,
+    mut req: Request<Incoming>,
+) -> Result<Response<UpstreamBody>, ProxyError> {
+    if req.method() == http::Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not supported"));
+    }
+    let wants_upgrade = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
+    let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    // Route.
+    let path = path::normalize(parts.uri.path())
+        .map_err(|_| ProxyError::BadRequest("invalid request path"))?;
+    let routed_host = host::routed_host(&parts).map_err(ProxyError::BadRequest)?;
+    let host = routed_host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .map(host::host_for_matching)
+        .unwrap_or(Cow::Borrowed(""));
+    let snapshot = &*live.snapshot;
+    let view = RequestView {
+        host: &host,
+        path: &path,
+        query: parts.uri.query(),
+        method: &parts.method,
+        headers: &parts.headers,
+    };
+    let candidate = snapshot.router.find(&view).ok_or(ProxyError::NoRoute)?;
+    ctx.rule = Some(candidate.rule);
+    let rule = snapshot.rule(candidate.rule);
+    headers::prepare_upstream(
+        &mut parts.headers,
+        wants_upgrade,
+        &ctx.client.ip_header,
+        routed_host,
+        &ctx.request_id,
+        &snapshot.identity_headers,
+    );
+
+    // Request phase.
+    for step in rule.policy.steps.iter() {
+        step.on_request(ctx, &mut parts.headers, &parts.uri).await?;
+    }
+
+    // Upstream.
+    let path_and_query =
+        forward::upstream_path(&parts.uri, &path, rule, candidate, ctx.hidden_query_param)
+            .ok_or(ProxyError::BadRequest("rewritten path is not a valid URI"))?;
+    drop(path);
+    let endpoint = rule.pick().ok_or(ProxyError::NoReadyEndpoint)?;
+    ctx.endpoint = Some(endpoint.addr);
+    if !parts.headers.contains_key(HOST) {
+        // HTTP/1.0 without a Host: name the endpoint, as an HTTP/1.1 request must name one.
+        if let Ok(v) = HeaderValue::try_from(endpoint.addr.to_string()) {
+            parts.headers.insert(HOST, v);
+        }
+    }
+    parts.uri = Uri::from(path_and_query);
+    parts.version = Version::HTTP_11;
+    let upstream = Request::from_parts(parts, body);
+    forward::exchange(
+        env.upstreams,
+        rule,
+        endpoint.addr,
+        ctx.started,
+        upstream,
+        client_upgrade,
+    )
+    .await
+}

@@ -1,0 +1,92 @@
+//! Long-lived state outside the snapshot: what must outlive a swap because it is expensive to
+//! rebuild or must not be reset (fetched JWKS key sets now; per-endpoint state, limiter buckets
+//! and cache entries as those features arrive). Keyed by stable identities (a `jwksUri`), bound
+//! to a snapshot's rules when the snapshot is installed, so an unchanged policy keeps its state
+//! across swaps and a rule compiled anew finds the state of its predecessor.
+
+mod jwks;
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+pub use jwks::Jwks;
+
+use crate::pipeline::Step;
+use crate::snapshot::Snapshot;
+
+/// How remote key sets are fetched.
+#[derive(Debug, Clone, Copy)]
+pub struct JwksTiming {
+    /// Scheduled refresh of every fetched key set.
+    pub refresh: Duration,
+    /// Least time between two fetches of one set on demand (unknown `kid`, no keys yet), so a
+    /// flood of made-up key ids cannot hammer the issuer.
+    pub refetch_floor: Duration,
+    /// One fetch, connect to last byte.
+    pub timeout: Duration,
+}
+
+impl Default for JwksTiming {
+    fn default() -> Self {
+        JwksTiming {
+            refresh: Duration::from_secs(300),
+            refetch_floor: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The gateway's long-lived state.
+pub struct State {
+    /// Held weakly: a key set lives while some installed rule uses it.
+    jwks: Mutex<crate::FastMap<Arc<str>, Weak<Jwks>>>,
+    fetcher: Arc<jwks::Fetcher>,
+    timing: JwksTiming,
+}
+
+impl State {
+    /// Empty state.
+    pub fn new(timing: JwksTiming) -> Self {
+        State {
+            jwks: Mutex::default(),
+            fetcher: Arc::new(jwks::Fetcher::new(timing.timeout)),
+            timing,
+        }
+    }
+
+    /// Binds the state every rule of `snapshot` needs. Rules shared with the previous snapshot
+    /// are bound already and left alone.
+    pub fn bind(&self, snapshot: &Snapshot) {
+        let mut jwks = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
+        jwks.retain(|_, w| w.strong_count() > 0);
+        for rule in snapshot.rules.iter() {
+            for step in rule.policy.steps.iter() {
+                let Step::Authenticate(auth) = step else {
+                    continue;
+                };
+                for provider in auth.jwt.iter() {
+                    if let crate::auth::jwt::Keys::Remote(remote) = &provider.keys {
+                        remote.bind(|| {
+                            if let Some(live) = jwks.get(&remote.uri).and_then(Weak::upgrade) {
+                                return live;
+                            }
+                            let set = Jwks::start(
+                                Arc::clone(&remote.uri),
+                                Arc::clone(&self.fetcher),
+                                self.timing,
+                            );
+                            jwks.insert(Arc::clone(&remote.uri), Arc::downgrade(&set));
+                            set
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The key set fetched from `uri`, if some installed rule uses it.
+    pub fn jwks(&self, uri: &str) -> Option<Arc<Jwks>> {
+        let jwks = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
+        jwks.get(uri).and_then(Weak::upgrade)
+    }
+}
