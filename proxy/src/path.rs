@@ -15,14 +15,25 @@ pub enum PathError {
     /// The path is not in origin form (does not start with `/`).
     #[error("path must start with '/'")]
     NotAbsolute,
+    /// The path holds something backends read in different ways: a `;` (servlet containers
+    /// drop `;params` from a segment), a `\` (some servers take it for `/`), or an encoded `/`,
+    /// `\` or control character (a backend that decodes them sees other segments, or a
+    /// shorter path, than the gateway matched).
+    #[error("ambiguous path")]
+    Ambiguous,
 }
 
 /// Normalises a request path as RFC 3986 section 6 describes, plus slash merging:
 ///
 /// - percent-encoded unreserved characters are decoded (`%7E` → `~`, `%2e` → `.`), other escapes
-///   are kept with upper-case hex digits (an encoded `/` stays `%2F`, so it never splits a segment);
+///   are kept with upper-case hex digits;
 /// - `.` and `..` segments are resolved (`..` never climbs above the root);
 /// - runs of `/` are merged into one; a trailing `/` is kept.
+///
+/// Paths a backend could read differently from the gateway are refused ([`PathError::Ambiguous`]):
+/// a `;` or `\`, and `%2F`, `%5C`, `%00`-`%1F` and `%7F`. Routing and authentication decide on
+/// the normal form, and the normal form is what the backend receives, so no spelling of a path
+/// reaches a protected backend without its rule's checks.
 ///
 /// Returns the input unchanged (borrowed) when it is already normal, which is the common case.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
@@ -31,6 +42,9 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     }
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
+    }
+    if path.bytes().any(|b| b == b';' || b == b'\\') {
+        return Err(PathError::Ambiguous);
     }
     if is_normal(path.as_bytes()) {
         return Ok(Cow::Borrowed(path));
@@ -87,6 +101,9 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
             return Err(PathError::BadPercentEncoding);
         };
         let decoded = hi << 4 | lo;
+        if matches!(decoded, b'/' | b'\\' | 0..=0x1f | 0x7f) {
+            return Err(PathError::Ambiguous);
+        }
         if is_unreserved(decoded) {
             out.push(decoded);
         } else {
@@ -164,9 +181,42 @@ mod tests {
     }
 
     #[test]
-    fn encoded_slash_stays_encoded_and_does_not_split() {
-        assert_eq!(norm("/a%2fb"), "/a%2Fb");
-        assert_eq!(norm("/a%2F..%2Fb"), "/a%2F..%2Fb");
+    fn other_escapes_stay_encoded_with_upper_case_digits() {
+        assert_eq!(norm("/a%3fb"), "/a%3Fb");
+        assert_eq!(norm("/caf%c3%a9"), "/caf%C3%A9");
+        assert_eq!(norm("/%C0%AF"), "/%C0%AF", "an overlong '/' is no '/'");
+    }
+
+    #[test]
+    fn what_backends_read_differently_is_refused() {
+        for p in [
+            "/a%2fb",
+            "/a%2F..%2Fb",
+            "/api/admin%2f..",
+            "/a%5cb",
+            "/a\\b",
+            "/api/admin;x",
+            "/api;/admin",
+            "/a%00.json",
+            "/a%0d%0aX: y",
+            "/a%7f",
+        ] {
+            assert_eq!(normalize(p), Err(PathError::Ambiguous), "{p}");
+        }
+    }
+
+    #[test]
+    fn normalisation_is_idempotent() {
+        for p in [
+            "/api/admin/../admin",
+            "//api/./admin/",
+            "/%61pi/%7Euser/..",
+            "/a/b/c/../../..",
+            "/caf%c3%a9/./x",
+        ] {
+            let once = norm(p);
+            assert_eq!(norm(&once), once, "{p}");
+        }
     }
 
     #[test]

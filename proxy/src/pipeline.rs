@@ -118,8 +118,14 @@ async fn request_phases<'a>(
     let (mut parts, body) = req.into_parts();
 
     // Route.
-    let path = path::normalize(parts.uri.path())
-        .map_err(|_| ProxyError::BadRequest("invalid request path"))?;
+    let path = path::normalize(parts.uri.path()).map_err(|e| {
+        ProxyError::BadRequest(match e {
+            path::PathError::Ambiguous => {
+                "ambiguous request path (';', '\\', or an encoded '/', '\\' or control character)"
+            }
+            _ => "invalid request path",
+        })
+    })?;
     let routed_host = host::routed_host(&parts).map_err(ProxyError::BadRequest)?;
     let host = routed_host
         .as_ref()

@@ -22,6 +22,8 @@ pub const POLICIES: &str = "sluice.dev/v1alpha1/ratelimitpolicies";
 pub const SERVICES: &str = "/v1/services";
 /// EndpointSlices.
 pub const SLICES: &str = "discovery.k8s.io/v1/endpointslices";
+/// Secrets.
+pub const SECRETS: &str = "/v1/secrets";
 /// Leases.
 pub const LEASES: &str = "coordination.k8s.io/v1/leases";
 /// Events.
@@ -53,7 +55,7 @@ impl Replica {
         identity: &str,
         debounce: Debounce,
     ) -> Self {
-        let gateway = Gateway::new(ProxyConfig::default());
+        let gateway = Gateway::with_access_log(ProxyConfig::default(), None);
         let Listening {
             addr,
             admin,
@@ -149,6 +151,24 @@ pub fn prefix_route(name: &str, prefix: &str, service: &str) -> Value {
             "matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
             "backendRefs": [{"name": service, "port": 80}],
         }]},
+    })
+}
+
+/// A Secret in `default` as the API server returns it: `data` base64-encoded.
+pub fn secret(name: &str, entries: &[(&str, &str)]) -> Value {
+    use base64::Engine as _;
+    let data: serde_json::Map<String, Value> = entries
+        .iter()
+        .map(|(k, v)| {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(v);
+            ((*k).to_owned(), Value::String(encoded))
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"},
+        "type": "Opaque",
+        "data": data,
     })
 }
 

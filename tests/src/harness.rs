@@ -43,8 +43,26 @@ impl TestGateway {
         Self::start_with(files, ProxyConfig::default()).await
     }
 
-    /// Like [`TestGateway::start`] with proxy settings.
+    /// Like [`TestGateway::start`] with proxy settings (and no access log).
     pub async fn start_with(files: &[(&str, String)], config: ProxyConfig) -> Self {
+        Self::start_logging(files, config, None).await
+    }
+
+    /// Like [`TestGateway::start`], with the access log written to the returned capture.
+    pub async fn start_with_access_log(
+        files: &[(&str, String)],
+        config: ProxyConfig,
+    ) -> (Self, LogCapture) {
+        let capture = LogCapture::default();
+        let gw = Self::start_logging(files, config, Some(Box::new(capture.clone()))).await;
+        (gw, capture)
+    }
+
+    async fn start_logging(
+        files: &[(&str, String)],
+        config: ProxyConfig,
+        access_log: Option<sluice_proxy::access_log::Sink>,
+    ) -> Self {
         // `SLUICE_LOG=debug cargo test ...` shows the gateway's logs for a failing test.
         if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -56,7 +74,7 @@ impl TestGateway {
         for (name, content) in files {
             write(&dir, name, content);
         }
-        let gateway = Gateway::new(config);
+        let gateway = Gateway::with_access_log(config, access_log);
         let mut source = DirSource::new(dir.clone(), Vec::new());
         let dir_watch = source
             .start_watching()
@@ -78,6 +96,28 @@ impl TestGateway {
             stop,
             serve: Some(serve),
         }
+    }
+}
+
+/// An access log written to memory, for tests to read.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log")).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

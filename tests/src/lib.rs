@@ -9,7 +9,9 @@ pub mod client;
 pub mod cluster;
 pub mod fake_api;
 pub mod harness;
+pub mod jwks;
 pub mod manifests;
+pub mod tokens;
 
 use std::future::Future;
 use std::time::Duration;
