@@ -13,9 +13,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::compile::compile;
+use crate::reconcile::Debounce;
 use crate::resources::{crds_yaml, parse_duration};
 use crate::sources::cluster::{self, ClusterOptions, leader::LeaderConfig};
-use crate::sources::dir::{Debounce, DirSource};
+use crate::sources::dir::DirSource;
 use crate::sources::manifests::ManifestSet;
 
 /// Exit status for unusable configuration (sysexits' EX_USAGE).
@@ -292,23 +293,19 @@ async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()>
         stop: stop_rx,
     } = bind(&args).await?;
 
-    let mut source = DirSource::new(manifests.clone(), args.namespaces);
+    let mut source = DirSource::new(manifests.clone(), args.namespaces, gateway.clone());
     let dir_watch = source
         .start_watching()
         .with_context(|| format!("cannot watch {}", manifests.display()))?;
-    let source = {
-        let gw = gateway.clone();
-        tokio::task::spawn_blocking(move || {
-            source.reload(&gw);
-            source
-        })
-        .await
-        .context("initial load failed")?
-    };
+    let source = tokio::task::spawn_blocking(move || {
+        source.reload();
+        source
+    })
+    .await
+    .context("initial load failed")?;
 
-    let watch_gateway = gateway.clone();
     let watch_stop = stopped(stop_rx.clone());
-    tokio::spawn(source.run(dir_watch, watch_gateway, Debounce::default(), watch_stop));
+    tokio::spawn(source.run(dir_watch, Debounce::default(), watch_stop));
     tracing::info!(
         listen = %args.listen,
         admin = %admin_listen,

@@ -2,10 +2,10 @@
 //!
 //! ```text
 //!  sources (kube watchers | manifest directory)
-//!         │  typed objects: GatewayRoute, RateLimitPolicy, EndpointSlice, Service
+//!         │  typed objects: GatewayRoute, RateLimitPolicy, EndpointSlice, Service, Secret
 //!         ▼
-//!  compile(inputs, previous snapshot) ──► Snapshot + per-object status (pure, no I/O)
-//!         │  Gateway::install (one ArcSwap store)
+//!  reconcile: debounce, then compile(inputs, previous snapshot) ──► Snapshot + statuses
+//!         │  (compile is pure, no I/O)     Gateway::install (one ArcSwap store)
 //!         ▼
 //!  proxy: each request loads the current snapshot once, matches, balances, forwards
 //! ```
@@ -14,5 +14,6 @@
 
 pub mod cli;
 pub mod compile;
+pub mod reconcile;
 pub mod resources;
 pub mod sources;

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_controller::sources::dir::Debounce;
+use sluice_controller::reconcile::Debounce;
 use sluice_tests::backend::TestBackend;
 use sluice_tests::client;
 use sluice_tests::cluster::{ROUTES, Replica, SERVICES, SLICES, prefix_route, service, slice};

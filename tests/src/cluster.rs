@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sluice_controller::reconcile::Debounce;
 use sluice_controller::sources::cluster::{self, ClusterOptions, leader::LeaderConfig};
-use sluice_controller::sources::dir::Debounce;
 use sluice_proxy::{Gateway, ProxyConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

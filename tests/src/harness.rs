@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sluice_controller::sources::dir::{Debounce, DirSource};
+use sluice_controller::reconcile::Debounce;
+use sluice_controller::sources::dir::DirSource;
 use sluice_proxy::{Gateway, ProxyConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -75,11 +76,11 @@ impl TestGateway {
             write(&dir, name, content);
         }
         let gateway = Gateway::with_access_log(config, access_log);
-        let mut source = DirSource::new(dir.clone(), Vec::new());
+        let mut source = DirSource::new(dir.clone(), Vec::new(), gateway.clone());
         let dir_watch = source
             .start_watching()
             .expect("watch the manifest directory");
-        source.reload(&gateway);
+        source.reload();
         let Listening {
             addr,
             admin,
@@ -87,7 +88,7 @@ impl TestGateway {
             stop_rx,
             serve,
         } = serve_in_background(&gateway).await;
-        tokio::spawn(source.run(dir_watch, gateway.clone(), QUICK_DEBOUNCE, stopped(stop_rx)));
+        tokio::spawn(source.run(dir_watch, QUICK_DEBOUNCE, stopped(stop_rx)));
         TestGateway {
             addr,
             admin,

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use prometheus::{Histogram, HistogramOpts};
 use sluice_proxy::Gateway;
 use tokio::sync::{mpsc, watch as channel};
 use tokio::time::Instant;
@@ -25,8 +24,8 @@ use self::leader::{LeaderConfig, until_stopped};
 use self::secrets::SecretWatches;
 use self::status::{LiveSnapshot, StatusWriter};
 use self::watch::{Changed, KindStores};
-use super::dir::Debounce;
-use crate::compile::{self, Inputs, StatusReport};
+use crate::compile::{Inputs, StatusReport};
+use crate::reconcile::{Debounce, Installed, Reconciler, settle};
 use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Service};
 
 /// How the cluster source runs.
@@ -96,24 +95,6 @@ pub async fn run(
     options: ClusterOptions,
     shutdown: channel::Receiver<bool>,
 ) {
-    let propagation = Histogram::with_opts(
-        HistogramOpts::new(
-            "sluice_config_propagation_seconds",
-            "Time from a watch event to the snapshot that serves it",
-        )
-        .buckets(vec![
-            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ]),
-    )
-    .expect("valid metric definition");
-    if let Err(e) = gateway
-        .metrics()
-        .registry()
-        .register(Box::new(propagation.clone()))
-    {
-        tracing::warn!(error = %e, "propagation metric not registered");
-    }
-
     // Every task cluster mode starts dies with it: dropping this future (a crash, or a test
     // killing a replica) stops the watches, the status writer and the Lease renewals alike.
     let mut tasks = TaskGuard(Vec::new());
@@ -142,14 +123,9 @@ pub async fn run(
     tasks.0.push(writer.abort_handle());
 
     let compiler = Compiler {
+        reconciler: Some(Reconciler::new(gateway.clone())),
         gateway,
-        generation: 0,
-        reported: HashSet::new(),
-        unresolved: HashSet::new(),
-        referenced: HashSet::new(),
         failed: false,
-        propagation,
-        cache: compile::RouteCache::default(),
         secrets,
     };
     serve_changes(&stores, compiler, changes, &options, publish, shutdown).await;
@@ -173,203 +149,102 @@ async fn serve_changes(
         () = until_stopped(&mut stop) => return,
     }
     tracing::info!("every watched kind has synced; compiling the first snapshot");
-
-    let mut pending: Vec<Changed> = Vec::new();
     // The first compile is a full one whatever arrived while syncing.
     while changes.try_recv().is_ok() {}
-    let mut full = true;
+    let mut pending: Vec<Changed> = Vec::new();
     loop {
-        // After a failed compile the next batch, whatever it is, is compiled in full, or the
-        // changes the failed one carried would be skipped by an endpoint refresh.
-        if full || compiler.failed {
-            if let Some(result) = compiler.recompile(stores, &pending).await {
-                let _ = publish.send(Some(result));
-            }
-        } else if let Some(result) = compiler.refresh(stores, &pending).await {
-            let _ = publish.send(Some(result));
+        if let Some(installed) = compiler.reconcile(stores, &pending).await
+            && let Some(reports) = installed.statuses
+        {
+            let _ = publish.send(Some(Published {
+                reports,
+                live: LiveSnapshot {
+                    generation: installed.generation,
+                    at: Timestamp::now(),
+                    propagation_ms: installed.propagation_ms,
+                },
+            }));
         }
-        pending.clear();
-
         // Wait for a batch of changes that matters to some rule.
+        pending.clear();
         while pending.is_empty() {
             tokio::select! {
-                c = changes.recv() => match c {
-                    Some(c) => pending.push(c),
+                batch = settle(&mut changes, options.debounce) => match batch {
+                    Some(batch) => pending = batch,
                     None => return,
                 },
                 () = until_stopped(&mut stop) => return,
             }
-            // Let the burst settle.
-            let deadline = Instant::now() + options.debounce.max_delay;
-            loop {
-                tokio::select! {
-                    c = changes.recv() => match c {
-                        Some(c) => pending.push(c),
-                        None => break,
-                    },
-                    () = tokio::time::sleep(options.debounce.holdoff) => break,
-                    () = tokio::time::sleep_until(deadline) => break,
-                }
-            }
-            if !compiler.failed {
-                pending.retain(|c| compiler.matters(c));
-            }
+            pending.retain(|c| compiler.matters(c));
         }
-        full = !compiler.endpoints_only(&pending);
     }
 }
 
+/// The reconciler, lent to the blocking pool for each compile, and what feeds it.
 struct Compiler {
+    /// `None` only while a compile runs (or after one died: a fresh one is made).
+    reconciler: Option<Reconciler>,
     gateway: Arc<Gateway>,
-    generation: u64,
-    /// Diagnostics already logged, so a recompile repeats none of them.
-    reported: HashSet<String>,
-    /// Services the last full compile could not resolve a backend against.
-    unresolved: HashSet<String>,
-    /// Services some rule of the live snapshot sends to (the snapshot's own names, shared).
-    referenced: HashSet<Arc<str>>,
-    /// The last full compile failed (its task died); the current snapshot keeps serving.
+    /// The last compile failed (its task died); the current snapshot keeps serving, and the
+    /// next batch, whatever it is, is compiled in full.
     failed: bool,
-    propagation: Histogram,
-    /// Route outputs of the last compile, so that one route's change recompiles one route.
-    cache: compile::RouteCache,
     /// The Secrets the routes reference.
     secrets: SecretWatches,
 }
 
 impl Compiler {
-    /// False for a change to the endpoints of a Service no rule uses (or failed to use): the
-    /// cluster's other EndpointSlices churn all day and must not cost a snapshot each.
     fn matters(&self, change: &Changed) -> bool {
-        change
-            .endpoints_of
-            .as_ref()
-            .is_none_or(|s| self.referenced.contains(s.as_str()) || self.unresolved.contains(s))
+        self.failed
+            || self
+                .reconciler
+                .as_ref()
+                .is_none_or(|r| r.matters(change.endpoints_of.as_deref()))
     }
 
-    /// True when every change in `pending` is to the EndpointSlices of Services that resolved
-    /// last time: then only their endpoint lists need refreshing.
-    fn endpoints_only(&self, pending: &[Changed]) -> bool {
-        !pending.is_empty()
-            && pending.iter().all(|c| {
-                c.endpoints_of
-                    .as_ref()
-                    .is_some_and(|s| !self.unresolved.contains(s))
-            })
-    }
-
-    /// Refreshes the endpoints of the Services in `pending` on the current snapshot, or falls
-    /// back to a full compile when that cannot be done (whose result is returned: statuses may
-    /// have changed).
-    async fn refresh(&mut self, stores: &Stores, pending: &[Changed]) -> Option<Published> {
+    /// Reconciles the stores' current state for the changes in `pending` (none: the first
+    /// compile): an endpoint refresh when every change is to the endpoints of Services that
+    /// resolved, else a full compile. `None` if the compile task died.
+    async fn reconcile(&mut self, stores: &Stores, pending: &[Changed]) -> Option<Installed> {
+        let mut reconciler = self
+            .reconciler
+            .take()
+            .unwrap_or_else(|| Reconciler::new(self.gateway.clone()));
+        let endpoints_only = !self.failed
+            && reconciler.endpoints_suffice(pending.iter().map(|c| c.endpoints_of.as_deref()));
+        let mut inputs = stores.inputs();
+        if !endpoints_only {
+            self.secrets.follow(&inputs.routes).await;
+        }
+        // An endpoint refresh can fall back to a full compile, which needs the Secrets too.
+        inputs.secrets = self.secrets.state();
         let services: HashSet<String> = pending
             .iter()
             .filter_map(|c| c.endpoints_of.clone())
             .collect();
-        let generation = self.generation + 1;
-        let inputs = stores.inputs();
-        let previous = self.gateway.snapshot();
-        let refreshed = tokio::task::spawn_blocking(move || {
-            compile::refresh_endpoints(&inputs, &services, generation, &previous)
-        })
-        .await
-        .ok()
-        .flatten();
-        match refreshed {
-            Some(snapshot) => {
-                self.generation = generation;
-                self.gateway.install(snapshot);
-                let propagation_ms = self.observe(pending);
-                tracing::debug!(
-                    generation,
-                    changes = pending.len(),
-                    propagation_ms,
-                    "endpoints refreshed"
-                );
-                None
-            }
-            // A backend stopped resolving: only a full compile reports that properly.
-            None => self.recompile(stores, pending).await,
-        }
-    }
-
-    /// Records the propagation of every change in `pending`; returns the oldest's, in ms.
-    fn observe(&self, pending: &[Changed]) -> u64 {
-        let installed = Instant::now();
-        for c in pending {
-            self.propagation
-                .observe(installed.saturating_duration_since(c.at).as_secs_f64());
-        }
-        pending.iter().map(|c| c.at).min().map_or(0, |t| {
-            u64::try_from(installed.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
-        })
-    }
-
-    /// Compiles the stores' current state and installs it; `None` if the compile task died.
-    async fn recompile(&mut self, stores: &Stores, pending: &[Changed]) -> Option<Published> {
-        self.generation += 1;
-        let generation = self.generation;
-        let mut inputs = stores.inputs();
-        self.secrets.follow(&inputs.routes).await;
-        inputs.secrets = self.secrets.state();
-        let previous = self.gateway.snapshot();
-        // Lost if the task dies: the next compile then starts from scratch, as it should.
-        let mut cache = std::mem::take(&mut self.cache);
-        let compiled = tokio::task::spawn_blocking(move || {
-            let compiled =
-                compile::compile_cached(&inputs, generation, Some(&previous), &mut cache);
-            (compiled, inputs.routes.len(), cache)
+        let changed_at: Vec<Instant> = pending.iter().map(|c| c.at).collect();
+        let done = tokio::task::spawn_blocking(move || {
+            let installed = if endpoints_only {
+                reconciler.endpoints(&inputs, &services, &changed_at)
+            } else {
+                reconciler.full(&inputs, &changed_at, &|_| None)
+            };
+            (installed, reconciler)
         })
         .await;
-        let (compiled, routes) = match compiled {
-            Ok((compiled, routes, cache)) => {
-                self.cache = cache;
-                (compiled, routes)
+        match done {
+            Ok((installed, reconciler)) => {
+                self.reconciler = Some(reconciler);
+                self.failed = false;
+                Some(installed)
             }
             Err(e) => {
+                // The reconciler (and its route cache) died with the task: the next compile
+                // starts from scratch, as it should.
                 tracing::error!(error = %e, "compile task failed; keeping the current snapshot");
                 self.failed = true;
-                return None;
+                None
             }
-        };
-        self.failed = false;
-        let rules = compiled.snapshot.rules.len();
-        self.referenced = compiled
-            .snapshot
-            .rules
-            .iter()
-            .flat_map(|r| r.backends.iter().map(|b| Arc::clone(&b.service)))
-            .collect();
-        self.gateway.install(compiled.snapshot);
-        let propagation_ms = self.observe(pending);
-        self.unresolved = compiled.unresolved_services;
-
-        let mut now_reported = HashSet::with_capacity(compiled.diagnostics.len());
-        for d in &compiled.diagnostics {
-            let line = d.to_string();
-            if !self.reported.contains(&line) {
-                tracing::warn!("{line}");
-            }
-            now_reported.insert(line);
         }
-        self.reported = now_reported;
-        tracing::info!(
-            generation,
-            routes,
-            rules,
-            problems = compiled.diagnostics.len(),
-            changes = pending.len(),
-            propagation_ms,
-            "snapshot installed"
-        );
-        Some(Published {
-            reports: Arc::new(compiled.statuses),
-            live: LiveSnapshot {
-                generation,
-                at: Timestamp::now(),
-                propagation_ms,
-            },
-        })
     }
 }
 

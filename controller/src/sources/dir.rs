@@ -1,89 +1,61 @@
-//! Standalone mode: a directory of manifests, watched, recompiled and hot-swapped on change.
+//! Standalone mode: a directory of manifests, watched; every settled change is reconciled.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use sluice_proxy::Gateway;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::manifests::ManifestSet;
-use crate::compile::{RouteCache, compile_cached};
-
-/// How long the directory must be quiet before a reload, and the longest a reload may wait
-/// while changes keep coming.
-#[derive(Debug, Clone, Copy)]
-pub struct Debounce {
-    /// Quiet time after the last change.
-    pub holdoff: Duration,
-    /// Longest wait after the first change.
-    pub max_delay: Duration,
-}
-
-impl Default for Debounce {
-    fn default() -> Self {
-        Debounce {
-            holdoff: Duration::from_millis(3),
-            max_delay: Duration::from_millis(100),
-        }
-    }
-}
+use crate::reconcile::{Debounce, Reconciler, settle};
 
 /// A watched manifest directory feeding a gateway.
 pub struct DirSource {
     roots: Vec<PathBuf>,
     namespaces: Vec<String>,
     set: ManifestSet,
-    generation: u64,
-    /// Route outputs of the last compile: unchanged files keep their objects, so their routes
-    /// are not compiled again.
-    cache: RouteCache,
+    reconciler: Reconciler,
 }
 
 impl DirSource {
-    /// A source over `root`, keeping only objects in `namespaces` (all when empty).
-    pub fn new(root: PathBuf, namespaces: Vec<String>) -> Self {
+    /// A source over `root` installing into `gateway`, keeping only objects in `namespaces`
+    /// (all when empty).
+    pub fn new(root: PathBuf, namespaces: Vec<String>, gateway: Arc<Gateway>) -> Self {
         DirSource {
             roots: vec![root],
             namespaces,
             set: ManifestSet::default(),
-            generation: 0,
-            cache: RouteCache::default(),
+            reconciler: Reconciler::new(gateway),
         }
     }
 
     /// Re-reads what changed and, if any object changed (or nothing was installed yet), compiles
-    /// and installs a new snapshot. Returns true when a snapshot was installed.
-    pub fn reload(&mut self, gateway: &Gateway) -> bool {
+    /// and installs a new snapshot. `changed_at` is when the change was first seen. Returns
+    /// true when a snapshot was installed.
+    pub fn reload_changed_at(&mut self, changed_at: Option<Instant>) -> bool {
         let refresh = self.set.refresh(&self.roots);
         for e in &refresh.errors {
             tracing::error!(file = %e.path.display(), line = e.line, "{e}; keeping what this file held before");
         }
-        if !refresh.changed && self.generation > 0 {
+        if !refresh.changed && self.reconciler.generation() > 0 {
             return false;
         }
         let (inputs, duplicates) = self.set.inputs(&self.namespaces);
         for e in &duplicates {
             tracing::warn!("{e}");
         }
-        self.generation += 1;
-        let previous = gateway.snapshot();
-        let compiled = compile_cached(&inputs, self.generation, Some(&previous), &mut self.cache);
-        for d in &compiled.diagnostics {
-            let file = self.set.origin(&d.object).map(|p| p.display().to_string());
-            tracing::warn!(file, "{d}");
-        }
-        let rules = compiled.snapshot.rules.len();
-        gateway.install(compiled.snapshot);
-        tracing::info!(
-            generation = self.generation,
-            routes = inputs.routes.len(),
-            rules,
-            problems = compiled.diagnostics.len() + refresh.errors.len(),
-            "snapshot installed"
-        );
+        let set = &self.set;
+        let origin = |o: &crate::compile::ObjectRef| set.origin(o).map(|p| p.display().to_string());
+        self.reconciler
+            .full(&inputs, changed_at.as_slice(), &origin);
         true
+    }
+
+    /// [`DirSource::reload_changed_at`] for a change seen now.
+    pub fn reload(&mut self) -> bool {
+        self.reload_changed_at(Some(Instant::now()))
     }
 
     /// Starts watching the directory. Call this before the first [`DirSource::reload`] so that
@@ -105,7 +77,7 @@ impl DirSource {
                     Err(_) => true,
                 };
                 if relevant {
-                    let _ = tx.send(());
+                    let _ = tx.send(Instant::now());
                 }
             })?;
         for root in &self.roots {
@@ -121,29 +93,22 @@ impl DirSource {
     pub async fn run(
         mut self,
         mut watch: DirWatch,
-        gateway: Arc<Gateway>,
         debounce: Debounce,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        let rx = &mut watch.events;
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
-                event = rx.recv() => if event.is_none() { return },
+            let batch = tokio::select! {
+                batch = settle(&mut watch.events, debounce) => match batch {
+                    Some(batch) => batch,
+                    None => return,
+                },
                 () = &mut shutdown => return,
-            }
-            let deadline = tokio::time::Instant::now() + debounce.max_delay;
-            loop {
-                tokio::select! {
-                    event = rx.recv() => if event.is_none() { break },
-                    () = tokio::time::sleep(debounce.holdoff) => break,
-                    () = tokio::time::sleep_until(deadline) => break,
-                }
-            }
+            };
+            let first = batch.iter().min().copied();
             // File reads and compile are blocking work; keep them off the request workers.
-            let gw = gateway.clone();
             self = match tokio::task::spawn_blocking(move || {
-                self.reload(&gw);
+                self.reload_changed_at(first);
                 self
             })
             .await
@@ -158,8 +123,8 @@ impl DirSource {
     }
 }
 
-/// A registered directory watch and the changes it reports.
+/// A registered directory watch and the changes it reports (when each was seen).
 pub struct DirWatch {
     _watcher: notify::RecommendedWatcher,
-    events: mpsc::UnboundedReceiver<()>,
+    events: mpsc::UnboundedReceiver<Instant>,
 }
