@@ -211,7 +211,7 @@ pub(super) fn compile_route(
         )
     } else {
         let reason = if unresolved.is_empty() {
-            "SecretNotFound"
+            "UnresolvedSecret"
         } else {
             "BackendNotFound"
         };

@@ -1,4 +1,5 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease, the way client-go does it: read the
+//! Output: leader election, which decides only who writes status (every replica serves). On a
+//! `coordination.k8s.io/v1` Lease, the way client-go does it: read the
 //! Lease, and renew or take it over with an update that carries the `resourceVersion` read, so
 //! that of two replicas racing for it exactly one wins (the other gets 409 Conflict).
 //!

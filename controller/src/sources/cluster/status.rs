@@ -1,5 +1,6 @@
-//! Status conditions on GatewayRoutes and RateLimitPolicies, written by the leader only and only
-//! when they change.
+//! Output: status conditions on GatewayRoutes and RateLimitPolicies, written by the leader only
+//! and only when they change. It reads what a reconcile published and writes to the API server;
+//! nothing here feeds back into compile or the proxy.
 
 use std::collections::HashMap;
 use std::sync::Arc;
