@@ -52,6 +52,7 @@ EXPECTED_WATCH_RULES = {
     ("", "services", "list"), ("", "services", "watch"),
     ("discovery.k8s.io", "endpointslices", "list"), ("discovery.k8s.io", "endpointslices", "watch"),
     ("events.k8s.io", "events", "create"), ("events.k8s.io", "events", "patch"),
+    ("", "secrets", "list"), ("", "secrets", "watch"),
 }
 EXPECTED_LEASE_RULES = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
 STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
@@ -275,8 +276,15 @@ def check_rbac(kinds, values: dict[str, Any], watch: list[str], sa: str | None,
                   f"the pods run as the chart's ServiceAccount {sa}")
     all_rules = [r for k in ("Role", "ClusterRole") for o in kinds(k) for r in o.get("rules", [])]
     flat = triples(all_rules)
-    res.check(not any(r == "secrets" or "*" in (g, r, v) for g, r, v in flat),
-              "no rule touches Secrets or uses a wildcard")
+    res.check(not any("*" in (g, r, v) for g, r, v in flat), "no rule uses a wildcard")
+    secret_rules = [r for r in all_rules if "secrets" in r.get("resources", [])]
+    res.check(all(set(r.get("verbs", [])) == {"list", "watch"} and r.get("resources") == ["secrets"]
+                  for r in secret_rules),
+              "Secrets: list and watch only (read by name), never get-all, create or update")
+    names = values.get("secretNames") or []
+    res.check(all(sorted(r.get("resourceNames") or []) == sorted(names) for r in secret_rules),
+              f"Secrets restricted to secretNames {names}" if names
+              else "Secrets: no resourceNames when secretNames is empty")
 
     roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o
              for k in ("Role", "ClusterRole") for o in kinds(k)}

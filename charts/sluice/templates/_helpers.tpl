@@ -78,6 +78,12 @@ scripts/chart_check.py (EXPECTED_WATCH_RULES) and the README's RBAC section. */}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["list", "watch"]
+  {{- with .Values.secretNames }}
+  resourceNames: {{ toJson . }}
+  {{- end }}
 {{- end -}}
 
 {{/* Fail early on settings that would render but misbehave. */}}
