@@ -8,7 +8,7 @@
 # Ports (override if taken): E2E_PROXY_PORT (18080), E2E_ADMIN_PORT (19901), E2E_ECHO_A_PORT
 # (19001), E2E_ECHO_B_PORT (19002), E2E_USERS_PORT (19003). The whole run is bounded by
 # E2E_TIMEOUT seconds (120). Prints `ok - name` / `not ok - name` per check and finally
-# `N passed, M failed`; exits 1 if any check failed. Needs bash 4+, curl, python3 and GNU date.
+# `N passed, M failed`; exits 1 if any check failed. Needs bash 4+, curl, python3, openssl and GNU date.
 set -uo pipefail
 
 start_dir="$PWD"
@@ -32,7 +32,7 @@ deadline_s="${E2E_TIMEOUT:-120}"
 proxy="http://127.0.0.1:$proxy_port"
 admin="http://127.0.0.1:$admin_port"
 
-for tool in curl python3; do
+for tool in curl python3 openssl; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "e2e: $tool is required" >&2
     exit 1
@@ -263,6 +263,53 @@ check "broken YAML: a file that broke keeps serving what it held before" \
   test "$code:$(json path)" == "200:/from-fresh" -- "got $code: $(head -c 300 "$body")"
 rm -f "$manifests/broken.yaml"
 cp "$work/fresh.yaml.good" "$manifests/fresh.yaml"
+
+# Authentication (examples/quickstart/auth.yaml): JWTs minted with the example key, API keys.
+orders=(-H 'Host: orders.example.local')
+fetch "$proxy/orders/health" "${orders[@]}"
+check "an anonymous rule under an authenticated route answers without credentials" \
+  test "$code" == 200 -- "got $code: $(head -c 300 "$body")"
+fetch "$proxy/orders/1" "${orders[@]}"
+check "no token: 401 with WWW-Authenticate and the JSON error" \
+  test "$code:$(json status):$(header www-authenticate)" == '401:401:Bearer realm="sluice"' \
+  -- "got $code, www-authenticate '$(header www-authenticate)', body: $(head -c 300 "$body")"
+token="$(examples/quickstart/mint-token.sh alice)"
+fetch "$proxy/orders/1" "${orders[@]}" -H "Authorization: Bearer $token" -H 'X-User-Id: mallory'
+check "a minted token: 200, the backend sees the verified X-User-Id, not the client's" \
+  test "$code:$(json headers.x-user-id):$(json headers.x-auth-provider)" == "200:alice:example" \
+  -- "got $code, backend saw x-user-id '$(json headers.x-user-id)': $(head -c 300 "$body")"
+check "the token is not forwarded (forwardCredentials: false)" \
+  test -z "$(json headers.authorization)" -- "backend saw authorization '$(json headers.authorization)'"
+fetch "$proxy/orders/admin" "${orders[@]}" -H "Authorization: Bearer $token"
+check "a token without the admin role: 403" test "$code:$(json status)" == 403:403 \
+  -- "got $code: $(head -c 300 "$body")"
+admin_token="$(examples/quickstart/mint-token.sh bob admin,ops)"
+fetch "$proxy/orders/admin" "${orders[@]}" -H "Authorization: Bearer $admin_token"
+check "a token with the admin role: 200 and X-User-Roles" \
+  test "$code:$(json headers.x-user-roles)" == "200:admin,ops" -- "got $code: $(head -c 300 "$body")"
+expired="$(examples/quickstart/mint-token.sh alice "" -120)"
+fetch "$proxy/orders/1" "${orders[@]}" -H "Authorization: Bearer $expired"
+check "an expired token: 401 invalid_token" \
+  test "$code:$(header www-authenticate)" == '401:Bearer realm="sluice", error="invalid_token"' \
+  -- "got $code, www-authenticate '$(header www-authenticate)'"
+fetch "$proxy/orders/x/%2e%2e/admin" --path-as-is "${orders[@]}" -H "Authorization: Bearer $token"
+check "a dot-dot spelling of /orders/admin still needs the admin role (403)" test "$code" == 403 \
+  -- "got $code: $(head -c 300 "$body")"
+fetch "$proxy/partner" "${orders[@]}" -H 'x-api-key: acme-demo-key-0123456789'
+check "an API key: 200, the backend sees X-Consumer" \
+  test "$code:$(json headers.x-consumer)" == "200:acme" -- "got $code: $(head -c 300 "$body")"
+sed -i 's/acme: acme-demo-key-0123456789/acme: acme-rotated-key-9876543210/' "$manifests/auth.yaml"
+rotated() {
+  fetch "$proxy/partner" "${orders[@]}" -H 'x-api-key: acme-rotated-key-9876543210'
+  [[ "$code" == 200 ]]
+}
+check "an API key rotated by editing its Secret works within 5 s" wait_until 5 rotated \
+  -- "last answer $code: $(head -c 300 "$body")"
+fetch "$proxy/partner" "${orders[@]}" -H 'x-api-key: acme-demo-key-0123456789'
+check "the old API key is refused after the rotation (401)" test "$code" == 401 -- "got $code"
+check "credentials never reach the log" \
+  bash -c "! grep -qF -e '$token' -e 'acme-demo-key' -e 'acme-rotated-key' '$log'" \
+  -- "a credential was logged"
 
 # Readiness: echo-b's endpoint turns ready: false; it stops receiving requests.
 python3 - "$manifests/echo.yaml" <<'EOF'
