@@ -9,7 +9,11 @@
 # the last one defined), h2 (HTTP/2 cleartext to the proxy, h2load), rate (fixed 5,000 requests/s
 # with latency percentiles; needs `oha`, see below), swaps and swaps10k (a route added 10 times a
 # second under load, with 100 and with 10,000 routes configured), churn (an upstream instance
-# removed and re-added under load).
+# removed and re-added under load), auth (sluice alone: an open route, one needing an RS256 JWT
+# and one needing an API key, alternating; every connection sends the same valid credential).
+#
+# ACCESS_LOG=on turns both proxies' access logs on (nginx: a JSON log_format to a file; sluice:
+# its JSON access log, stdout to a file), as users run them; the default is both off.
 #
 # Pinning, for 2-core machines: the proxy under test runs alone on core 0; the load generator
 # and the upstreams share core 1. Both proxies get one worker (nginx worker_processes 1, sluice
@@ -32,7 +36,7 @@ NGINX_H2_PORT=$((BASE_PORT + 3)) UP_PORTS=($((BASE_PORT + 11)) $((BASE_PORT + 12
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-install_missing wrk:wrk h2load:nghttp2-client nginx:nginx-light curl:curl
+install_missing wrk:wrk h2load:nghttp2-client nginx:nginx-light curl:curl openssl:openssl
 if [ -z "${OHA:-}" ]; then
   if command -v oha >/dev/null; then
     OHA=$(command -v oha)
@@ -80,9 +84,15 @@ write_nginx_conf() { # ROUTES [PORTS...]
   shift
   local d="$work/nginx"
   mkdir -p "$d"
+  local access="access_log off;"
+  [ "${ACCESS_LOG:-off}" = on ] && access="access_log $d/access.log json;"
   {
     nginx_preamble "$d"
     cat <<CONF
+  log_format json escape=json '{"time":"\$time_iso8601","request_id":"\$request_id","client":"\$remote_addr",'
+    '"method":"\$request_method","path":"\$uri","status":\$status,"upstream":"\$upstream_addr",'
+    '"duration":\$request_time}';
+  $access
   upstream up {
 $(upstream_servers "$@")
     keepalive 64;
@@ -122,6 +132,48 @@ write_sluice_manifests() { # ROUTES [READY...] (one ready flag per upstream, def
     }
   }' >"$d/routes.yaml.tmp"
   mv "$d/routes.yaml.tmp" "$d/routes.yaml"
+  write_auth_manifests "$d"
+}
+
+# The auth scenario's routes: /jwt/ needs an RS256 token (the example key of the quick start),
+# /key/ an API key. They sit beside the others and cost the other scenarios nothing.
+JWT_TOKEN=$(examples/quickstart/mint-token.sh bench admin 86400)
+API_KEY=bench-api-key-0123456789
+write_auth_manifests() { # DIR
+  local pem
+  pem=$(openssl pkey -in examples/quickstart/keys/example-private.pem -pubout | sed 's/^/    /')
+  cat >"$1/auth.yaml.tmp" <<EOF
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-keys, namespace: default}
+stringData:
+  public.pem: |
+$pem
+  bench: $API_KEY
+---
+apiVersion: sluice.dev/v1alpha1
+kind: GatewayRoute
+metadata: {name: auth, namespace: default}
+spec:
+  rules:
+  - name: jwt
+    matches: [{path: {type: PathPrefix, value: /jwt/}}]
+    authentication:
+      jwt:
+        providers:
+        - name: example
+          issuer: https://auth.example.local
+          audiences: [orders]
+          algorithms: [RS256]
+          keySecretRef: {name: bench-keys, key: public.pem}
+    backendRefs: [{name: up, port: 80}]
+  - name: key
+    matches: [{path: {type: PathPrefix, value: /key/}}]
+    authentication:
+      apiKey: {secretRefs: [{name: bench-keys}]}
+    backendRefs: [{name: up, port: 80}]
+EOF
+  mv "$1/auth.yaml.tmp" "$1/auth.yaml"
 }
 
 nginx_pid=
@@ -133,8 +185,11 @@ start_proxies() { # ROUTES
   taskset -c 0 "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" &
   nginx_pid=$!
   pids+=("$nginx_pid")
+  local access=off
+  [ "${ACCESS_LOG:-off}" = on ] && access=json
   SLUICE_LOG=warn taskset -c 0 "$SLUICE" run --manifests "$work/manifests" --workers 1 \
-    --listen "127.0.0.1:$SLUICE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" &
+    --access-log "$access" --listen "127.0.0.1:$SLUICE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+    >"$work/sluice-access.log" &
   sluice_pid=$!
   pids+=("$sluice_pid")
   local last=$(($1 - 1))
@@ -170,11 +225,12 @@ wrk_summary() {
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") ${non2xx:-0} ${sockerr:-0}"
 }
 
-# wrk_run SCENARIO PATH TARGET -> "rps p50 p99 non2xx sockerr cpu_s_per_100k rss"
+# wrk_run SCENARIO PATH TARGET [WRK ARGS...] -> "rps p50 p99 non2xx sockerr cpu_s_per_100k rss"
 wrk_run() {
   local scenario=$1 path=$2 target=$3 before after out
+  shift 3
   before=$(cpu_ticks "$target")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$(port_of "$target")$path")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "http://127.0.0.1:$(port_of "$target")$path")
   after=$(cpu_ticks "$target")
   local total cpu
   total=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -318,6 +374,17 @@ churn_run() {
   wrk_summary "$(cat "$work/wrk.out")" >>"$work/res/churn-$target"
 }
 
+# auth_rounds: the open, JWT and API key routes of sluice, alternating, ROUNDS times.
+auth_rounds() {
+  local round
+  for round in $(seq "$ROUNDS"); do
+    log "  round $round/$ROUNDS"
+    wrk_run auth-open /r0/x sluice
+    wrk_run auth-jwt /jwt/x sluice -H "Authorization: Bearer $JWT_TOKEN"
+    wrk_run auth-apikey /key/x sluice -H "x-api-key: $API_KEY"
+  done
+}
+
 alternate() { # FUNCTION ARGS... : runs nginx then sluice, ROUNDS times
   local round
   for round in $(seq "$ROUNDS"); do
@@ -341,6 +408,11 @@ for scenario in $SCENARIOS; do
     swaps) start_proxies 100; warm /r0/x; alternate swaps_run ;;
     swaps10k) start_proxies 10000; warm /r0/x; alternate swaps10k_run ;;
     churn) start_proxies 1; warm /r0/x; alternate churn_run ;;
+    auth)
+      start_proxies 1
+      [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $JWT_TOKEN" "http://127.0.0.1:$SLUICE_PORT/jwt/x")" = 200 ] ||
+        { log "  the JWT route does not accept the bench token"; exit 1; }
+      warm /r0/x; auth_rounds ;;
     *) log "unknown scenario $scenario"; exit 64 ;;
   esac
 done
@@ -349,7 +421,19 @@ stop_proxies
 # --- report -----------------------------------------------------------------------------------
 printf '\n%s; %s rounds x %ss per target, alternating; %s connections; medians\n' \
   "$(date -u +%Y-%m-%d) $(nproc) cores" "$ROUNDS" "$DURATION" "$CONNECTIONS"
+printf 'access logs: %s\n' "${ACCESS_LOG:-off}"
 for scenario in $SCENARIOS; do
+  if [ "$scenario" = auth ] && [ -s "$work/res/auth-open-sluice" ]; then
+    printf '\n### auth (sluice: the same credential on every request)\n\n'
+    printf '| route | requests/s | p50 ms | p99 ms | non-2xx | CPU s / 100k | vs open: throughput | CPU |\n|---|---|---|---|---|---|---|---|\n'
+    for v in open jwt apikey; do
+      f=auth-$v-sluice
+      awk -v v="$v" -v a="$(col $f 1)" -v b="$(col auth-open-sluice 1)" -v c="$(col $f 6)" -v d="$(col auth-open-sluice 6)" \
+        -v p50="$(col $f 2)" -v p99="$(col $f 3)" -v bad="$(col $f 4)" \
+        'BEGIN {printf "| %s | %s | %s | %s | %s | %s | %.2fx | %.2fx |\n", v, a, p50, p99, bad, c, a / b, c / d}'
+    done
+    continue
+  fi
   [ -s "$work/res/$scenario-nginx" ] || continue
   case $scenario in
     rate)

@@ -5,6 +5,7 @@
 #
 #   bench/instructions.sh                          # target/release/sluice (built if missing)
 #   bench/instructions.sh old-sluice new-sluice    # A/B of two binaries
+#   ACCESS_LOG=on bench/instructions.sh ...        # with the JSON access log written (to a file)
 #
 # Each binary serves one prefix route to one upstream nginx (small static body) under callgrind;
 # after 2,000 warm-up requests the counters are zeroed, N (default 20,000) HTTP/1.1 keep-alive
@@ -58,8 +59,17 @@ spec:
 EOF
 
 for bin in "$@"; do
-  SLUICE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
-    "$bin" run --manifests "$work/manifests" --workers 1 \
+  # Access log on or off, for builds before and after it became the pipeline's own writer
+  # (`--access-log`): before, it was the `sluice::access` tracing target at info.
+  log_flags=()
+  if "$bin" run --help 2>/dev/null | grep -q -- --access-log; then
+    [ "${ACCESS_LOG:-off}" = on ] && log_flags=(--access-log json) || log_flags=(--access-log off)
+    filter=warn
+  else
+    [ "${ACCESS_LOG:-off}" = on ] && filter="warn,sluice::access=info" || filter=warn
+  fi
+  SLUICE_LOG=$filter valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
+    "$bin" run --manifests "$work/manifests" --workers 1 "${log_flags[@]}" \
     --listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" >"$work/sluice.log" 2>&1 &
   pid=$!
   pids+=("$pid")

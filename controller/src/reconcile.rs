@@ -83,26 +83,34 @@ pub struct Reconciler {
 impl Reconciler {
     /// A reconciler installing into `gateway`; registers `sluice_config_propagation_seconds`.
     pub fn new(gateway: Arc<Gateway>) -> Self {
-        let propagation = Histogram::with_opts(
-            HistogramOpts::new(
-                "sluice_config_propagation_seconds",
-                "Time from a configuration change to the snapshot that serves it",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-        )
-        .expect("valid metric definition");
+        let propagation = propagation_histogram();
         if let Err(e) = gateway
             .metrics()
             .registry()
             .register(Box::new(propagation.clone()))
         {
-            tracing::debug!(error = %e, "propagation metric already registered");
+            tracing::warn!(error = %e, "propagation metric not registered");
         }
+        Self::with_metric(gateway, propagation)
+    }
+
+    /// A fresh reconciler (nothing cached) recording into an already registered `propagation`
+    /// histogram: what replaces one lost with a compile task that died.
+    pub fn restart(gateway: Arc<Gateway>, propagation: Histogram) -> Self {
+        Self::with_metric(gateway, propagation)
+    }
+
+    /// The propagation histogram this reconciler records into.
+    pub fn propagation(&self) -> &Histogram {
+        &self.propagation
+    }
+
+    fn with_metric(gateway: Arc<Gateway>, propagation: Histogram) -> Self {
+        // Generations go on from what the gateway serves, also for a reconciler made anew.
+        let generation = gateway.snapshot().generation;
         Reconciler {
             gateway,
-            generation: 0,
+            generation,
             cache: RouteCache::default(),
             reported: HashSet::new(),
             unresolved: HashSet::new(),
@@ -110,8 +118,25 @@ impl Reconciler {
             propagation,
         }
     }
+}
 
+fn propagation_histogram() -> Histogram {
+    Histogram::with_opts(
+        HistogramOpts::new(
+            "sluice_config_propagation_seconds",
+            "Time from a configuration change to the snapshot that serves it",
+        )
+        .buckets(vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]),
+    )
+    .expect("valid metric definition")
+}
+
+impl Reconciler {
     /// The generation installed last (0 before the first install).
+    ///
+    /// A standalone source reloads only on change once this is above 0.
     pub fn generation(&self) -> u64 {
         self.generation
     }

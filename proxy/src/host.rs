@@ -11,12 +11,29 @@ use std::borrow::Cow;
 use http::header::{HOST, HeaderValue};
 use http::{Version, request};
 
+/// A validated host: the value routed on and forwarded, and where its name ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RoutedHost {
+    /// The host as received (name and optional port).
+    pub value: HeaderValue,
+    /// Length of the name, before any `:port`.
+    name_len: usize,
+}
+
+impl RoutedHost {
+    /// The name as routes match it: lower-case, without port or trailing dot.
+    pub fn for_matching(&self) -> Cow<'_, str> {
+        let name = self.value.to_str().map_or("", |s| &s[..self.name_len]);
+        lowercase(name.strip_suffix('.').unwrap_or(name))
+    }
+}
+
 /// The host the request is routed on and forwarded with, validated: the target's authority
 /// (absolute-form or HTTP/2 `:authority`) over `Host`. `Ok(None)` only for HTTP/1.0 without a
 /// `Host`. Several `Host` fields, an HTTP/2 `Host` naming another authority, or an HTTP/1.1
 /// request without a host make the request malformed (RFC 9112 section 3.2, RFC 9113 section
 /// 8.3.1).
-pub(crate) fn routed_host(parts: &request::Parts) -> Result<Option<HeaderValue>, &'static str> {
+pub(crate) fn routed_host(parts: &request::Parts) -> Result<Option<RoutedHost>, &'static str> {
     let mut hosts = parts.headers.get_all(HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
@@ -40,59 +57,77 @@ pub(crate) fn routed_host(parts: &request::Parts) -> Result<Option<HeaderValue>,
             HeaderValue::from_str(authority.as_str()).map_err(|_| "invalid host")?
         }
     };
-    if !is_valid_host(host.as_bytes()) {
-        return Err("invalid host");
-    }
-    Ok(Some(host))
+    let name_len = name_len(host.as_bytes()).ok_or("invalid host")?;
+    Ok(Some(RoutedHost {
+        value: host,
+        name_len,
+    }))
 }
 
-/// `name[:port]`, `ipv4[:port]` or `[ipv6][:port]`, with a port of 1 to 5 digits up to 65535.
-/// Names use letters, digits, `-`, `_` and dots between non-empty labels (one trailing dot
-/// allowed): no userinfo, no path, no spaces, no percent-escapes.
+/// True for `name[:port]`, `ipv4[:port]` or `[ipv6][:port]` (see [`name_len`]).
 pub fn is_valid_host(raw: &[u8]) -> bool {
-    let (host, port) = if raw.first() == Some(&b'[') {
-        let Some(end) = raw.iter().position(|&b| b == b']') else {
-            return false;
+    name_len(raw).is_some()
+}
+
+/// The length of the name part of a valid host, `None` for anything else. A host is
+/// `name[:port]`, `ipv4[:port]` or `[ipv6][:port]`, with a port of 1 to 5 digits up to 65535.
+/// Names use letters, digits, `-`, `_` and dots between labels of 1 to 63 characters, 253 at
+/// most (one trailing dot allowed): no userinfo, no path, no spaces, no percent-escapes. One
+/// pass over the bytes: it runs on every request.
+fn name_len(raw: &[u8]) -> Option<usize> {
+    if raw.first() == Some(&b'[') {
+        let end = raw.iter().position(|&b| b == b']')?;
+        std::str::from_utf8(&raw[1..end])
+            .ok()?
+            .parse::<std::net::Ipv6Addr>()
+            .ok()?;
+        return match &raw[end + 1..] {
+            [] => Some(end + 1),
+            [b':', port @ ..] => valid_port(port).then_some(end + 1),
+            _ => None,
         };
-        let Ok(inner) = std::str::from_utf8(&raw[1..end]) else {
-            return false;
-        };
-        if inner.parse::<std::net::Ipv6Addr>().is_err() {
-            return false;
-        }
-        match &raw[end + 1..] {
-            [] => return true,
-            [b':', port @ ..] => (&raw[..=end], Some(port)),
-            _ => return false,
-        }
-    } else {
-        match raw.iter().rposition(|&b| b == b':') {
-            Some(colon) => (&raw[..colon], Some(&raw[colon + 1..])),
-            None => (raw, None),
-        }
-    };
-    if let Some(port) = port {
-        let numeric = (1..=5).contains(&port.len()) && port.iter().all(u8::is_ascii_digit);
-        if !numeric
-            || std::str::from_utf8(port)
-                .ok()
-                .and_then(|p| p.parse::<u16>().ok())
-                .is_none()
-        {
-            return false;
+    }
+    let mut label = 0usize;
+    let mut end = raw.len();
+    for (i, &b) in raw.iter().enumerate() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => {
+                label += 1;
+                if label > 63 {
+                    return None;
+                }
+            }
+            b'.' if label > 0 => label = 0,
+            b':' => {
+                end = i;
+                break;
+            }
+            _ => return None,
         }
     }
-    if host.first() == Some(&b'[') {
-        return true;
+    // A trailing dot leaves `label` at 0: allowed once, after a label.
+    let name = if label == 0 { end.checked_sub(1)? } else { end };
+    if name == 0 || name > 253 {
+        return None;
     }
-    let name = host.strip_suffix(b".").unwrap_or(host);
-    (1..=253).contains(&name.len())
-        && name.split(|&b| b == b'.').all(|label| {
-            (1..=63).contains(&label.len())
-                && label
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+    if end < raw.len() && !valid_port(&raw[end + 1..]) {
+        return None;
+    }
+    Some(end)
+}
+
+fn valid_port(port: &[u8]) -> bool {
+    if !(1..=5).contains(&port.len()) {
+        return false;
+    }
+    let mut n = 0u32;
+    for &b in port {
+        if !b.is_ascii_digit() {
+            return false;
+        }
+        n = n * 10 + u32::from(b - b'0');
+    }
+    n <= 65535
 }
 
 /// Lower-case host without port or trailing dot: `API.Example.com:8080` → `api.example.com`.
@@ -102,7 +137,10 @@ pub fn host_for_matching(raw: &str) -> Cow<'_, str> {
     } else {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
-    let host = host.strip_suffix('.').unwrap_or(host);
+    lowercase(host.strip_suffix('.').unwrap_or(host))
+}
+
+fn lowercase(host: &str) -> Cow<'_, str> {
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
@@ -124,6 +162,26 @@ mod tests {
         b.body(()).expect("request").into_parts().0
     }
 
+    fn value(r: Result<Option<RoutedHost>, &'static str>) -> Result<Option<String>, &'static str> {
+        r.map(|h| h.map(|h| h.value.to_str().expect("ascii").to_owned()))
+    }
+
+    #[test]
+    fn the_matched_name_is_lower_case_without_port_or_trailing_dot() {
+        for (raw, name) in [
+            ("API.Example.com:8080", "api.example.com"),
+            ("example.com.", "example.com"),
+            ("example.com.:80", "example.com"),
+            ("[::1]:8080", "[::1]"),
+            ("10.0.0.1", "10.0.0.1"),
+        ] {
+            let p = parts(Version::HTTP_11, "/", &[raw]);
+            let host = routed_host(&p).expect("valid").expect("a host");
+            assert_eq!(host.for_matching(), name, "{raw}");
+            assert_eq!(host.value, raw);
+        }
+    }
+
     #[test]
     fn host_is_lowercased_without_port_or_trailing_dot() {
         assert_eq!(host_for_matching("API.Example.com:8080"), "api.example.com");
@@ -135,23 +193,14 @@ mod tests {
     #[test]
     fn routed_host_prefers_the_authority_and_refuses_ambiguity() {
         let one = parts(Version::HTTP_11, "/x", &["a.example"]);
-        assert_eq!(
-            routed_host(&one),
-            Ok(Some(HeaderValue::from_static("a.example")))
-        );
+        assert_eq!(value(routed_host(&one)), Ok(Some("a.example".to_owned())));
         let two = parts(Version::HTTP_11, "/x", &["a.example", "b.example"]);
         assert_eq!(routed_host(&two), Err("more than one Host header"));
         // Absolute-form: the target wins over Host (RFC 9112 section 3.2.2).
         let absolute = parts(Version::HTTP_11, "http://b.example/x", &["a.example"]);
-        assert_eq!(
-            routed_host(&absolute),
-            Ok(Some(HeaderValue::from_static("b.example")))
-        );
+        assert_eq!(value(routed_host(&absolute)), Ok(Some("b.example".to_owned())));
         let h2_same = parts(Version::HTTP_2, "http://A.example/x", &["a.example"]);
-        assert_eq!(
-            routed_host(&h2_same),
-            Ok(Some(HeaderValue::from_static("A.example")))
-        );
+        assert_eq!(value(routed_host(&h2_same)), Ok(Some("A.example".to_owned())));
         let h2_other = parts(Version::HTTP_2, "http://a.example/x", &["admin.internal"]);
         assert_eq!(
             routed_host(&h2_other),
@@ -187,6 +236,10 @@ mod tests {
             "a.example\\b",
             "",
             ":80",
+            ".",
+            "a..",
+            "a.:80:80",
+            "a:80:80",
         ] {
             assert!(!is_valid_host(bad.as_bytes()), "{bad:?} was accepted");
         }
@@ -200,6 +253,8 @@ mod tests {
             "[2001:db8::1]:8443",
             "localhost",
             "under_score.internal",
+            "a.b.c.d.e",
+            "x:65535",
         ] {
             assert!(is_valid_host(good.as_bytes()), "{good:?} was refused");
         }

@@ -43,29 +43,28 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    if path.bytes().any(|b| b == b';' || b == b'\\') {
-        return Err(PathError::Ambiguous);
-    }
-    if is_normal(path.as_bytes()) {
+    if is_normal(path.as_bytes())? {
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(path)?;
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
-/// True when nothing in the path could change under normalisation.
-fn is_normal(bytes: &[u8]) -> bool {
+/// True when nothing in the path could change under normalisation; an error for a `;` or `\\`
+/// (one pass over the bytes: it runs on every request).
+fn is_normal(bytes: &[u8]) -> Result<bool, PathError> {
     let mut prev_slash = false;
+    let mut normal = true;
     for &b in bytes {
         match b {
-            b'%' => return false,
-            b'/' if prev_slash => return false,
-            b'.' if prev_slash => return false,
+            b';' | b'\\' => return Err(PathError::Ambiguous),
+            b'%' => normal = false,
+            b'/' | b'.' if prev_slash => normal = false,
             _ => {}
         }
         prev_slash = b == b'/';
     }
-    true
+    Ok(normal)
 }
 
 fn hex_value(b: u8) -> Option<u8> {

@@ -129,8 +129,7 @@ async fn request_phases<'a>(
     let routed_host = host::routed_host(&parts).map_err(ProxyError::BadRequest)?;
     let host = routed_host
         .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .map(host::host_for_matching)
+        .map(host::RoutedHost::for_matching)
         .unwrap_or(Cow::Borrowed(""));
     let snapshot = &*live.snapshot;
     let view = RequestView {
@@ -147,7 +146,7 @@ async fn request_phases<'a>(
         &mut parts.headers,
         wants_upgrade,
         &ctx.client.ip_header,
-        routed_host,
+        routed_host.map(|h| h.value),
         &ctx.request_id,
         &snapshot.identity_headers,
     );

@@ -304,6 +304,13 @@ async fn api_keys_name_their_consumer_and_rotate_with_their_secret() {
         401
     );
     assert_eq!(get_with(&c, &gw, "/p", &[]).await.status, 401);
+    let debug = fetch(&c, gw.admin, "admin", "/debug/snapshot").await;
+    let debug = String::from_utf8_lossy(&debug.body);
+    assert!(debug.contains("\"key_count\": 1"), "{debug}");
+    assert!(
+        !debug.contains("key-one"),
+        "/debug/snapshot never shows a key"
+    );
 
     // Rotation: the Secret file is edited; the old key stops working at the next snapshot.
     gw.write(

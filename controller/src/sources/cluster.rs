@@ -122,8 +122,10 @@ pub async fn run(
     ));
     tasks.0.push(writer.abort_handle());
 
+    let reconciler = Reconciler::new(gateway.clone());
     let compiler = Compiler {
-        reconciler: Some(Reconciler::new(gateway.clone())),
+        propagation: reconciler.propagation().clone(),
+        reconciler: Some(reconciler),
         gateway,
         failed: false,
         secrets,
@@ -185,6 +187,8 @@ struct Compiler {
     /// `None` only while a compile runs (or after one died: a fresh one is made).
     reconciler: Option<Reconciler>,
     gateway: Arc<Gateway>,
+    /// The registered propagation metric, for a reconciler made anew.
+    propagation: prometheus::Histogram,
     /// The last compile failed (its task died); the current snapshot keeps serving, and the
     /// next batch, whatever it is, is compiled in full.
     failed: bool,
@@ -208,7 +212,7 @@ impl Compiler {
         let mut reconciler = self
             .reconciler
             .take()
-            .unwrap_or_else(|| Reconciler::new(self.gateway.clone()));
+            .unwrap_or_else(|| Reconciler::restart(self.gateway.clone(), self.propagation.clone()));
         let endpoints_only = !self.failed
             && reconciler.endpoints_suffice(pending.iter().map(|c| c.endpoints_of.as_deref()));
         let mut inputs = stores.inputs();

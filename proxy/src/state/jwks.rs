@@ -39,29 +39,42 @@ const ALL_ALGORITHMS: [Algorithm; 12] = [
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
-/// The HTTP(S) client key sets are fetched with.
+/// The HTTP(S) client key sets are fetched with, made on first use: a gateway without a
+/// `jwksUri` never reads the system's CA certificates.
 pub(crate) struct Fetcher {
-    client: Option<HttpsClient>,
+    client: std::sync::OnceLock<Option<HttpsClient>>,
     timeout: Duration,
 }
 
 impl Fetcher {
     pub(crate) fn new(timeout: Duration) -> Self {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map(|b| b.https_or_http().enable_http1().build());
-        let client = match connector {
-            Ok(c) => Some(Client::builder(TokioExecutor::new()).build(c)),
-            Err(e) => {
-                tracing::warn!(error = %e, "no CA certificates found; jwksUri cannot be fetched");
-                None
-            }
-        };
-        Fetcher { client, timeout }
+        Fetcher {
+            client: std::sync::OnceLock::new(),
+            timeout,
+        }
+    }
+
+    fn client(&self) -> Option<&HttpsClient> {
+        self.client
+            .get_or_init(|| {
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_native_roots()
+                    .map(|b| b.https_or_http().enable_http1().build());
+                match connector {
+                    Ok(c) => Some(Client::builder(TokioExecutor::new()).build(c)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no CA certificates found; jwksUri cannot be fetched");
+                        None
+                    }
+                }
+            })
+            .as_ref()
     }
 
     async fn fetch(&self, uri: &str) -> Result<KeySet, String> {
-        let client = self.client.as_ref().ok_or("no HTTPS client")?;
+        let client = self
+            .client()
+            .ok_or("no HTTPS client (no CA certificates)")?;
         let uri: http::Uri = uri.parse().map_err(|e| format!("invalid URI: {e}"))?;
         let work = async {
             let request = http::Request::get(uri)
