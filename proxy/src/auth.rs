@@ -72,7 +72,8 @@ impl CredentialFrom {
     pub fn extract<'r>(&self, headers: &'r HeaderMap, uri: &'r Uri) -> Option<Cow<'r, str>> {
         let found = match self {
             CredentialFrom::Header { name, prefix } => {
-                let value = headers.get(name)?.to_str().ok()?;
+                // `from_utf8` checks ASCII a word at a time; tokens run to hundreds of bytes.
+                let value = std::str::from_utf8(headers.get(name)?.as_bytes()).ok()?;
                 let head = value.get(..prefix.len())?;
                 if !head.eq_ignore_ascii_case(prefix) {
                     return None;

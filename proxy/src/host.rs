@@ -198,9 +198,15 @@ mod tests {
         assert_eq!(routed_host(&two), Err("more than one Host header"));
         // Absolute-form: the target wins over Host (RFC 9112 section 3.2.2).
         let absolute = parts(Version::HTTP_11, "http://b.example/x", &["a.example"]);
-        assert_eq!(value(routed_host(&absolute)), Ok(Some("b.example".to_owned())));
+        assert_eq!(
+            value(routed_host(&absolute)),
+            Ok(Some("b.example".to_owned()))
+        );
         let h2_same = parts(Version::HTTP_2, "http://A.example/x", &["a.example"]);
-        assert_eq!(value(routed_host(&h2_same)), Ok(Some("A.example".to_owned())));
+        assert_eq!(
+            value(routed_host(&h2_same)),
+            Ok(Some("A.example".to_owned()))
+        );
         let h2_other = parts(Version::HTTP_2, "http://a.example/x", &["admin.internal"]);
         assert_eq!(
             routed_host(&h2_other),
