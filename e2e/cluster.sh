@@ -3,7 +3,8 @@
 # image in SLUICE_IMAGE, deploys a small backend, and checks as a user would, with kubectl and
 # curl (through `kubectl port-forward`): route status and observedGeneration, serving, 503 when
 # the backend scales to zero, an invalid route rejected alone with a message naming the field,
-# RBAC limits, leader election. Then removes everything it created.
+# an API-key route whose Secret appears later and then rotates, RBAC limits (Secrets readable
+# one by one, by name), leader election. Then removes everything it created.
 #
 #   SLUICE_IMAGE=sluice:dev e2e/cluster.sh       # e.g. after `kind load docker-image sluice:dev`
 #
@@ -126,12 +127,15 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# fetch PATH: GET through the gateway; sets $code and writes the body and headers to files.
+# fetch PATH [curl args...]: GET through the gateway; sets $code and writes the body and
+# headers to files.
 body="$work/body"
 hdrs="$work/headers"
 fetch() {
-  code="$(curl -sS --max-time 10 -o "$body" -D "$hdrs" -w '%{http_code}' \
-    "http://127.0.0.1:$gw_port$1" 2>"$work/curl.err")" || true
+  local path="$1"
+  shift
+  code="$(curl -sS --max-time 10 -o "$body" -D "$hdrs" -w '%{http_code}' "$@" \
+    "http://127.0.0.1:$gw_port$path" 2>"$work/curl.err")" || true
   [[ -n "$code" ]] || code=000
 }
 code=000
@@ -177,6 +181,8 @@ helm_args=(
   --set service.type=ClusterIP --set log.format=plain
 )
 [[ -n "${E2E_CLUSTER_WIDE:-}" ]] || helm_args+=(--set "watchNamespaces={$app_ns}")
+# The one Secret a route below references: RBAC lets sluice read that one and no other.
+helm_args+=(--set "secretNames={partner-keys}")
 require "helm install" quiet helm install "$release" charts/sluice "${helm_args[@]}"
 require "the gateway rolls out (restricted Pod Security, probes pass)" \
   quiet k -n "$sys_ns" rollout status "deployment/$release" --timeout="${timeout_s}s"
@@ -284,6 +290,43 @@ check "route bad: Programmed=False" condition_is bad Programmed False -- "$(cond
 check "route good: still Programmed=True" condition_is good Programmed True -- "$(condition good Programmed)"
 check "route good: still serves (200)" status_is /hostname 200 -- "got $code"
 
+# Authentication: a route needing an API key from a Secret that appears after the route.
+check "route keyed applied (API key from Secret partner-keys, not there yet)" quiet k -n "$app_ns" apply -f - <<'EOF'
+apiVersion: sluice.dev/v1alpha1
+kind: GatewayRoute
+metadata: {name: keyed}
+spec:
+  rules:
+  - name: keyed
+    matches: [{path: {type: Exact, value: /keyed}}]
+    filters: {urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /hostname}}}
+    authentication:
+      apiKey: {secretRefs: [{name: partner-keys}]}
+    backendRefs: [{name: echo, port: 80}]
+EOF
+eventually "$timeout_s" "route keyed: ResolvedRefs=False while its Secret is missing" \
+  condition_is keyed ResolvedRefs False -- condition keyed ResolvedRefs
+eventually 30 "no Secret yet: the rule refuses (503), never serves" status_is /keyed 503 -- last_response
+check "Secret partner-keys applied" quiet k -n "$app_ns" apply -f - <<'EOF'
+apiVersion: v1
+kind: Secret
+metadata: {name: partner-keys}
+stringData: {acme: e2e-acme-key-0123456789}
+EOF
+keyed_with() { fetch /keyed -H "x-api-key: $1"; [[ "$code" == "$2" ]]; }
+eventually 30 "the Secret appears: the key is accepted (200)" keyed_with e2e-acme-key-0123456789 200 -- last_response
+check "a wrong key: 401" keyed_with wrong-key-0123456789 401 -- "got $code"
+eventually "$timeout_s" "route keyed: ResolvedRefs=True" \
+  condition_is keyed ResolvedRefs True -- condition keyed ResolvedRefs
+check "Secret partner-keys edited (the key rotated)" quiet k -n "$app_ns" apply -f - <<'EOF'
+apiVersion: v1
+kind: Secret
+metadata: {name: partner-keys}
+stringData: {acme: e2e-acme-rotated-9876543210}
+EOF
+eventually 30 "the rotated key is accepted" keyed_with e2e-acme-rotated-9876543210 200 -- last_response
+check "the old key is refused after the rotation (401)" keyed_with e2e-acme-key-0123456789 401 -- "got $code"
+
 # Leader election and RBAC.
 holder="$(k -n "$sys_ns" get lease sluice-leader -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)"
 pods="$(k -n "$sys_ns" get pods -l "app.kubernetes.io/instance=$release" -o jsonpath='{.items[*].metadata.name}')"
@@ -299,7 +342,9 @@ can() {
 check "sluice may watch GatewayRoutes in $app_ns" can yes watch gatewayroutes.sluice.dev -n "$app_ns"
 check "sluice may patch GatewayRoute status" \
   can yes patch gatewayroutes.sluice.dev --subresource=status -n "$app_ns"
-check "sluice may not read Secrets" can no list secrets -n "$app_ns"
+check "sluice may not list the namespace's Secrets" can no list secrets -n "$app_ns"
+check "sluice may watch the one Secret a route names" can yes watch secrets/partner-keys -n "$app_ns"
+check "sluice may not get Secrets, not even that one" can no get secrets/partner-keys -n "$app_ns"
 check "sluice may not change GatewayRoutes" can no update gatewayroutes.sluice.dev -n "$app_ns"
 if [[ -z "${E2E_CLUSTER_WIDE:-}" ]]; then
   check "sluice may not list Services outside its watch namespaces" can no list services -n default
