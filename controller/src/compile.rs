@@ -406,6 +406,25 @@ fn compile_routes(
 /// The headers any rule copies claims to, beyond the fixed identity headers: every client
 /// request loses them, on every route.
 fn identity_headers(rules: &[Arc<sluice_proxy::snapshot::Rule>]) -> Box<[http::HeaderName]> {
+    let authenticators = || {
+        rules
+            .iter()
+            .flat_map(|r| r.policy.steps.iter())
+            .filter_map(|s| match s {
+                sluice_proxy::pipeline::Step::Authenticate(a) => Some(a),
+                _ => None,
+            })
+    };
+    // A header some rule reads a credential from is never stripped everywhere, even if another
+    // rule maps a claim to it: that would take the credential away before it is read. The rule
+    // mapping the claim still overwrites it on its own requests.
+    let credentials: Vec<&http::HeaderName> = authenticators()
+        .flat_map(|a| a.sources())
+        .filter_map(|from| match from {
+            sluice_proxy::auth::CredentialFrom::Header { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect();
     let mut out: Vec<http::HeaderName> = Vec::new();
     for rule in rules {
         for step in rule.policy.steps.iter() {
@@ -414,7 +433,8 @@ fn identity_headers(rules: &[Arc<sluice_proxy::snapshot::Rule>]) -> Box<[http::H
             };
             for claim in auth.jwt.iter().flat_map(|p| p.claim_to_headers.iter()) {
                 let fixed = sluice_proxy::headers::IDENTITY_HEADERS.contains(&claim.header);
-                if !fixed && !out.contains(&claim.header) {
+                let credential = credentials.contains(&&claim.header);
+                if !fixed && !credential && !out.contains(&claim.header) {
                     out.push(claim.header.clone());
                 }
             }

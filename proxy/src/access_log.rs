@@ -178,9 +178,9 @@ fn format_line(
     line.extend_from_slice(b"\",\"target\":\"sluice::access\",\"request_id\":");
     json_str(line, ctx.request_id.to_str().unwrap_or_default());
     let _ = write!(line, ",\"client\":\"{}\",\"method\":", ctx.client.addr.ip());
-    json_str(line, method.as_str());
+    json_str(line, capped(method.as_str(), 32));
     line.extend_from_slice(b",\"path\":");
-    json_str(line, uri.path());
+    json_str(line, capped(uri.path(), MAX_LOGGED));
     let _ = write!(
         line,
         ",\"version\":\"{version:?}\",\"status\":{status},\"route\":"
@@ -263,6 +263,21 @@ fn civil(out: &mut Vec<u8>, secs: u64) {
         rem / 60 % 60,
         rem % 60
     );
+}
+
+/// Longest path kept in a line: a client must not be able to make lines of 64 KiB.
+const MAX_LOGGED: usize = 2048;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn capped(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Appends `s` as a JSON string.

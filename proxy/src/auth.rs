@@ -72,8 +72,14 @@ impl CredentialFrom {
     pub fn extract<'r>(&self, headers: &'r HeaderMap, uri: &'r Uri) -> Option<Cow<'r, str>> {
         let found = match self {
             CredentialFrom::Header { name, prefix } => {
+                let mut values = headers.get_all(name).iter();
+                let value = values.next()?;
+                if values.next().is_some() {
+                    // Two credentials: which one the backend would trust is anyone's guess.
+                    return None;
+                }
                 // `from_utf8` checks ASCII a word at a time; tokens run to hundreds of bytes.
-                let value = std::str::from_utf8(headers.get(name)?.as_bytes()).ok()?;
+                let value = std::str::from_utf8(value.as_bytes()).ok()?;
                 let head = value.get(..prefix.len())?;
                 if !head.eq_ignore_ascii_case(prefix) {
                     return None;
@@ -187,8 +193,15 @@ impl Authenticate {
         if !self.forward_credentials {
             for from in self.sources() {
                 if let Some(param) = from.strip(headers) {
-                    ctx.hidden_query_param = Some(param);
+                    ctx.hidden_query_params.push(param);
                 }
+            }
+        }
+        // Every header this rule maps a claim to is the gateway's alone, set or not: a claim the
+        // token lacks must not leave the client's value in place.
+        for provider in self.jwt.iter() {
+            for claim in provider.claim_to_headers.iter() {
+                headers.remove(&claim.header);
             }
         }
         match &identity {
@@ -220,7 +233,8 @@ impl Authenticate {
         }
     }
 
-    fn sources(&self) -> impl Iterator<Item = &CredentialFrom> {
+    /// Where this step reads credentials from.
+    pub fn sources(&self) -> impl Iterator<Item = &CredentialFrom> {
         self.api_key
             .iter()
             .map(|k| &k.from)

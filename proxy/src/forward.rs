@@ -68,13 +68,13 @@ fn deadline(rule: &Rule, started: Instant) -> Option<Duration> {
 }
 
 /// The path and query sent upstream: the client's own bytes when nothing changed, so the common
-/// case allocates nothing. `hidden` names a query parameter to leave out (a credential).
+/// case allocates nothing. `hidden` names query parameters to leave out (credentials).
 pub(crate) fn upstream_path(
     uri: &Uri,
     normalized: &str,
     rule: &Rule,
     candidate: &Candidate,
-    hidden: Option<&str>,
+    hidden: &[&str],
 ) -> Option<PathAndQuery> {
     let new_path: Cow<'_, str> = match &rule.policy.rewrite {
         None => Cow::Borrowed(normalized),
@@ -83,9 +83,9 @@ pub(crate) fn upstream_path(
             Cow::Owned(replace_prefix(normalized, candidate.prefix_len(), r))
         }
     };
-    let query = match (uri.query(), hidden) {
-        (Some(q), Some(name)) => without_param(q, name),
-        (q, _) => q.map(Cow::Borrowed),
+    let query = match uri.query() {
+        Some(q) if !hidden.is_empty() => without_params(q, hidden),
+        q => q.map(Cow::Borrowed),
     };
     let query_unchanged = matches!(&query, Some(Cow::Borrowed(_)) | None);
     if let Some(pq) = uri
@@ -103,11 +103,12 @@ pub(crate) fn upstream_path(
     PathAndQuery::try_from(s).ok()
 }
 
-/// `query` without the parameters whose (percent-decoded) name is `name`.
-fn without_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
+/// `query` without the parameters whose (percent-decoded) name is one of `names`.
+fn without_params<'q>(query: &'q str, names: &[&str]) -> Option<Cow<'q, str>> {
     let named = |pair: &str| {
         let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        crate::router::percent_decode(key) == name
+        let key = crate::router::percent_decode(key);
+        names.iter().any(|n| *n == key)
     };
     if !query.split('&').any(named) {
         return Some(Cow::Borrowed(query));
@@ -169,15 +170,20 @@ mod tests {
     #[test]
     fn a_hidden_credential_parameter_is_left_out_of_the_query() {
         assert_eq!(
-            without_param("a=1&api_key=s3cret&b=2", "api_key").as_deref(),
+            without_params("a=1&api_key=s3cret&b=2", &["api_key"]).as_deref(),
             Some("a=1&b=2")
         );
         assert_eq!(
-            without_param("api%5Fkey=s3cret", "api_key").as_deref(),
+            without_params("api%5Fkey=s3cret", &["api_key"]).as_deref(),
             Some("")
         );
+        assert_eq!(
+            without_params("token=t&a=1&api_key=k", &["api_key", "token"]).as_deref(),
+            Some("a=1"),
+            "every credential parameter goes, not only the last one configured"
+        );
         assert!(matches!(
-            without_param("a=1", "api_key"),
+            without_params("a=1", &["api_key"]),
             Some(Cow::Borrowed("a=1"))
         ));
     }

@@ -64,17 +64,18 @@ pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers, including any the `Connection` header names, and the headers in
 /// `also`. For an upgrade, `Connection: upgrade` and `Upgrade` are end-to-end in effect and are
-/// kept.
+/// kept. Returns whether some header name holds a `_`.
 pub(crate) fn strip_hop_by_hop<const N: usize>(
     headers: &mut HeaderMap,
     keep_upgrade: bool,
     also: &[HeaderName; N],
-) {
+) -> bool {
     let dropped = || HOP_BY_HOP.iter().chain(also);
     // One pass over the names finds which of them are present: most messages carry none or
     // only `Connection`, and a hashed remove per name would cost more than the scan.
     debug_assert!(HOP_BY_HOP.len() + also.len() <= 16 && HOP_BY_HOP[0] == CONNECTION);
     let mut present = 0u16;
+    let mut underscore = false;
     for name in headers.keys() {
         // Two scans of fixed-size arrays: a chained iterator, or a slice of unknown length, cost
         // 1-2 % more per request.
@@ -82,10 +83,12 @@ pub(crate) fn strip_hop_by_hop<const N: usize>(
             present |= 1 << i;
         } else if let Some(i) = also.iter().position(|h| h == name) {
             present |= 1 << (HOP_BY_HOP.len() + i);
+        } else {
+            underscore |= name.as_str().as_bytes().contains(&b'_');
         }
     }
     if present == 0 && !keep_upgrade {
-        return;
+        return underscore;
     }
     if present & 1 != 0 {
         // `Connection` is present. Its usual tokens (`keep-alive`, `close`, `upgrade`) name
@@ -117,6 +120,29 @@ pub(crate) fn strip_hop_by_hop<const N: usize>(
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    underscore
+}
+
+/// Removes headers whose names equal an identity header once `_` is read as `-`
+/// (`X_User_Id`): CGI, WSGI and PHP backends see both spellings as `HTTP_X_USER_ID`.
+fn strip_underscore_spellings(headers: &mut HeaderMap, extra_identity: &[HeaderName]) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            n.contains('_') && {
+                let dashed = n.replace('_', "-");
+                IDENTITY_HEADERS
+                    .iter()
+                    .chain(extra_identity)
+                    .any(|h| h.as_str() == dashed)
+            }
+        })
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
 }
 
 /// Prepares the client's headers for the backend: hop-by-hop and identity headers out (plus
@@ -130,7 +156,9 @@ pub(crate) fn prepare_upstream(
     request_id: &HeaderValue,
     extra_identity: &[HeaderName],
 ) {
-    strip_hop_by_hop(headers, upgrade, &IDENTITY_HEADERS);
+    if strip_hop_by_hop(headers, upgrade, &IDENTITY_HEADERS) {
+        strip_underscore_spellings(headers, extra_identity);
+    }
     for name in extra_identity {
         headers.remove(name);
     }
@@ -287,6 +315,31 @@ mod tests {
         let mut sane = HeaderMap::new();
         sane.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&sane), "abc-123");
+    }
+
+    #[test]
+    fn underscore_spellings_of_identity_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("x_user_id", HeaderValue::from_static("root"));
+        h.insert("x_user_roles", HeaderValue::from_static("admin"));
+        h.insert("x_tenant", HeaderValue::from_static("acme"));
+        h.insert("x_kept_header", HeaderValue::from_static("1"));
+        let client = client_ip_header(&"192.0.2.7:5555".parse().expect("addr"));
+        prepare_upstream(
+            &mut h,
+            false,
+            &client,
+            None,
+            &HeaderValue::from_static("rid"),
+            &[HeaderName::from_static("x-tenant")],
+        );
+        for name in ["x_user_id", "x_user_roles", "x_tenant"] {
+            assert!(!h.contains_key(name), "{name}");
+        }
+        assert!(
+            h.contains_key("x_kept_header"),
+            "other underscore names pass"
+        );
     }
 
     #[test]

@@ -158,7 +158,7 @@ async fn request_phases<'a>(
 
     // Upstream.
     let path_and_query =
-        forward::upstream_path(&parts.uri, &path, rule, candidate, ctx.hidden_query_param)
+        forward::upstream_path(&parts.uri, &path, rule, candidate, &ctx.hidden_query_params)
             .ok_or(ProxyError::BadRequest("rewritten path is not a valid URI"))?;
     drop(path);
     let endpoint = rule.pick().ok_or(ProxyError::NoReadyEndpoint)?;

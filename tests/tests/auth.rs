@@ -682,3 +682,69 @@ async fn an_issuer_that_never_answered_fails_closed() {
     );
     assert_eq!(b.hits(), 0);
 }
+
+#[tokio::test]
+async fn a_rule_with_broken_authentication_refuses_instead_of_falling_through() {
+    let admin = TestBackend::start("admin").await;
+    let public = TestBackend::start("public").await;
+    // clockSkew above the 10m limit: the rule cannot compile, but it asked for a token. Its
+    // requests must not reach the route's open rule, which matches them too.
+    let spec = "  authentication:\n    jwt:\n      providers:\n      - name: corp\n        algorithms: [RS256]\n        keySecretRef: {name: corp-keys, key: public.pem}\n        clockSkew: 20m\n  rules:\n  - name: admin\n    matches: [{path: {value: /admin}}]\n    backendRefs: [{name: admin, port: 80}]\n  - name: open\n    authentication: {anonymous: true}\n    backendRefs: [{name: public, port: 80}]";
+    let gw = TestGateway::start(&[
+        ("svc.yaml", service("admin", 80, &[(admin.addr, true)])),
+        (
+            "svc-public.yaml",
+            service("public", 80, &[(public.addr, true)]),
+        ),
+        ("keys.yaml", keys_secret()),
+        ("route.yaml", route("r", spec)),
+    ])
+    .await;
+    let c = client::http1();
+    let token = bearer(&tokens::token("u", &[]));
+    for headers in [&[][..], &[("authorization", token.as_str())][..]] {
+        let r = get_with(&c, &gw, "/admin/x", headers).await;
+        assert_eq!(r.status, 503, "the broken rule refuses");
+    }
+    assert_eq!(
+        get_with(&c, &gw, "/other", &[]).await.status,
+        200,
+        "the open rule serves"
+    );
+    assert_eq!(admin.hits(), 0);
+}
+
+#[tokio::test]
+async fn two_credentials_are_no_credential() {
+    let b = TestBackend::start("b").await;
+    let spec = format!(
+        "  authentication:\n{}  rules:\n  - backendRefs: [{{name: b, port: 80}}]",
+        jwt_from_secret()
+    );
+    let gw = TestGateway::start(&[
+        ("svc.yaml", service("b", 80, &[(b.addr, true)])),
+        ("keys.yaml", keys_secret()),
+        ("route.yaml", route("r", &spec)),
+    ])
+    .await;
+    let c = client::http1();
+    let admin = bearer(&tokens::token("admin", &["admin"]));
+    let user = bearer(&tokens::token("user", &[]));
+    let both = get_with(
+        &c,
+        &gw,
+        "/x",
+        &[("authorization", &admin), ("authorization", &user)],
+    )
+    .await;
+    assert_eq!(
+        both.status, 401,
+        "which one a backend would trust is anyone's guess"
+    );
+    assert_eq!(
+        get_with(&c, &gw, "/x", &[("authorization", &user)])
+            .await
+            .status,
+        200
+    );
+}

@@ -40,7 +40,12 @@ const FORBIDDEN_CLAIM_HEADERS: &[&str] = &[
     "x-forwarded-proto",
     "x-request-id",
     "authorization",
+    "proxy-authorization",
     "cookie",
+    "x-api-key",
+    // An API key's identity: a token must not pose as a consumer.
+    "x-consumer",
+    "x-auth-provider",
 ];
 
 /// Secrets by `(namespace, name)`, indexed on first use.
@@ -282,6 +287,24 @@ fn compile_provider(
                     format!("{uri:?} is not an http:// or https:// URL"),
                 ));
             }
+            if parsed
+                .as_ref()
+                .is_ok_and(|u| u.authority().is_some_and(|a| a.as_str().contains('@')))
+            {
+                return Err(err(
+                    f("jwksUri"),
+                    "must not carry credentials (user:password@); it is shown in logs and status",
+                ));
+            }
+            if let Some(a) = algs.iter().find(|a| is_hmac(**a)) {
+                return Err(err(
+                    f("algorithms"),
+                    format!(
+                        "{a:?} needs a shared secret, which a published JWKS must not hold: \
+                         use keySecretRef for HMAC keys"
+                    ),
+                ));
+            }
             Keys::Remote(RemoteKeys::new(uri.as_str().into()))
         }
         (None, Some(SecretKeyRef { name: secret, key })) => {
@@ -339,6 +362,15 @@ fn compile_provider(
                 if FORBIDDEN_CLAIM_HEADERS.contains(&name.as_str()) {
                     return Err(err(&hf, format!("{name} cannot carry a claim")));
                 }
+                // Claim headers are stripped from every client request on every route: limiting
+                // them to `x-` names keeps a route from taking ordinary headers (`accept`,
+                // `range`) away from every other route's backends.
+                if !name.as_str().starts_with("x-") {
+                    return Err(err(
+                        &hf,
+                        format!("{name}: a claim goes to an x- header (such as X-User-Email)"),
+                    ));
+                }
                 if !seen.insert(name.clone()) {
                     return Err(err(&hf, format!("{name} appears more than once")));
                 }
@@ -366,6 +398,10 @@ fn compile_provider(
         from,
         claim_to_headers,
     ))
+}
+
+fn is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
 fn header_name(raw: &str, field: &str) -> Result<HeaderName, FieldError> {
@@ -451,9 +487,12 @@ fn compile_api_key(
     let mut incomplete = false;
     for (k, SecretRef { name }) in secret_refs.iter().enumerate() {
         match secrets.entries(namespace, name) {
+            // Keys are compared as the client sends them, which HTTP trims: a trailing newline
+            // (`kubectl create secret --from-file`) would make a key that never matches.
             Some(entries) => pairs.extend(
                 entries
                     .into_iter()
+                    .map(|(consumer, key)| (consumer, key.trim_ascii().to_vec()))
                     .filter(|(_, key)| !key.is_empty())
                     .map(|(consumer, key)| (Arc::<str>::from(consumer), key)),
             ),

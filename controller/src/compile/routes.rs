@@ -59,6 +59,9 @@ pub(super) struct RouteOutput {
     pub diagnostics: Box<[Diagnostic]>,
 }
 
+/// Appended to the problem of a rule kept only to refuse its requests.
+const REFUSES: &str = "; the rule answers 503 until this is fixed, so that its requests cannot fall through to another rule";
+
 /// Bits of a candidate's tie-break below the route's rank (rule index and match index).
 pub(super) const RANK_SHIFT: u32 = 24;
 
@@ -163,8 +166,24 @@ pub(super) fn compile_route(
             tiebreak: (i as u64) << 12,
         };
         match compile_rule(&ctx, name, rule, endpoints, regexes, secrets) {
-            Ok((compiled, candidates, kept_unresolved)) => {
+            Ok((compiled, candidates, kept_unresolved, refused)) => {
                 unresolved_kept.extend(kept_unresolved);
+                match refused {
+                    None => accepted += 1,
+                    Some(RuleError::Invalid(mut e)) => {
+                        e.reason.push_str(REFUSES);
+                        if !invalid
+                            .iter()
+                            .any(|x| x.field == e.field && x.reason == e.reason)
+                        {
+                            invalid.push(e);
+                        }
+                    }
+                    Some(RuleError::Unresolved(mut e)) => {
+                        e.reason.push_str(REFUSES);
+                        unresolved.push(e);
+                    }
+                }
                 let id = u32::try_from(out_rules.len()).unwrap_or(u32::MAX);
                 out_rules.push(Arc::new(compiled));
                 for mut candidate in candidates {
@@ -173,7 +192,6 @@ pub(super) fn compile_route(
                         out_candidates.push((host.clone(), candidate.clone()));
                     }
                 }
-                accepted += 1;
             }
             // An invalid route-level default fails every rule inheriting it: say so once.
             Err(RuleError::Invalid(e))
@@ -337,9 +355,9 @@ impl RuleContext<'_> {
     }
 }
 
-/// A compiled rule, its router candidates, and the references it could not resolve but serves
-/// without (failing closed).
-type CompiledRule = (Rule, Vec<Candidate>, Vec<FieldError>);
+/// A compiled rule, its router candidates, the references it could not resolve but serves
+/// without (failing closed), and, for a rule kept only to refuse requests, why.
+type CompiledRule = (Rule, Vec<Candidate>, Vec<FieldError>, Option<RuleError>);
 
 fn compile_rule(
     ctx: &RuleContext<'_>,
@@ -349,12 +367,14 @@ fn compile_rule(
     regexes: &mut RegexCache,
     secrets: &mut SecretIndex<'_>,
 ) -> Result<CompiledRule, RuleError> {
+    // Every field named, so that a new one does not compile until it is handled; the ones
+    // marked `_` are compiled by `compile_rule_body`.
     let RouteRule {
         name: declared_name,
         matches,
-        filters,
-        backend_refs,
-        timeouts,
+        filters: _,
+        backend_refs: _,
+        timeouts: _,
         authentication,
         authorization,
     } = rule;
@@ -386,6 +406,53 @@ fn compile_rule(
         .map(|(j, m)| compile_match(ctx, j, m, regexes))
         .collect::<Result<Vec<_>, _>>()?;
 
+    // A rule that asks for authentication (its own, or the route's) and fails to compile past
+    // its matches is kept, refusing every request: dropped, its requests would fall through to
+    // whatever other rule matches them, which may well be an open one.
+    let guarded = authorization.is_some()
+        || authentication
+            .as_ref()
+            .or(ctx.route_auth)
+            .is_some_and(|a| a.anonymous != Some(true) || a.jwt.is_some() || a.api_key.is_some());
+    let name: Arc<str> = name.into();
+    match compile_rule_body(ctx, &name, rule, matches, endpoints, secrets) {
+        Ok((compiled, unresolved)) => Ok((compiled, candidates, unresolved, None)),
+        Err(e) if guarded => {
+            let policy = RulePolicy {
+                route: ctx.route.clone(),
+                name,
+                rewrite: None,
+                timeouts: Timeouts::default(),
+                steps: Box::new([Step::Refuse]),
+            };
+            Ok((
+                Rule::new(Arc::new(policy), Vec::new()),
+                candidates,
+                Vec::new(),
+                Some(e),
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Everything of a rule past its matches.
+fn compile_rule_body(
+    ctx: &RuleContext<'_>,
+    name: &Arc<str>,
+    rule: &RouteRule,
+    matches: &[RouteMatch],
+    endpoints: &mut EndpointIndex<'_>,
+    secrets: &mut SecretIndex<'_>,
+) -> Result<(Rule, Vec<FieldError>), RuleError> {
+    let RouteRule {
+        filters,
+        backend_refs,
+        timeouts,
+        authentication,
+        authorization,
+        ..
+    } = rule;
     let RouteFilters {
         url_rewrite,
         request_headers,
@@ -443,16 +510,12 @@ fn compile_rule(
     }
     let policy = RulePolicy {
         route: ctx.route.clone(),
-        name: name.into(),
+        name: Arc::clone(name),
         rewrite,
         timeouts,
         steps: steps.into_boxed_slice(),
     };
-    Ok((
-        Rule::new(Arc::new(policy), backends),
-        candidates,
-        auth.unresolved,
-    ))
+    Ok((Rule::new(Arc::new(policy), backends), auth.unresolved))
 }
 
 fn is_dns_label(s: &str) -> bool {

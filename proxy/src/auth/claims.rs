@@ -50,11 +50,18 @@ pub fn roles<'c>(claims: &'c Claims, name: &str) -> Vec<Cow<'c, str>> {
     }
 }
 
-/// The claim as a header value: arrays joined with `,`. `None` when the claim is absent, is an
-/// object, or holds characters a header cannot carry.
+/// The claim as a header value: arrays joined with `,`, leaving out elements that themselves
+/// hold a `,` (a role `"user,admin"` must not reach the backend as two roles). `None` when the
+/// claim is absent, is an object, or holds characters a header cannot carry.
 pub fn header_value(claims: &Claims, name: &str) -> Option<HeaderValue> {
     let text = match lookup(claims, name)? {
-        Value::Array(_) => Cow::Owned(values(claims, name).join(",")),
+        Value::Array(_) => {
+            let items: Vec<Cow<'_, str>> = values(claims, name)
+                .into_iter()
+                .filter(|v| !v.contains(','))
+                .collect();
+            Cow::Owned(items.join(","))
+        }
         v => scalar(v)?,
     };
     HeaderValue::from_str(&text).ok()
@@ -89,10 +96,11 @@ mod tests {
 
     #[test]
     fn header_values_join_arrays_and_refuse_what_a_header_cannot_carry() {
-        let c = claims(r#"{"roles":["a","b"],"n":42,"bad":"line\nbreak","obj":{}}"#);
+        let c = claims(r#"{"roles":["a","b","user,admin"],"n":42,"bad":"line\nbreak","obj":{}}"#);
         assert_eq!(
             header_value(&c, "roles").as_ref().map(|v| v.as_bytes()),
-            Some(&b"a,b"[..])
+            Some(&b"a,b"[..]),
+            "an element holding the separator is left out"
         );
         assert_eq!(
             header_value(&c, "n").as_ref().map(|v| v.as_bytes()),

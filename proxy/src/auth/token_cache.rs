@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::jwt::Verified;
+use super::jwt::{KeySet, Verified};
 
 /// Entries per generation.
 const GENERATION: usize = 4096;
@@ -25,6 +25,9 @@ type Map = HashMap<Box<str>, Entry, foldhash::quality::RandomState>;
 struct Entry {
     verified: Arc<Verified>,
     until: u64,
+    /// The key set the token verified with: held, so that its address is not reused, and
+    /// compared, so that a rotated set (a key withdrawn from a JWKS) re-verifies the token.
+    keys: Arc<KeySet>,
 }
 
 /// Verified tokens of one provider.
@@ -40,24 +43,31 @@ impl std::fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
-    /// The verification of `token` if it is cached and still valid at `now`.
-    pub(super) fn get(&self, token: &str, now: u64) -> Option<Arc<Verified>> {
+    /// The verification of `token` if it is cached, verified with `keys` (the current set) and
+    /// still valid at `now`.
+    pub(super) fn get(&self, token: &str, keys: &Arc<KeySet>, now: u64) -> Option<Arc<Verified>> {
         let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
         let (newer, older) = &mut *maps;
-        let hit = match newer.get(token) {
-            Some(e) => (Arc::clone(&e.verified), e.until),
+        let fresh = |e: &Entry| now <= e.until && Arc::ptr_eq(&e.keys, keys);
+        match newer.get(token) {
+            Some(e) => fresh(e).then(|| Arc::clone(&e.verified)),
             None => {
                 let (k, e) = older.remove_entry(token)?;
-                let hit = (Arc::clone(&e.verified), e.until);
+                let hit = fresh(&e).then(|| Arc::clone(&e.verified));
                 newer.insert(k, e);
                 hit
             }
-        };
-        (now <= hit.1).then_some(hit.0)
+        }
     }
 
-    /// Remembers that `token` verified as `verified` at `now`.
-    pub(super) fn insert(&self, token: &str, verified: Arc<Verified>, now: u64) {
+    /// Remembers that `token` verified as `verified` with `keys` at `now`.
+    pub(super) fn insert(
+        &self,
+        token: &str,
+        verified: Arc<Verified>,
+        keys: &Arc<KeySet>,
+        now: u64,
+    ) {
         let until = verified
             .valid_until
             .min(now.saturating_add(MAX_CACHED_SECS));
@@ -66,7 +76,14 @@ impl TokenCache {
         if newer.len() >= GENERATION {
             *older = std::mem::take(newer);
         }
-        newer.insert(token.into(), Entry { verified, until });
+        newer.insert(
+            token.into(),
+            Entry {
+                verified,
+                until,
+                keys: Arc::clone(keys),
+            },
+        );
     }
 }
 
@@ -85,28 +102,47 @@ mod tests {
         })
     }
 
+    fn keys() -> Arc<KeySet> {
+        Arc::new(KeySet::default())
+    }
+
     #[test]
     fn a_cached_token_is_served_until_it_expires() {
         let cache = TokenCache::default();
-        cache.insert("t1", verified(1_000), 900);
-        assert!(cache.get("t1", 999).is_some());
-        assert!(cache.get("t1", 1_001).is_none(), "expired");
-        assert!(cache.get("t2", 950).is_none());
+        let k = keys();
+        cache.insert("t1", verified(1_000), &k, 900);
+        assert!(cache.get("t1", &k, 999).is_some());
+        assert!(cache.get("t1", &k, 1_001).is_none(), "expired");
+        assert!(cache.get("t2", &k, 950).is_none());
+    }
+
+    #[test]
+    fn a_rotated_key_set_reverifies_cached_tokens() {
+        let cache = TokenCache::default();
+        let (old, new) = (keys(), keys());
+        cache.insert("t", verified(1_000), &old, 0);
+        assert!(cache.get("t", &old, 1).is_some());
+        assert!(
+            cache.get("t", &new, 1).is_none(),
+            "verified with a set no longer current"
+        );
     }
 
     #[test]
     fn a_long_lived_token_is_reverified_after_the_cache_limit() {
         let cache = TokenCache::default();
-        cache.insert("t", verified(u64::MAX), 0);
-        assert!(cache.get("t", MAX_CACHED_SECS).is_some());
-        assert!(cache.get("t", MAX_CACHED_SECS + 1).is_none());
+        let k = keys();
+        cache.insert("t", verified(u64::MAX), &k, 0);
+        assert!(cache.get("t", &k, MAX_CACHED_SECS).is_some());
+        assert!(cache.get("t", &k, MAX_CACHED_SECS + 1).is_none());
     }
 
     #[test]
     fn memory_is_bounded_under_many_distinct_tokens() {
         let cache = TokenCache::default();
+        let k = keys();
         for i in 0..(GENERATION * 5) {
-            cache.insert(&format!("token-{i}"), verified(10), 0);
+            cache.insert(&format!("token-{i}"), verified(10), &k, 0);
         }
         let maps = cache.maps.lock().expect("lock");
         assert!(maps.0.len() + maps.1.len() <= 2 * GENERATION);
@@ -114,9 +150,9 @@ mod tests {
         // The newest survive; the oldest were dropped with their generation.
         assert!(
             cache
-                .get(&format!("token-{}", GENERATION * 5 - 1), 1)
+                .get(&format!("token-{}", GENERATION * 5 - 1), &k, 1)
                 .is_some()
         );
-        assert!(cache.get("token-0", 1).is_none());
+        assert!(cache.get("token-0", &k, 1).is_none());
     }
 }

@@ -49,8 +49,8 @@ pub struct RequestCtx<'a> {
     pub error: Option<&'static str>,
     /// Why credentials were refused (never the credential).
     pub detail: Option<&'static str>,
-    /// A query parameter that carried a credential, dropped from the upstream target.
-    pub hidden_query_param: Option<&'a str>,
+    /// Query parameters that may carry a credential, dropped from the upstream target.
+    pub hidden_query_params: Vec<&'a str>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -66,7 +66,7 @@ impl<'a> RequestCtx<'a> {
             upstream_response: false,
             error: None,
             detail: None,
-            hidden_query_param: None,
+            hidden_query_params: Vec::new(),
         }
     }
 }

@@ -22,6 +22,9 @@ pub enum Step {
     RequestHeaders(HeaderFilter),
     /// Header changes on the backend's response.
     ResponseHeaders(HeaderFilter),
+    /// Refuse every request (503): the rule asked for authentication but its configuration is
+    /// invalid, and dropping it would let its requests fall through to another rule.
+    Refuse,
 }
 
 impl Step {
@@ -40,6 +43,9 @@ impl Step {
                 Ok(())
             }
             Step::ResponseHeaders(_) => Ok(()),
+            Step::Refuse => Err(ProxyError::AuthUnavailable(
+                "the rule's configuration is invalid",
+            )),
         }
     }
 
@@ -54,7 +60,8 @@ impl Step {
             Step::Authenticate(_)
             | Step::Authorize(_)
             | Step::RequestHeaders(_)
-            | Step::ResponseHeaders(_) => {}
+            | Step::ResponseHeaders(_)
+            | Step::Refuse => {}
         }
     }
 }

@@ -20,12 +20,11 @@ use crate::auth::jwt::KeySet;
 /// Largest JWKS document read.
 const MAX_DOCUMENT: usize = 1024 * 1024;
 
-/// Every algorithm: a fetched set keeps every signing key it can use; each provider then takes
-/// only keys of its own algorithms' families.
-const ALL_ALGORITHMS: [Algorithm; 12] = [
-    Algorithm::HS256,
-    Algorithm::HS384,
-    Algorithm::HS512,
+/// Every public-key algorithm: a fetched set keeps every signing key it can use, and each
+/// provider then takes only keys of its own algorithms' families. Never HMAC: a shared secret
+/// has no business in a published document (compile refuses HS* with a `jwksUri`), and over
+/// plain HTTP anyone on the path could hand the gateway one.
+const ALL_ALGORITHMS: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,
     Algorithm::RS512,

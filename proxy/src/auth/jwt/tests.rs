@@ -325,6 +325,21 @@ fn a_jwks_key_is_found_by_kid_and_unknown_kids_are_reported() {
 }
 
 #[test]
+fn critical_header_extensions_are_refused() {
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","crit":["exp-ext"],"exp-ext":1}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims().to_string());
+    let message = format!("{header}.{payload}");
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &rsa_key(), Algorithm::RS256)
+        .expect("signed");
+    let token = format!("{message}.{signature}");
+    let p = provider(&[Algorithm::RS256], keys(RSA_PUBLIC, &[Algorithm::RS256]));
+    assert_eq!(
+        check(&p, &token, &static_keys(&p), NOW).err(),
+        Some(Check::Invalid(reason::CRITICAL))
+    );
+}
+
+#[test]
 fn jku_x5u_and_embedded_jwk_headers_are_ignored() {
     // Signed by a key the provider does not trust, pointing at where that key "can be found".
     let attacker = EncodingKey::from_rsa_pem(RSA2_PRIVATE.as_bytes()).expect("key");
