@@ -432,7 +432,7 @@ fn identity_headers(rules: &[Arc<sluice_proxy::snapshot::Rule>]) -> Box<[http::H
                 continue;
             };
             for claim in auth.jwt.iter().flat_map(|p| p.claim_to_headers.iter()) {
-                let fixed = sluice_proxy::headers::IDENTITY_HEADERS.contains(&claim.header);
+                let fixed = sluice_proxy::headers::IDENTITY_HEADERS.contains(&&claim.header);
                 let credential = credentials.contains(&&claim.header);
                 if !fixed && !credential && !out.contains(&claim.header) {
                     out.push(claim.header.clone());

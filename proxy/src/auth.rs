@@ -18,7 +18,7 @@ use http::{HeaderMap, Uri};
 use serde::Serialize;
 
 use crate::error::{MISSING_CREDENTIALS, ProxyError};
-use crate::headers::{X_AUTH_PROVIDER, X_CONSUMER};
+use crate::headers::{X_AUTH_PROVIDER, X_CONSUMER, list_items};
 use crate::pipeline::RequestCtx;
 use api_key::ApiKeys;
 use jwt::{JwtProvider, Rejected};
@@ -86,15 +86,10 @@ impl CredentialFrom {
                 }
                 Cow::Borrowed(value[prefix.len()..].trim())
             }
-            CredentialFrom::Cookie(name) => headers
-                .get_all(COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .find_map(|pair| {
-                    let (k, v) = pair.trim().split_once('=')?;
-                    (k == &**name).then(|| Cow::Borrowed(v.trim_matches('"')))
-                })?,
+            CredentialFrom::Cookie(name) => list_items(headers, &COOKIE, ';').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k == &**name).then(|| Cow::Borrowed(v.trim_matches('"')))
+            })?,
             CredentialFrom::QueryParam(name) => crate::router::query_value(uri.query(), name)?,
         };
         (!found.is_empty()).then_some(found)
@@ -119,12 +114,7 @@ impl CredentialFrom {
 
 /// Rewrites the `Cookie` headers without cookie `name`; drops them when nothing is left.
 fn strip_cookie(headers: &mut HeaderMap, name: &str) {
-    let kept: Vec<String> = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
+    let kept: Vec<String> = list_items(headers, &COOKIE, ';')
         .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some(name))
         .map(str::to_owned)
         .collect();

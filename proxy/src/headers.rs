@@ -35,31 +35,31 @@ pub static X_AUTH_PROVIDER: HeaderName = HeaderName::from_static("x-auth-provide
 /// Identity headers only the gateway may set (from verified credentials): a client never gets
 /// to assert who it is by sending them. Headers a route maps claims to are added to these per
 /// snapshot ([`crate::Snapshot::identity_headers`]).
-pub static IDENTITY_HEADERS: [HeaderName; 4] = [
-    HeaderName::from_static("x-user-id"),
-    HeaderName::from_static("x-user-roles"),
-    HeaderName::from_static("x-consumer"),
-    HeaderName::from_static("x-auth-provider"),
-];
+pub static IDENTITY_HEADERS: [&HeaderName; 4] =
+    [&X_USER_ID, &X_USER_ROLES, &X_CONSUMER, &X_AUTH_PROVIDER];
+
+/// The comma- (or `sep`-) separated items of every `name` header, trimmed; values that are not
+/// visible ASCII are skipped.
+pub(crate) fn list_items<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+    sep: char,
+) -> impl Iterator<Item = &'h str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(move |v| v.split(sep))
+        .map(str::trim)
+}
 
 /// A WebSocket handshake (RFC 6455): the only protocol switch the gateway relays. Other
 /// `Upgrade` offers (h2c, TLS) are dropped as hop-by-hop and the request proxied as plain HTTP.
 pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| {
-            let name = p.trim().split('/').next().unwrap_or("");
-            name.eq_ignore_ascii_case("websocket")
-        })
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    list_items(headers, &UPGRADE, ',').any(|p| {
+        let name = p.split('/').next().unwrap_or("");
+        name.eq_ignore_ascii_case("websocket")
+    }) && list_items(headers, &CONNECTION, ',').any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Removes hop-by-hop headers, including any the `Connection` header names, and the headers in
@@ -68,9 +68,9 @@ pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 pub(crate) fn strip_hop_by_hop<const N: usize>(
     headers: &mut HeaderMap,
     keep_upgrade: bool,
-    also: &[HeaderName; N],
+    also: &[&HeaderName; N],
 ) -> bool {
-    let dropped = || HOP_BY_HOP.iter().chain(also);
+    let dropped = || HOP_BY_HOP.iter().chain(also.iter().copied());
     // One pass over the names finds which of them are present: most messages carry none or
     // only `Connection`, and a hashed remove per name would cost more than the scan.
     debug_assert!(HOP_BY_HOP.len() + also.len() <= 16 && HOP_BY_HOP[0] == CONNECTION);
@@ -81,7 +81,7 @@ pub(crate) fn strip_hop_by_hop<const N: usize>(
         // 1-2 % more per request.
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present |= 1 << i;
-        } else if let Some(i) = also.iter().position(|h| h == name) {
+        } else if let Some(i) = also.iter().position(|h| *h == name) {
             present |= 1 << (HOP_BY_HOP.len() + i);
         } else {
             underscore |= name.as_str().as_bytes().contains(&b'_');
@@ -93,12 +93,7 @@ pub(crate) fn strip_hop_by_hop<const N: usize>(
     if present & 1 != 0 {
         // `Connection` is present. Its usual tokens (`keep-alive`, `close`, `upgrade`) name
         // nothing beyond the fixed set.
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+        let named: Vec<HeaderName> = list_items(headers, &CONNECTION, ',')
             .filter(|t| {
                 !t.eq_ignore_ascii_case("close")
                     && !HOP_BY_HOP
@@ -134,6 +129,7 @@ fn strip_underscore_spellings(headers: &mut HeaderMap, extra_identity: &[HeaderN
                 let dashed = n.replace('_', "-");
                 IDENTITY_HEADERS
                     .iter()
+                    .copied()
                     .chain(extra_identity)
                     .any(|h| h.as_str() == dashed)
             }
@@ -220,6 +216,19 @@ pub fn request_id_header() -> &'static HeaderName {
 mod tests {
     use super::*;
 
+    /// `prepare_upstream` for a plain request from `client` with request id `rid`.
+    fn prepare(h: &mut HeaderMap, client: &str, host: Option<HeaderValue>, extra: &[HeaderName]) {
+        let client = client_ip_header(&client.parse().expect("addr"));
+        prepare_upstream(
+            h,
+            false,
+            &client,
+            host,
+            &HeaderValue::from_static("rid"),
+            extra,
+        );
+    }
+
     #[test]
     fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
         let mut h = HeaderMap::new();
@@ -270,14 +279,10 @@ mod tests {
         h.insert("x-tenant", HeaderValue::from_static("acme"));
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let client = client_ip_header(&"192.0.2.7:5555".parse().expect("addr"));
-        let id = HeaderValue::from_static("rid");
-        prepare_upstream(
+        prepare(
             &mut h,
-            false,
-            &client,
+            "192.0.2.7:5555",
             Some(HeaderValue::from_static("a.example")),
-            &id,
             &[HeaderName::from_static("x-tenant")],
         );
         for name in ["x-user-id", "x-consumer", "x-auth-provider", "x-tenant"] {
@@ -324,13 +329,10 @@ mod tests {
         h.insert("x_user_roles", HeaderValue::from_static("admin"));
         h.insert("x_tenant", HeaderValue::from_static("acme"));
         h.insert("x_kept_header", HeaderValue::from_static("1"));
-        let client = client_ip_header(&"192.0.2.7:5555".parse().expect("addr"));
-        prepare_upstream(
+        prepare(
             &mut h,
-            false,
-            &client,
+            "192.0.2.7:5555",
             None,
-            &HeaderValue::from_static("rid"),
             &[HeaderName::from_static("x-tenant")],
         );
         for name in ["x_user_id", "x_user_roles", "x_tenant"] {
@@ -347,15 +349,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-user-roles", HeaderValue::from_static("admin"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        let client = client_ip_header(&"[2001:db8::1]:5555".parse().expect("addr"));
-        prepare_upstream(
-            &mut h,
-            false,
-            &client,
-            None,
-            &HeaderValue::from_static("rid"),
-            &[],
-        );
+        prepare(&mut h, "[2001:db8::1]:5555", None, &[]);
         assert!(!h.contains_key("x-user-roles"));
         assert!(h.contains_key("x-kept"));
         assert_eq!(h["x-forwarded-for"], "2001:db8::1");
@@ -365,14 +359,10 @@ mod tests {
     fn routed_host_replaces_what_the_client_sent() {
         let mut h = HeaderMap::new();
         h.insert(HOST, HeaderValue::from_static("admin.internal"));
-        let client = client_ip_header(&"192.0.2.7:5555".parse().expect("addr"));
-        let id = HeaderValue::from_static("rid");
-        prepare_upstream(
+        prepare(
             &mut h,
-            false,
-            &client,
+            "192.0.2.7:5555",
             Some(HeaderValue::from_static("b.example")),
-            &id,
             &[],
         );
         assert_eq!(h["host"], "b.example");

@@ -12,7 +12,7 @@ use sluice_proxy::auth::jwt::{ClaimHeader, JwtProvider as Provider, KeySet, Keys
 use sluice_proxy::auth::{Authenticate, Authorize, CredentialFrom, Require};
 
 use super::FastMap;
-use super::routes::{FieldError, err};
+use super::routes::{FRAMING_HEADERS, FieldError, err};
 use crate::resources::{
     ApiKeyAuthentication, ApiKeySource, Authentication, Authorization, ClaimRequirement,
     ClaimToHeader, JwtAlgorithm, JwtAuthentication, JwtProvider, RoleRequirement, Secret,
@@ -23,18 +23,11 @@ use crate::resources::{
 const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(30);
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(600);
 
-/// Headers a claim may not be copied to: they frame the message or route it.
+/// Headers a claim may not be copied to, beyond the framing ones: they route the message, carry
+/// credentials, or name an API key's identity.
 const FORBIDDEN_CLAIM_HEADERS: &[&str] = &[
-    "connection",
-    "content-length",
     "content-type",
     "host",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
@@ -359,7 +352,9 @@ fn compile_provider(
                 let hf = format!("{field}.claimToHeaders[{k}].header");
                 let name = HeaderName::from_bytes(header.as_bytes())
                     .map_err(|_| err(&hf, format!("{header:?} is not a valid header name")))?;
-                if FORBIDDEN_CLAIM_HEADERS.contains(&name.as_str()) {
+                if FRAMING_HEADERS.contains(&name.as_str())
+                    || FORBIDDEN_CLAIM_HEADERS.contains(&name.as_str())
+                {
                     return Err(err(&hf, format!("{name} cannot carry a claim")));
                 }
                 // Claim headers are stripped from every client request on every route: limiting

@@ -30,8 +30,8 @@ const MAX_BACKENDS: usize = 16;
 const MAX_CONDITIONS: usize = 16;
 const MAX_WEIGHT: i32 = 1_000_000;
 
-/// Headers a filter may not touch: they frame the message or describe the connection.
-const FORBIDDEN_FILTER_HEADERS: &[&str] = &[
+/// Headers no filter or claim may set: they frame the message or describe the connection.
+pub(super) const FRAMING_HEADERS: &[&str] = &[
     "connection",
     "content-length",
     "keep-alive",
@@ -40,12 +40,6 @@ const FORBIDDEN_FILTER_HEADERS: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
-    // Identity comes only from verified credentials; a static filter would let any route
-    // author assert a user to the backend.
-    "x-user-id",
-    "x-user-roles",
-    "x-consumer",
-    "x-auth-provider",
 ];
 
 /// What one route compiles to, on its own: rule ids count from 0 and tie-breaks leave out the
@@ -735,7 +729,11 @@ fn compile_header_filter(
                 format!("{raw:?} is not a valid header name"),
             )
         })?;
-        if FORBIDDEN_FILTER_HEADERS.contains(&name.as_str()) {
+        // Identity comes only from verified credentials; a static filter would let any route
+        // author assert a user to the backend.
+        if FRAMING_HEADERS.contains(&name.as_str())
+            || sluice_proxy::headers::IDENTITY_HEADERS.contains(&&name)
+        {
             return Err(err(
                 format!("{f}.name"),
                 format!("{name} is managed by the gateway and cannot be changed"),
