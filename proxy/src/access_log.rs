@@ -78,24 +78,14 @@ impl AccessLog {
     }
 
     /// Records one request.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn record(
-        &self,
-        ctx: &RequestCtx<'_>,
-        rule: Option<&Rule>,
-        method: &Method,
-        uri: &Uri,
-        version: Version,
-        status: u16,
-        elapsed: Duration,
-    ) {
+    pub(crate) fn record(&self, entry: &Entry<'_>) {
         let Some(shared) = &self.shared else { return };
         SCRATCH.with(|scratch| {
             let Ok(mut line) = scratch.try_borrow_mut() else {
                 return;
             };
             line.clear();
-            format_line(&mut line, ctx, rule, method, uri, version, status, elapsed);
+            format_line(&mut line, entry);
             let mut pending = shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
             if pending.bytes.len() + line.len() > BUFFER_LIMIT {
                 drop(pending);
@@ -162,17 +152,34 @@ fn write_out(shared: &Shared, mut sink: Sink) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn format_line(
-    line: &mut Vec<u8>,
-    ctx: &RequestCtx<'_>,
-    rule: Option<&Rule>,
-    method: &Method,
-    uri: &Uri,
-    version: Version,
-    status: u16,
-    elapsed: Duration,
-) {
+/// The request line as it arrived, kept for the log only when there is a log to write.
+pub(crate) struct RequestLine {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+}
+
+/// What one access log line says about one request.
+pub(crate) struct Entry<'a> {
+    pub ctx: &'a RequestCtx<'a>,
+    pub rule: Option<&'a Rule>,
+    pub request: &'a RequestLine,
+    pub status: u16,
+    pub elapsed: Duration,
+}
+
+fn format_line(line: &mut Vec<u8>, entry: &Entry<'_>) {
+    let Entry {
+        ctx,
+        rule,
+        request: RequestLine {
+            method,
+            uri,
+            version,
+        },
+        status,
+        elapsed,
+    } = *entry;
     line.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(line);
     line.extend_from_slice(b"\",\"target\":\"sluice::access\",\"request_id\":");
@@ -363,16 +370,19 @@ mod tests {
         let uri: Uri = "/a/\"b\"?q=1"
             .parse()
             .unwrap_or_else(|_| Uri::from_static("/a"));
+        let request = RequestLine {
+            method: Method::GET,
+            uri,
+            version: Version::HTTP_11,
+        };
         for _ in 0..3 {
-            log.record(
-                &ctx,
-                None,
-                &Method::GET,
-                &uri,
-                Version::HTTP_11,
-                401,
-                Duration::from_micros(1234),
-            );
+            log.record(&Entry {
+                ctx: &ctx,
+                rule: None,
+                request: &request,
+                status: 401,
+                elapsed: Duration::from_micros(1234),
+            });
         }
         log.close();
         let text = String::from_utf8(sink.0.lock().expect("lock").clone()).expect("utf-8");

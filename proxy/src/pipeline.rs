@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 pub use context::{Client, RequestCtx};
 pub use step::Step;
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, Entry, RequestLine};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::headers;
@@ -59,10 +59,11 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let mut ctx = RequestCtx::new(headers::request_id(req.headers()), Instant::now(), client);
     // The request line is kept for the log only when there is a log to write.
-    let request_line = env
-        .access_log
-        .enabled()
-        .then(|| (req.method().clone(), req.uri().clone(), req.version()));
+    let request_line = env.access_log.enabled().then(|| RequestLine {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        version: req.version(),
+    });
 
     let result = request_phases(env, live, &mut ctx, req).await;
     let mut response = match result {
@@ -96,9 +97,14 @@ pub(crate) async fn handle(
         Some(stats) => stats.observe(status, elapsed.as_secs_f64()),
         None => env.unmatched.observe(status, elapsed.as_secs_f64()),
     }
-    if let Some((method, uri, version)) = request_line {
-        env.access_log
-            .record(&ctx, rule, &method, &uri, version, status, elapsed);
+    if let Some(request) = &request_line {
+        env.access_log.record(&Entry {
+            ctx: &ctx,
+            rule,
+            request,
+            status,
+            elapsed,
+        });
     }
     response
 }
