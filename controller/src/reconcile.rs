@@ -141,11 +141,6 @@ impl Reconciler {
         self.generation
     }
 
-    /// The gateway installed into.
-    pub fn gateway(&self) -> &Arc<Gateway> {
-        &self.gateway
-    }
-
     /// False for a change to the endpoints of a Service no rule uses (or failed to use): the
     /// cluster's other EndpointSlices churn all day and must not cost a snapshot each.
     pub fn matters(&self, endpoints_of: Option<&str>) -> bool {

@@ -107,11 +107,6 @@ impl Gateway {
         &self.metrics
     }
 
-    /// The gateway's long-lived state.
-    pub fn state(&self) -> &State {
-        &self.state
-    }
-
     /// Writes out the access log's buffered lines and stops it (at shutdown).
     pub fn close_access_log(&self) {
         self.access_log.close();

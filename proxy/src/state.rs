@@ -83,10 +83,4 @@ impl State {
             }
         }
     }
-
-    /// The key set fetched from `uri`, if some installed rule uses it.
-    pub fn jwks(&self, uri: &str) -> Option<Arc<Jwks>> {
-        let jwks = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
-        jwks.get(uri).and_then(Weak::upgrade)
-    }
 }

@@ -116,7 +116,6 @@ pub struct Jwks {
     last_attempt: Mutex<Option<Instant>>,
     /// One fetch at a time: concurrent requests wait for it instead of fetching again.
     fetching: tokio::sync::Mutex<()>,
-    fetches: std::sync::atomic::AtomicU64,
 }
 
 impl Jwks {
@@ -130,22 +129,11 @@ impl Jwks {
             timing,
             last_attempt: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
-            fetches: Default::default(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(refresh_loop(Arc::downgrade(&jwks)));
         }
         jwks
-    }
-
-    /// The URI fetched.
-    pub fn uri(&self) -> &str {
-        &self.uri
-    }
-
-    /// Fetches attempted so far.
-    pub fn fetches(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The current keys; when there are none yet, one fetch (within the floor) is waited for.
@@ -169,22 +157,22 @@ impl Jwks {
     }
 
     async fn fetch_on_demand(&self) {
+        let _ = self.fetch(true).await;
+    }
+
+    /// Fetches once, one fetch at a time; on failure the last good keys stay. With `floor`, no
+    /// fetch happens within the refetch floor of the last one (`None`). Returns whether a fetch
+    /// succeeded.
+    async fn fetch(&self, floor: bool) -> Option<bool> {
         let _one = self.fetching.lock().await;
         {
             let mut last = self.last_attempt.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < self.timing.refetch_floor) {
-                return;
+            if floor && last.is_some_and(|t| t.elapsed() < self.timing.refetch_floor) {
+                return None;
             }
             *last = Some(Instant::now());
         }
-        self.fetch().await;
-    }
-
-    /// Fetches once; on failure the last good keys stay. Returns whether it succeeded.
-    async fn fetch(&self) -> bool {
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match self.fetcher.fetch(&self.uri).await {
+        Some(match self.fetcher.fetch(&self.uri).await {
             Ok(set) => {
                 tracing::debug!(uri = %self.uri, keys = set.len(), "JWKS fetched");
                 self.keys.store(Some(Arc::new(set)));
@@ -195,7 +183,7 @@ impl Jwks {
                 tracing::warn!(uri = %self.uri, error = %e, keeping, "JWKS fetch failed; keeping the last good keys");
                 false
             }
-        }
+        })
     }
 }
 
@@ -204,11 +192,7 @@ impl Jwks {
 async fn refresh_loop(jwks: Weak<Jwks>) {
     loop {
         let Some(set) = jwks.upgrade() else { return };
-        let ok = {
-            let _one = set.fetching.lock().await;
-            *set.last_attempt.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-            set.fetch().await
-        };
+        let ok = set.fetch(false).await == Some(true);
         let wait = if ok {
             set.timing.refresh
         } else {
