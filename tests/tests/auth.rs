@@ -46,6 +46,19 @@ async fn get_with(
         .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
+/// A gateway serving `spec` as route `r` to Service `b` (a backend named `name`), with the
+/// `corp-keys` Secret beside it.
+async fn behind_corp_keys(name: &str, spec: &str) -> (TestBackend, TestGateway) {
+    let b = TestBackend::start(name).await;
+    let gw = TestGateway::start(&[
+        ("svc.yaml", service("b", 80, &[(b.addr, true)])),
+        ("keys.yaml", keys_secret()),
+        ("route.yaml", route("r", spec)),
+    ])
+    .await;
+    (b, gw)
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -129,17 +142,11 @@ async fn a_jwt_rule_refuses_without_a_valid_token_and_passes_the_identity_on() {
 
 #[tokio::test]
 async fn roles_and_claims_decide_403_and_anonymous_rules_opt_out() {
-    let b = TestBackend::start("admin").await;
     let spec = format!(
         "  authentication:\n{}  rules:\n  - name: admin\n    matches: [{{path: {{value: /admin}}}}]\n    authorization: {{requiredRoles: [admin, ops], require: AllOf}}\n    backendRefs: [{{name: b, port: 80}}]\n  - name: tenant\n    matches: [{{path: {{value: /tenant}}}}]\n    authorization: {{claims: [{{name: tenant, values: [acme]}}]}}\n    backendRefs: [{{name: b, port: 80}}]\n  - name: health\n    matches: [{{path: {{value: /health}}}}]\n    authentication: {{anonymous: true}}\n    backendRefs: [{{name: b, port: 80}}]",
         jwt_from_secret()
     );
-    let gw = TestGateway::start(&[
-        ("svc.yaml", service("b", 80, &[(b.addr, true)])),
-        ("keys.yaml", keys_secret()),
-        ("route.yaml", route("r", &spec)),
-    ])
-    .await;
+    let (_backend, gw) = behind_corp_keys("admin", &spec).await;
     let c = client::http1();
     let ops_only = bearer(&tokens::token("u", &["ops"]));
     let both = bearer(&tokens::token("u", &["admin", "ops"]));
@@ -178,7 +185,6 @@ async fn roles_and_claims_decide_403_and_anonymous_rules_opt_out() {
 
 #[tokio::test]
 async fn identity_headers_sent_by_a_client_never_reach_a_backend() {
-    let b = TestBackend::start("b").await;
     let spec = format!(
         "  rules:
   - name: open
@@ -196,12 +202,7 @@ async fn identity_headers_sent_by_a_client_never_reach_a_backend() {
           claimToHeaders: [{{claim: sub, header: X-User-Id}}, {{claim: tenant, header: X-Tenant}}]
     backendRefs: [{{name: b, port: 80}}]"
     );
-    let gw = TestGateway::start(&[
-        ("svc.yaml", service("b", 80, &[(b.addr, true)])),
-        ("keys.yaml", keys_secret()),
-        ("route.yaml", route("r", &spec)),
-    ])
-    .await;
+    let (_backend, gw) = behind_corp_keys("b", &spec).await;
     assert_eq!(
         gw.gateway.snapshot().rules.len(),
         2,
@@ -245,16 +246,10 @@ async fn identity_headers_sent_by_a_client_never_reach_a_backend() {
 
 #[tokio::test]
 async fn a_token_in_the_wrong_place_is_no_token() {
-    let b = TestBackend::start("b").await;
     let spec = format!(
         "  authentication:\n    jwt:\n      providers:\n      - name: corp\n        issuer: {ISSUER}\n        algorithms: [RS256]\n        keySecretRef: {{name: corp-keys, key: public.pem}}\n        from: {{queryParam: access_token}}\n    forwardCredentials: false\n  rules:\n  - backendRefs: [{{name: b, port: 80}}]"
     );
-    let gw = TestGateway::start(&[
-        ("svc.yaml", service("b", 80, &[(b.addr, true)])),
-        ("keys.yaml", keys_secret()),
-        ("route.yaml", route("r", &spec)),
-    ])
-    .await;
+    let (_backend, gw) = behind_corp_keys("b", &spec).await;
     let c = client::http1();
     let token = tokens::token("u", &[]);
     let in_header = get_with(&c, &gw, "/x", &[("authorization", &bearer(&token))]).await;
@@ -540,6 +535,20 @@ fn jwks_route(uri: &str) -> String {
     )
 }
 
+/// A gateway whose one route needs a token verified with `issuer`'s keys.
+async fn behind_jwks(issuer: &JwksServer) -> (TestBackend, TestGateway) {
+    let b = TestBackend::start("b").await;
+    let gw = TestGateway::start_with(
+        &[
+            ("svc.yaml", service("b", 80, &[(b.addr, true)])),
+            ("route.yaml", jwks_route(&issuer.uri())),
+        ],
+        quick_jwks(),
+    )
+    .await;
+    (b, gw)
+}
+
 fn quick_jwks() -> ProxyConfig {
     ProxyConfig {
         jwks: JwksTiming {
@@ -554,15 +563,7 @@ fn quick_jwks() -> ProxyConfig {
 #[tokio::test]
 async fn keys_from_a_jwks_endpoint_rotate_and_outlive_the_issuer() {
     let issuer = JwksServer::start(vec![tokens::jwk(RSA_PUBLIC, "k1")]).await;
-    let b = TestBackend::start("b").await;
-    let gw = TestGateway::start_with(
-        &[
-            ("svc.yaml", service("b", 80, &[(b.addr, true)])),
-            ("route.yaml", jwks_route(&issuer.uri())),
-        ],
-        quick_jwks(),
-    )
-    .await;
+    let (_backend, gw) = behind_jwks(&issuer).await;
     let c = client::http1();
     let k1 = bearer(&tokens::sign(
         tokens::RSA_PRIVATE,
@@ -622,15 +623,7 @@ async fn keys_from_a_jwks_endpoint_rotate_and_outlive_the_issuer() {
 #[tokio::test]
 async fn a_flood_of_unknown_kids_cannot_hammer_the_issuer() {
     let issuer = JwksServer::start(vec![tokens::jwk(RSA_PUBLIC, "k1")]).await;
-    let b = TestBackend::start("b").await;
-    let gw = TestGateway::start_with(
-        &[
-            ("svc.yaml", service("b", 80, &[(b.addr, true)])),
-            ("route.yaml", jwks_route(&issuer.uri())),
-        ],
-        quick_jwks(),
-    )
-    .await;
+    let (_backend, gw) = behind_jwks(&issuer).await;
     let c = client::http1();
     assert!(eventually(Duration::from_secs(5), || async { issuer.fetches() >= 1 }).await);
     let started = std::time::Instant::now();
@@ -663,15 +656,7 @@ async fn a_flood_of_unknown_kids_cannot_hammer_the_issuer() {
 async fn an_issuer_that_never_answered_fails_closed() {
     let issuer = JwksServer::start(vec![]).await;
     issuer.go_down();
-    let b = TestBackend::start("b").await;
-    let gw = TestGateway::start_with(
-        &[
-            ("svc.yaml", service("b", 80, &[(b.addr, true)])),
-            ("route.yaml", jwks_route(&issuer.uri())),
-        ],
-        quick_jwks(),
-    )
-    .await;
+    let (b, gw) = behind_jwks(&issuer).await;
     let c = client::http1();
     let t = bearer(&tokens::token("u", &[]));
     assert_eq!(
@@ -716,17 +701,11 @@ async fn a_rule_with_broken_authentication_refuses_instead_of_falling_through() 
 
 #[tokio::test]
 async fn two_credentials_are_no_credential() {
-    let b = TestBackend::start("b").await;
     let spec = format!(
         "  authentication:\n{}  rules:\n  - backendRefs: [{{name: b, port: 80}}]",
         jwt_from_secret()
     );
-    let gw = TestGateway::start(&[
-        ("svc.yaml", service("b", 80, &[(b.addr, true)])),
-        ("keys.yaml", keys_secret()),
-        ("route.yaml", route("r", &spec)),
-    ])
-    .await;
+    let (_backend, gw) = behind_corp_keys("b", &spec).await;
     let c = client::http1();
     let admin = bearer(&tokens::token("admin", &["admin"]));
     let user = bearer(&tokens::token("user", &[]));
