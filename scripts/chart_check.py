@@ -10,9 +10,11 @@ For the chart's defaults and for each charts/sluice/ci/*-values.yaml it runs `he
 --strict`, renders (which also enforces values.schema.json), validates each object against
 Kubernetes KUBE_VERSION with unknown fields as errors, and checks the chart's contract: the
 RBAC rules sluice needs and no more, the drain/grace arithmetic, the security context, the
-downward-API env, probes, and that selectors, ports and bindings point at what exists. It
-then checks that values the chart must refuse are refused, that every `.Values.x` a template
-reads is declared in values.yaml, and that the chart's CRDs are byte-identical to crds/.
+downward-API env, the Redis / trusted-proxy / rate-limit env (and that no Redis is bundled),
+probes, and that selectors, ports and bindings point at what exists. It then checks the exact
+env a few rate-limit value sets render, that values the chart must refuse are refused, that
+every `.Values.x` a template reads is declared in values.yaml, and that the chart's CRDs are
+byte-identical to crds/.
 
 Usage: chart_check.py [--kube-version 1.33.0] [--chart DIR]. Exits 1 if anything failed, 2 on bad usage.
 """
@@ -70,7 +72,49 @@ MUST_REFUSE = [
     ("HPA max below min",
      {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 2}}, "maxReplicas"),
     ("bad namespace name", {"watchNamespaces": ["Bad_NS"]}, "watchNamespaces/0"),
+    ("password in redis.url", {"redis": {"url": "redis://:hunter2@redis.cache:6379/0"}},
+     "redis.url must not carry a password"),
+    ("user:password in redis.url", {"redis": {"url": "redis://sluice:hunter2@redis.cache:6379"}},
+     "redis.url must not carry a password"),
+    ("redis.url without a scheme", {"redis": {"url": "redis.cache:6379"}}, "redis/url"),
+    ("redis.timeout without a unit", {"redis": {"timeout": "50"}}, "redis/timeout"),
+    ("redis.passwordSecret without redis.url",
+     {"redis": {"passwordSecret": {"name": "redis-auth"}}},
+     "redis.passwordSecret is set but redis.url is empty"),
+    ("trustedProxies given as one comma-joined entry",
+     {"trustedProxies": ["10.0.0.0/8,192.168.0.0/16"]}, "trustedProxies/0"),
+    ("trustedProxies entry not a CIDR", {"trustedProxies": ["lb.example.com"]}, "trustedProxies/0"),
+    ("limitKeys 0", {"limitKeys": 0}, "limitKeys"),
 ]
+
+# The env the Redis, trusted-proxy and key-limit values render, restated: (label, overrides,
+# the container's env entries with these names, in order, exactly). Defaults render none.
+RATE_LIMIT_ENV_NAMES = ("SLUICE_REDIS", "SLUICE_REDIS_TIMEOUT", "SLUICE_REDIS_PASSWORD",
+                        "SLUICE_TRUSTED_PROXIES", "SLUICE_LIMIT_KEYS")
+RATE_LIMIT_ENV_CASES = [
+    ("defaults", None, []),
+    ("redis.url + passwordSecret (default key) + trustedProxies + limitKeys",
+     {"redis": {"url": "redis://redis-master.cache:6379/0",
+                "passwordSecret": {"name": "redis-auth"}},
+      "trustedProxies": ["10.0.0.0/8", "192.168.0.0/16"], "limitKeys": 2000000,
+      "secretNames": ["corp-keys"]},
+     [{"name": "SLUICE_REDIS", "value": "redis://redis-master.cache:6379/0"},
+      {"name": "SLUICE_REDIS_PASSWORD",
+       "valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}}},
+      {"name": "SLUICE_TRUSTED_PROXIES", "value": "10.0.0.0/8,192.168.0.0/16"},
+      {"name": "SLUICE_LIMIT_KEYS", "value": "2000000"}]),
+    ("redis.url with an ACL user and an IPv6 host + timeout + passwordSecret key",
+     {"redis": {"url": "redis://sluice@[fd00::1]:6379/0", "timeout": "1s500ms",
+                "passwordSecret": {"name": "redis-auth", "key": "redis-password"}},
+      "trustedProxies": ["fd00::/8"]},
+     [{"name": "SLUICE_REDIS", "value": "redis://sluice@[fd00::1]:6379/0"},
+      {"name": "SLUICE_REDIS_TIMEOUT", "value": "1s500ms"},
+      {"name": "SLUICE_REDIS_PASSWORD",
+       "valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "redis-password"}}},
+      {"name": "SLUICE_TRUSTED_PROXIES", "value": "fd00::/8"}]),
+]
+# Workload kinds the chart never renders: sluice is its one Deployment, and Redis is the user's.
+NOT_RENDERED_WORKLOADS = ("StatefulSet", "DaemonSet", "ReplicaSet", "Pod", "Job", "CronJob")
 
 
 class Result:
@@ -215,6 +259,33 @@ def check_contract(objs: list[Any], values: dict[str, Any], res: Result) -> None
     res.check(not env_problems, "env: listeners, drain, namespaces, downward-API pod identity",
               f"wrong: {env_problems}")
 
+    redis = values.get("redis") or {}
+    secret = redis.get("passwordSecret") or {}
+    limit = values.get("limitKeys")
+    plain = lambda n, v: env.get(n) == {"name": n, "value": v} if v else n not in env  # noqa: E731
+    rl_problems = [name for name, good in [
+        ("SLUICE_REDIS = redis.url", plain("SLUICE_REDIS", redis.get("url"))),
+        ("SLUICE_REDIS_TIMEOUT = redis.timeout",
+         plain("SLUICE_REDIS_TIMEOUT", redis.get("timeout"))),
+        ("SLUICE_REDIS_PASSWORD from the redis.passwordSecret key",
+         env.get("SLUICE_REDIS_PASSWORD") == {
+             "name": "SLUICE_REDIS_PASSWORD",
+             "valueFrom": {"secretKeyRef": {"name": secret["name"], "key": secret.get("key")}}}
+         if secret.get("name") else "SLUICE_REDIS_PASSWORD" not in env),
+        ("SLUICE_TRUSTED_PROXIES = trustedProxies joined by commas",
+         plain("SLUICE_TRUSTED_PROXIES", ",".join(values.get("trustedProxies") or []))),
+        ("SLUICE_LIMIT_KEYS = limitKeys, as an integer",
+         plain("SLUICE_LIMIT_KEYS", None if limit is None else str(int(limit)))),
+    ] if not good]
+    res.check(not rl_problems, "env: Redis, trusted proxies, limit keys as the values say",
+              f"wrong: {rl_problems}")
+    extra = [f"{k}/{o['metadata']['name']}" for k in NOT_RENDERED_WORKLOADS for o in kinds(k)]
+    extra += [f"{o['kind']}/{o['metadata']['name']}" for o in objs
+              if "redis" in o["metadata"]["name"].lower()]
+    res.check(not extra and len(pod["containers"]) == 1 and not pod.get("initContainers"),
+              "no bundled Redis: no other workload, container or redis-named object",
+              f"found {list(dict.fromkeys(extra))}")
+
     probe_ok = lambda p, path: (p or {}).get("httpGet", {}).get("path") == path and \
         (p or {}).get("httpGet", {}).get("port") in ("admin", ports.get("admin"))  # noqa: E731
     res.check(probe_ok(c.get("livenessProbe"), "/healthz") and
@@ -351,6 +422,38 @@ def check_values_set(label: str, overrides: dict[str, Any] | None, defaults: dic
     check_contract(docs, merged(defaults, overrides or {}), res)
 
 
+def check_rate_limit_env(defaults: dict[str, Any], kube_version: str, res: Result) -> None:
+    """The exact env each RATE_LIMIT_ENV_CASES set renders, after its full values-set check."""
+    for label, overrides, want in RATE_LIMIT_ENV_CASES:
+        if overrides is not None:  # the defaults had their full check already
+            check_values_set(f"rate limits: {label}", overrides, defaults, kube_version, res)
+        else:
+            print(f"== values: rate limits: {label} ==")
+        try:
+            objs, _ = render(overrides)
+        except helm.HelmError as e:
+            res.fail(f"{label}: render: {type(e).__name__}: {e}")
+            continue
+        docs = [d for _, d in objs if isinstance(d, dict) and "kind" in d]
+        deps = [d for d in docs if d["kind"] == "Deployment"]
+        if len(deps) != 1:
+            res.fail(f"{label}: expected one Deployment, got {len(deps)}")
+            continue
+        env = [e for c in deps[0]["spec"]["template"]["spec"]["containers"]
+               for e in c.get("env", []) if e["name"] in RATE_LIMIT_ENV_NAMES]
+        res.check(env == want, f"{label}: env exactly {', '.join(e['name'] for e in want)}" if want
+                  else f"{label}: none of {', '.join(RATE_LIMIT_ENV_NAMES)}", f"got {env}")
+        res.check(not [d for d in docs if d["kind"] in NOT_RENDERED_WORKLOADS or
+                       "redis" in d["metadata"]["name"].lower()],
+                  f"{label}: no Redis StatefulSet, Deployment, Service or other object rendered")
+        secret_names = sorted({n for d in docs if d["kind"] in ("Role", "ClusterRole")
+                               for r in d.get("rules", []) if "secrets" in r.get("resources", [])
+                               for n in r.get("resourceNames") or []})
+        res.check(secret_names == sorted((overrides or {}).get("secretNames") or []),
+                  f"{label}: the Redis password Secret gets no RBAC (kubelet reads it)",
+                  f"Secret resourceNames {secret_names}")
+
+
 def check_refusals(res: Result) -> None:
     print("== values the chart must refuse ==")
     for label, overrides, fragment in MUST_REFUSE:
@@ -431,6 +534,7 @@ def main() -> int:
                 sets.append((os.path.relpath(path, CHART), helm.values_from_yaml(f.read())))
         for label, overrides in sets:
             check_values_set(label, overrides, defaults, args.kube_version, res)
+        check_rate_limit_env(defaults, args.kube_version, res)
         check_refusals(res)
         check_values_declared(defaults, res)
         check_crds(args.kube_version, res)

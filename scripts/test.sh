@@ -12,6 +12,7 @@ need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)  # Global rate-limit tests
 if ((${#need_apt[@]})); then
   step "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

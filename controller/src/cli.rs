@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use sluice_proxy::limit::{SharedStoreConfig, TrustedProxies};
 use sluice_proxy::{Gateway, ProxyConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -75,9 +76,23 @@ struct RunArgs {
     /// Worker threads [default: the number of cores].
     #[arg(long, env = "SLUICE_WORKERS")]
     workers: Option<usize>,
-    /// Redis URL for global rate limits.
+    /// Redis for `Global` rate limits: redis://host:port/db (rediss:// is not built in).
     #[arg(long, env = "SLUICE_REDIS")]
     redis: Option<String>,
+    /// Password for --redis; prefer the environment variable (from a Secret) to the flag.
+    #[arg(long, env = "SLUICE_REDIS_PASSWORD", hide_env_values = true)]
+    redis_password: Option<String>,
+    /// Longest a rate-limit check may wait for Redis before the failureMode decides.
+    #[arg(long, env = "SLUICE_REDIS_TIMEOUT", default_value = "50ms", value_parser = duration_arg)]
+    redis_timeout: Duration,
+    /// Peers whose X-Forwarded-For names the client (CIDRs or addresses, comma-separated);
+    /// by default none: the socket peer is the client.
+    #[arg(long, env = "SLUICE_TRUSTED_PROXIES", default_value = "", value_parser = trusted_proxies_arg)]
+    trusted_proxies: TrustedProxies,
+    /// Most client keys one Local rate limit tracks; beyond it the key nearest to a full
+    /// bucket is forgotten.
+    #[arg(long, env = "SLUICE_LIMIT_KEYS", default_value_t = 100_000)]
+    limit_keys: usize,
     /// Only serve objects in this namespace (repeatable).
     #[arg(long = "namespace", env = "SLUICE_NAMESPACE", value_delimiter = ',')]
     namespaces: Vec<String>,
@@ -93,6 +108,10 @@ struct RunArgs {
 enum AccessLog {
     Json,
     Off,
+}
+
+fn trusted_proxies_arg(s: &str) -> Result<TrustedProxies, String> {
+    TrustedProxies::parse(s)
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -142,8 +161,16 @@ fn usage_error(message: &str) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    if args.redis.is_some() {
-        return usage_error("--redis: global rate limiting is not implemented yet");
+    if let Some(store) = shared_store(&args)
+        && let Err(e) = store.check_url()
+    {
+        return usage_error(&format!("--redis: {e}"));
+    }
+    if args.redis_password.is_some() && args.redis.is_none() {
+        return usage_error("--redis-password needs --redis");
+    }
+    if args.limit_keys == 0 {
+        return usage_error("--limit-keys must be at least 1");
     }
     if let Some(manifests) = &args.manifests
         && !manifests.is_dir()
@@ -211,6 +238,9 @@ async fn bind(args: &RunArgs) -> anyhow::Result<Serving> {
     let gateway = Gateway::new(ProxyConfig {
         drain_timeout: args.drain_timeout,
         access_log: args.access_log == AccessLog::Json,
+        trusted_proxies: Arc::new(args.trusted_proxies.clone()),
+        shared_store: shared_store(args),
+        limit_keys: args.limit_keys,
         ..ProxyConfig::default()
     });
     let proxy_listener = TcpListener::bind(args.listen)
@@ -232,6 +262,14 @@ async fn bind(args: &RunArgs) -> anyhow::Result<Serving> {
         proxy_listener,
         admin_listen,
         stop,
+    })
+}
+
+fn shared_store(args: &RunArgs) -> Option<SharedStoreConfig> {
+    args.redis.as_ref().map(|url| SharedStoreConfig {
+        url: url.clone(),
+        password: args.redis_password.clone(),
+        timeout: args.redis_timeout,
     })
 }
 
@@ -342,7 +380,9 @@ async fn shutdown_signal() {
 fn check(paths: &[PathBuf]) -> ExitCode {
     let mut set = ManifestSet::default();
     let refresh = set.refresh(paths);
-    let (inputs, duplicates) = set.inputs(&[]);
+    let (mut inputs, duplicates) = set.inputs(&[]);
+    // `check` judges manifests, not a deployment: it assumes the Redis a Global policy needs.
+    inputs.shared_store = true;
     let compiled = compile(&inputs, 1, None);
     let mut problems = 0;
     for e in refresh.errors.iter().chain(&duplicates) {

@@ -37,6 +37,9 @@ pub struct Inputs {
     pub slices: Vec<Arc<EndpointSlice>>,
     /// Secrets the routes may reference (JWT keys, API keys).
     pub secrets: Vec<Arc<Secret>>,
+    /// The gateway has a Redis for `Global` rate limits (`--redis`); without one their status
+    /// says they are not programmed.
+    pub shared_store: bool,
 }
 
 /// Identity of an object in diagnostics and statuses.
@@ -140,6 +143,7 @@ struct Held {
     _services: Vec<Arc<Service>>,
     _slices: Vec<Arc<EndpointSlice>>,
     _secrets: Vec<Arc<Secret>>,
+    _policies: Vec<Arc<RateLimitPolicy>>,
 }
 
 struct ServiceVersion {
@@ -161,6 +165,8 @@ struct CachedRoute {
     /// The address of every Secret object the route references, in reference order (0: it
     /// did not exist), as compiled.
     secrets: Box<[usize]>,
+    /// The address of every RateLimitPolicy object targeting the route, as compiled.
+    policies: Box<[usize]>,
     output: routes::RouteOutput,
     /// The compile that last used this entry.
     used: u64,
@@ -299,6 +305,12 @@ fn compile_routes(
     let mut regexes = RegexCache::from_snapshot(prev);
     let mut endpoints = endpoints::EndpointIndex::new(&inputs.services, &inputs.slices, prev);
     let mut secrets = auth::SecretIndex::new(&inputs.secrets);
+    let policies = policies::PolicyIndex::new(&inputs.policies);
+    let policy_addresses = |route: &GatewayRoute| {
+        let ns = route.metadata.namespace.as_deref().unwrap_or("default");
+        let name = route.metadata.name.as_deref().unwrap_or("");
+        policies.addresses_targeting(ns, name)
+    };
     let mut order: Vec<&Arc<GatewayRoute>> = inputs.routes.iter().collect();
     // Gateway API tie-break: the oldest route wins, then `namespace/name`.
     order.sort_unstable_by_key(|r| {
@@ -320,8 +332,13 @@ fn compile_routes(
     match cache {
         None => {
             for (rank, route) in order.iter().enumerate() {
-                let output =
-                    routes::compile_route(route, &mut endpoints, &mut regexes, &mut secrets);
+                let output = routes::compile_route(
+                    route,
+                    &mut endpoints,
+                    &mut regexes,
+                    &mut secrets,
+                    &policies,
+                );
                 out.place(&output, rank as u64, &[]);
             }
         }
@@ -346,15 +363,22 @@ fn compile_routes(
                             .eq(entry.services.iter().copied())
                         && route_secret_addresses(route, &secret_addresses)
                             .eq(entry.secrets.iter().copied())
+                        && *policy_addresses(route) == *entry.policies
                 });
                 if !reused {
-                    let output =
-                        routes::compile_route(route, &mut endpoints, &mut regexes, &mut secrets);
+                    let output = routes::compile_route(
+                        route,
+                        &mut endpoints,
+                        &mut regexes,
+                        &mut secrets,
+                        &policies,
+                    );
                     let entry = CachedRoute {
                         source: Arc::clone(route),
                         services: route_service_versions(route, &versions).collect(),
                         failed: endpoints.take_recent_failures().into_boxed_slice(),
                         secrets: route_secret_addresses(route, &secret_addresses).collect(),
+                        policies: policy_addresses(route),
                         output,
                         used: stamp,
                     };
@@ -369,6 +393,7 @@ fn compile_routes(
                 _services: inputs.services.clone(),
                 _slices: inputs.slices.clone(),
                 _secrets: inputs.secrets.clone(),
+                _policies: inputs.policies.clone(),
             };
         }
     }
@@ -380,12 +405,25 @@ fn compile_routes(
         mut failed,
     } = out;
     let mut policy_statuses = Vec::new();
-    policies::compile_policies(
-        &inputs.policies,
-        &inputs.routes,
-        &mut policy_statuses,
-        &mut diagnostics,
-    );
+    if !inputs.policies.is_empty() {
+        let limited: HashSet<(&str, &str)> = rules
+            .iter()
+            .filter(|r| {
+                r.policy
+                    .steps
+                    .iter()
+                    .any(|s| matches!(s, sluice_proxy::pipeline::Step::RateLimit(_)))
+            })
+            .map(|r| (&**r.route(), &**r.name()))
+            .collect();
+        policies.statuses(
+            &inputs.routes,
+            &limited,
+            inputs.shared_store,
+            &mut policy_statuses,
+            &mut diagnostics,
+        );
+    }
     statuses.extend(policy_statuses.into_iter().map(Arc::new));
     failed.extend(endpoints.into_failed());
 

@@ -81,6 +81,11 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
+    /// Whether the gateway has a Redis for `Global` rate limits (an input of compile).
+    pub fn shared_store(&self) -> bool {
+        self.gateway.has_shared_store()
+    }
+
     /// A reconciler installing into `gateway`; registers `sluice_config_propagation_seconds`.
     pub fn new(gateway: Arc<Gateway>) -> Self {
         let propagation = propagation_histogram();

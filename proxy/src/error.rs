@@ -1,6 +1,6 @@
 //! Errors the gateway answers itself, rendered as DESIGN.md's JSON body.
 
-use http::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use crate::body::{self, ProxyBody};
@@ -27,6 +27,12 @@ pub enum ProxyError {
     /// fails closed.
     #[error("authentication unavailable: {0}")]
     AuthUnavailable(&'static str),
+    /// A rate limit refused the request; retry after this many seconds.
+    #[error("rate limited")]
+    RateLimited(u64),
+    /// A `Global` limit with `failureMode: Closed` could not reach its store.
+    #[error("rate limit store unavailable")]
+    LimitUnavailable,
     /// The rule matched but none of its backends has a ready endpoint.
     #[error("no ready endpoint for the route")]
     NoReadyEndpoint,
@@ -50,9 +56,10 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ProxyError::AuthUnavailable(_) | ProxyError::NoReadyEndpoint => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::AuthUnavailable(_)
+            | ProxyError::LimitUnavailable
+            | ProxyError::NoReadyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Backend(_) | ProxyError::BackendProtocol(_) => StatusCode::BAD_GATEWAY,
         }
@@ -66,6 +73,8 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::Forbidden(_) => "forbidden",
             ProxyError::AuthUnavailable(_) => "auth_unavailable",
+            ProxyError::RateLimited(_) => "rate_limited",
+            ProxyError::LimitUnavailable => "limit_unavailable",
             ProxyError::NoReadyEndpoint => "no_ready_endpoint",
             ProxyError::BackendTimeout => "backend_timeout",
             ProxyError::Backend(e) if e.is_connect() => "backend_connect",
@@ -93,6 +102,8 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => "missing or invalid credentials",
             ProxyError::Forbidden(_) => "credentials do not grant access to this resource",
             ProxyError::AuthUnavailable(_) => "credentials cannot be checked right now",
+            ProxyError::RateLimited(_) => "rate limit exceeded",
+            ProxyError::LimitUnavailable => "rate limits cannot be checked right now",
             ProxyError::NoReadyEndpoint => "no ready endpoint for the route",
             ProxyError::BackendTimeout => "backend did not respond in time",
             ProxyError::Backend(e) if e.is_connect() => "could not connect to the backend",
@@ -121,6 +132,16 @@ impl ProxyError {
                 r#"Bearer realm="sluice", error="invalid_token""#
             };
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        match self {
+            ProxyError::RateLimited(secs) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            // The store is usually back within a second; a client should not hammer it sooner.
+            ProxyError::LimitUnavailable => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
     }

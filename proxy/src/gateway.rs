@@ -12,11 +12,12 @@ use prometheus::IntCounter;
 
 use crate::access_log::{AccessLog, Sink};
 use crate::body::ProxyBody;
+use crate::limit::SharedStore;
 use crate::metrics::{Metrics, RuleStats};
 use crate::pipeline::{self, Client, Env, Live};
 use crate::server::ProxyConfig;
 use crate::snapshot::Snapshot;
-use crate::state::State;
+use crate::state::{Limits, State};
 use crate::upstream::Upstreams;
 
 /// The running data plane.
@@ -50,6 +51,17 @@ impl Gateway {
         };
         let metrics = Metrics::new();
         let unmatched = metrics.unmatched();
+        let shared = config.shared_store.as_ref().and_then(|store| {
+            match SharedStore::new(store, metrics.registry()) {
+                Ok(store) => Some(Arc::new(store)),
+                Err(e) => {
+                    // The command line checks the URL first; this is a library caller's mistake.
+                    tracing::error!(error = %e, "no shared store: Global rate limits follow their failureMode");
+                    None
+                }
+            }
+        });
+        let limits = Limits::new(shared, config.limit_keys, metrics.registry());
         let access_log = match sink {
             Some(sink) => {
                 let dropped = IntCounter::new(
@@ -72,7 +84,7 @@ impl Gateway {
             upstreams,
             metrics,
             unmatched,
-            state: State::new(config.jwks),
+            state: State::new(config.jwks, limits),
             access_log,
             ready: AtomicBool::new(false),
             config,
@@ -95,6 +107,11 @@ impl Gateway {
     /// The snapshot being served.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.live.load().snapshot.clone()
+    }
+
+    /// True when `Global` rate limits have a Redis to count in.
+    pub fn has_shared_store(&self) -> bool {
+        self.config.shared_store.is_some()
     }
 
     /// True once a first snapshot has been installed.

@@ -8,7 +8,7 @@ use http::HeaderMap;
 use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
@@ -158,11 +158,16 @@ pub(crate) fn prepare_upstream(
     for name in extra_identity {
         headers.remove(name);
     }
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        Some(prior) => {
-            let mut list = Vec::with_capacity(prior.len() + 2 + client_ip.len());
-            list.extend_from_slice(prior.as_bytes());
-            list.extend_from_slice(b", ");
+    // Several `X-Forwarded-For` lines are one list (RFC 9110 section 5.3), in order; the peer
+    // goes last.
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let forwarded_for = match prior.peek() {
+        Some(_) => {
+            let mut list = Vec::with_capacity(64);
+            for line in prior {
+                list.extend_from_slice(line.as_bytes());
+                list.extend_from_slice(b", ");
+            }
             list.extend_from_slice(client_ip.as_bytes());
             HeaderValue::from_maybe_shared(Bytes::from(list)).ok()
         }

@@ -17,6 +17,7 @@ pub mod forward;
 pub mod gateway;
 pub mod headers;
 pub mod host;
+pub mod limit;
 pub mod metrics;
 pub mod path;
 pub mod pipeline;

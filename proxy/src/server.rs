@@ -16,6 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
+use crate::limit::{SharedStoreConfig, TrustedProxies};
 use crate::pipeline::Client;
 use crate::state::JwksTiming;
 
@@ -40,6 +41,13 @@ pub struct ProxyConfig {
     pub access_log: bool,
     /// How remote JWKS key sets are fetched and refreshed.
     pub jwks: JwksTiming,
+    /// Peers whose `X-Forwarded-For` names the client (`--trusted-proxies`).
+    pub trusted_proxies: Arc<TrustedProxies>,
+    /// The Redis of `Global` rate limits (`--redis`); without it they follow their
+    /// `failureMode`.
+    pub shared_store: Option<SharedStoreConfig>,
+    /// Most client keys one local rate limit tracks (`--limit-keys`).
+    pub limit_keys: usize,
 }
 
 impl Default for ProxyConfig {
@@ -54,6 +62,9 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(25),
             access_log: true,
             jwks: JwksTiming::default(),
+            trusted_proxies: Arc::default(),
+            shared_store: None,
+            limit_keys: 100_000,
         }
     }
 }
@@ -102,7 +113,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
-        let client = Client::new(remote);
+        let client = Client::behind(remote, &gateway.config.trusted_proxies);
         let service = service_fn(move |req: Request<Incoming>| {
             let gw = gw.clone();
             let client = client.clone();

@@ -1,15 +1,18 @@
 //! Long-lived state outside the snapshot: what must outlive a swap because it is expensive to
-//! rebuild or must not be reset (fetched JWKS key sets now; per-endpoint state, limiter buckets
-//! and cache entries as those features arrive). Keyed by stable identities (a `jwksUri`), bound
-//! to a snapshot's rules when the snapshot is installed, so an unchanged policy keeps its state
-//! across swaps and a rule compiled anew finds the state of its predecessor.
+//! rebuild or must not be reset (fetched JWKS key sets, rate-limit buckets; per-endpoint state
+//! and cache entries as those features arrive). Keyed by stable identities (a `jwksUri`, a
+//! limit's policy, name and parameters), bound to a snapshot's rules when the snapshot is
+//! installed, so an unchanged policy keeps its state across swaps and a rule compiled anew finds
+//! the state of its predecessor.
 
 mod jwks;
+mod limits;
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 pub use jwks::Jwks;
+pub(crate) use limits::Limits;
 
 use crate::pipeline::Step;
 use crate::snapshot::Snapshot;
@@ -42,21 +45,24 @@ pub struct State {
     jwks: Mutex<crate::FastMap<Arc<str>, Weak<Jwks>>>,
     fetcher: Arc<jwks::Fetcher>,
     timing: JwksTiming,
+    limits: Limits,
 }
 
 impl State {
-    /// Empty state.
-    pub fn new(timing: JwksTiming) -> Self {
+    /// Empty state; rate limits keep their buckets in `limits`.
+    pub(crate) fn new(timing: JwksTiming, limits: Limits) -> Self {
         State {
             jwks: Mutex::default(),
             fetcher: Arc::new(jwks::Fetcher::new(timing.timeout)),
             timing,
+            limits,
         }
     }
 
     /// Binds the state every rule of `snapshot` needs. Rules shared with the previous snapshot
     /// are bound already and left alone.
     pub fn bind(&self, snapshot: &Snapshot) {
+        self.limits.bind(snapshot);
         let mut jwks = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
         jwks.retain(|_, w| w.strong_count() > 0);
         for rule in snapshot.rules.iter() {

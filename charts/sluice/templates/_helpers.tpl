@@ -103,6 +103,12 @@ scripts/chart_check.py (EXPECTED_WATCH_RULES) and the README's RBAC section. */}
 {{- if and (eq .Values.service.type "ClusterIP") (not (kindIs "invalid" .Values.service.nodePort)) -}}
 {{- fail "service.nodePort applies only to service.type NodePort or LoadBalancer" -}}
 {{- end -}}
+{{- if regexMatch "^[^/]*//[^/@]*:[^/@]*@" .Values.redis.url -}}
+{{- fail "redis.url must not carry a password (anyone who can read the Deployment would see it): put it in a Secret and set redis.passwordSecret" -}}
+{{- end -}}
+{{- if and .Values.redis.passwordSecret.name (not .Values.redis.url) -}}
+{{- fail "redis.passwordSecret is set but redis.url is empty: set the URL of the Redis it belongs to" -}}
+{{- end -}}
 {{- if .Values.autoscaling.enabled -}}
 {{- if lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas) -}}
 {{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" -}}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
+use sluice_proxy::limit::RateLimit;
 use sluice_proxy::path;
 use sluice_proxy::pipeline::Step;
 use sluice_proxy::router::{self, Candidate, HostPattern};
@@ -14,6 +15,7 @@ use sluice_proxy::snapshot::{Backend, HeaderFilter, PathRewrite, Rule, RulePolic
 
 use super::auth::{self, SecretIndex};
 use super::endpoints::EndpointIndex;
+use super::policies::PolicyIndex;
 use super::{Condition, Diagnostic, ObjectRef, RegexCache, StatusReport};
 use crate::resources::{
     Authentication, BackendRef, GatewayRoute, GatewayRouteSpec, HeaderMatch, HeaderModifier,
@@ -94,6 +96,7 @@ pub(super) fn compile_route(
     endpoints: &mut EndpointIndex<'_>,
     regexes: &mut RegexCache,
     secrets: &mut SecretIndex<'_>,
+    policies: &PolicyIndex<'_>,
 ) -> RouteOutput {
     let object = ObjectRef::of(route);
     let route_id: Arc<str> = format!("{}/{}", object.namespace, object.name).into();
@@ -155,6 +158,8 @@ pub(super) fn compile_route(
         let ctx = RuleContext {
             namespace: &object.namespace,
             route: &route_id,
+            route_name: &object.name,
+            policies,
             route_auth: authentication.as_ref(),
             index: i,
             tiebreak: (i as u64) << 12,
@@ -337,6 +342,10 @@ fn is_dns_name(name: &str) -> bool {
 struct RuleContext<'a> {
     namespace: &'a str,
     route: &'a Arc<str>,
+    /// The route's own name (without the namespace).
+    route_name: &'a str,
+    /// The rate-limit policies, by the routes they target.
+    policies: &'a PolicyIndex<'a>,
     /// The route's default authentication.
     route_auth: Option<&'a Authentication>,
     index: usize,
@@ -496,6 +505,10 @@ fn compile_rule_body(
     let mut steps = Vec::with_capacity(4);
     steps.extend(auth.authenticate.map(|a| Step::Authenticate(Box::new(a))));
     steps.extend(auth.authorize.map(|a| Step::Authorize(Box::new(a))));
+    let limits = ctx.policies.limits_for(ctx.namespace, ctx.route_name, name);
+    if !limits.is_empty() {
+        steps.push(Step::RateLimit(Box::new(RateLimit::new(limits))));
+    }
     if !request_headers.is_empty() {
         steps.push(Step::RequestHeaders(request_headers));
     }

@@ -6,6 +6,8 @@ use sluice_proxy::router::RequestView;
 use super::*;
 use crate::sources::manifests::{Object, parse_file};
 
+mod policies;
+
 const BACKENDS: &str = r#"
 apiVersion: v1
 kind: Service
@@ -477,21 +479,6 @@ fn zero_weight_backends_get_nothing() {
     ));
     let rule = find(&c, "h", "/").expect("rule");
     assert!((0..50).all(|_| rule.pick().expect("endpoint").addr.port() == 9999));
-}
-
-#[test]
-fn rate_limit_policies_are_reported_as_not_enforced() {
-    let policy = "apiVersion: sluice.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  targetRef: {kind: GatewayRoute, name: r}\n  limits: [{name: l, requests: 10, period: 1m, key: {type: ClientIP}}]\n";
-    let c = compile_with_backends(policy);
-    let d = only_diagnostic(&c);
-    assert_eq!(d.object.to_string(), "RateLimitPolicy/shop/p");
-    assert!(d.reason.contains("not enforced"));
-    assert!(
-        !c.statuses[0]
-            .condition("Accepted")
-            .expect("Accepted")
-            .status
-    );
 }
 
 #[test]

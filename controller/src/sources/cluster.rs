@@ -57,6 +57,8 @@ impl Stores {
             slices: self.slices.state(),
             // Secrets are watched one by one, as routes reference them (see `secrets`).
             secrets: Vec::new(),
+            // Set by the reconcile that compiles them.
+            shared_store: false,
         }
     }
 
@@ -216,6 +218,7 @@ impl Compiler {
         let endpoints_only = !self.failed
             && reconciler.endpoints_suffice(pending.iter().map(|c| c.endpoints_of.as_deref()));
         let mut inputs = stores.inputs();
+        inputs.shared_store = reconciler.shared_store();
         if !endpoints_only {
             self.secrets.follow(&inputs.routes).await;
         }

@@ -42,7 +42,8 @@ impl DirSource {
         if !refresh.changed && self.reconciler.generation() > 0 {
             return false;
         }
-        let (inputs, duplicates) = self.set.inputs(&self.namespaces);
+        let (mut inputs, duplicates) = self.set.inputs(&self.namespaces);
+        inputs.shared_store = self.reconciler.shared_store();
         for e in &duplicates {
             tracing::warn!("{e}");
         }

@@ -1,11 +1,13 @@
 //! What the pipeline knows about one request as it goes.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 
 use crate::auth::Identity;
+use crate::limit::{LimitOutcome, TrustedProxies};
 use crate::snapshot::RuleId;
 
 /// The client end of a connection, made once per connection.
@@ -15,14 +17,35 @@ pub struct Client {
     pub addr: SocketAddr,
     /// The peer's IP as an `X-Forwarded-For` entry.
     pub ip_header: HeaderValue,
+    /// The trusted proxies, when the peer is one: then `X-Forwarded-For` names the client.
+    proxies: Option<Arc<TrustedProxies>>,
 }
 
 impl Client {
-    /// The client at `addr`.
+    /// The client at `addr`, whose forwarding headers are not believed.
     pub fn new(addr: SocketAddr) -> Self {
         Client {
             addr,
             ip_header: crate::headers::client_ip_header(&addr),
+            proxies: None,
+        }
+    }
+
+    /// The client at `addr`, whose `X-Forwarded-For` is believed if `trusted` holds `addr`.
+    pub fn behind(addr: SocketAddr, trusted: &Arc<TrustedProxies>) -> Self {
+        let mut client = Self::new(addr);
+        if trusted.trusts(addr.ip().to_canonical()) {
+            client.proxies = Some(Arc::clone(trusted));
+        }
+        client
+    }
+
+    /// The client's address for a request with `headers` as forwarded upstream: the peer, or
+    /// the right-most untrusted hop when the peer is a trusted proxy.
+    pub fn ip(&self, headers: &HeaderMap) -> IpAddr {
+        match &self.proxies {
+            Some(trusted) => trusted.client(self.addr.ip(), headers),
+            None => self.addr.ip().to_canonical(),
         }
     }
 }
@@ -51,6 +74,8 @@ pub struct RequestCtx<'a> {
     pub detail: Option<&'static str>,
     /// Query parameters that may carry a credential, dropped from the upstream target.
     pub hidden_query_params: Vec<&'a str>,
+    /// The most restrictive rate limit's decision, for the response headers.
+    pub limit: Option<LimitOutcome<'a>>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -67,6 +92,7 @@ impl<'a> RequestCtx<'a> {
             error: None,
             detail: None,
             hidden_query_params: Vec::new(),
+            limit: None,
         }
     }
 }

@@ -7,17 +7,21 @@ use super::RequestCtx;
 use crate::auth::{Authenticate, Authorize};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::limit::RateLimit;
 use crate::snapshot::HeaderFilter;
 
 /// One compiled step of a rule, in the order the compiler placed them: authentication,
-/// authorization, then request header changes (so filters see the request as the backend will,
-/// identity included); response header changes apply on the way back.
+/// authorization, rate limits (keyed by the verified identity), then request header changes
+/// (so filters see the request as the backend will, identity included); response header changes
+/// apply on the way back.
 #[derive(Debug, Serialize)]
 pub enum Step {
     /// Verify credentials; 401 / 503 on failure.
     Authenticate(Box<Authenticate>),
     /// Check the verified identity's roles and claims; 403 on failure.
     Authorize(Box<Authorize>),
+    /// Take one request from every limit's bucket; 429 (or 503) on refusal.
+    RateLimit(Box<RateLimit>),
     /// Header changes on the request the backend receives.
     RequestHeaders(HeaderFilter),
     /// Header changes on the backend's response.
@@ -38,6 +42,7 @@ impl Step {
         match self {
             Step::Authenticate(auth) => auth.on_request(ctx, headers, uri).await,
             Step::Authorize(authz) => authz.on_request(ctx),
+            Step::RateLimit(limits) => limits.on_request(ctx, headers).await,
             Step::RequestHeaders(filter) => {
                 filter.apply(headers);
                 Ok(())
@@ -57,6 +62,7 @@ impl Step {
             Step::ResponseHeaders(filter) if ctx.upstream_response => {
                 filter.apply(response.headers_mut())
             }
+            Step::RateLimit(_) => RateLimit::on_response(ctx, response),
             Step::Authenticate(_)
             | Step::Authorize(_)
             | Step::RequestHeaders(_)
