@@ -49,7 +49,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Compile manifests offline and print every problem; exit 1 if there is any.
     Check {
         /// Files or directories of manifests.
@@ -124,7 +124,7 @@ impl Cli {
         let cli = Cli::parse();
         init_logging(cli.log_format);
         match cli.command {
-            Command::Run(args) => run(args),
+            Command::Run(args) => run(*args),
             Command::Check { paths } => check(&paths),
             Command::Crds => {
                 print!("{}", crds_yaml());

@@ -81,3 +81,68 @@ pub async fn fetch(client: &HttpClient, addr: SocketAddr, host: &str, path: &str
         .await
         .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
+
+/// What [`raw_get`] read: the status and the headers (names lower-cased), body dropped.
+#[derive(Debug)]
+pub struct RawReply {
+    /// Status code.
+    pub status: u16,
+    /// Headers, lower-cased names, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl RawReply {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` over a new HTTP/1.1 connection from local address `from` (any of 127.0.0.0/8 on
+/// Linux), so tests can be several clients: the gateway sees `from` as the peer.
+pub async fn raw_get(
+    gateway: SocketAddr,
+    from: std::net::IpAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> RawReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(from, 0))
+        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    let mut stream = socket
+        .connect(gateway)
+        .await
+        .expect("connect to the gateway");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    RawReply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}

@@ -11,6 +11,7 @@ pub mod fake_api;
 pub mod harness;
 pub mod jwks;
 pub mod manifests;
+pub mod redis;
 pub mod tokens;
 
 use std::future::Future;
