@@ -10,7 +10,10 @@
 # with latency percentiles; needs `oha`, see below), swaps and swaps10k (a route added 10 times a
 # second under load, with 100 and with 10,000 routes configured), churn (an upstream instance
 # removed and re-added under load), auth (sluice alone: an open route, one needing an RS256 JWT
-# and one needing an API key, alternating; every connection sends the same valid credential).
+# and one needing an API key, alternating; every connection sends the same valid credential),
+# limits (sluice alone: an open route, one with a Local rate limit per client address and one with
+# a Global one in Redis, alternating; the limits are high enough never to refuse, so what is
+# measured is what an admitted request pays).
 #
 # ACCESS_LOG=on turns both proxies' access logs on (nginx: a JSON log_format to a file; sluice:
 # its JSON access log, stdout to a file), as users run them; the default is both off.
@@ -32,11 +35,11 @@ CONNECTIONS=${CONNECTIONS:-50}
 RATE=${RATE:-5000}
 BASE_PORT=${BASE_PORT:-18100}
 NGINX_PORT=$((BASE_PORT)) SLUICE_PORT=$((BASE_PORT + 1)) ADMIN_PORT=$((BASE_PORT + 2))
-NGINX_H2_PORT=$((BASE_PORT + 3)) UP_PORTS=($((BASE_PORT + 11)) $((BASE_PORT + 12)) $((BASE_PORT + 13)))
+NGINX_H2_PORT=$((BASE_PORT + 3)) REDIS_PORT=$((BASE_PORT + 20)) UP_PORTS=($((BASE_PORT + 11)) $((BASE_PORT + 12)) $((BASE_PORT + 13)))
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-install_missing wrk:wrk h2load:nghttp2-client nginx:nginx-light curl:curl openssl:openssl
+install_missing wrk:wrk h2load:nghttp2-client nginx:nginx-light curl:curl openssl:openssl redis-server:redis-server
 if [ -z "${OHA:-}" ]; then
   if command -v oha >/dev/null; then
     OHA=$(command -v oha)
@@ -74,6 +77,9 @@ CONF
   eval "up_pid_$i=$!"
 done
 for p in "${UP_PORTS[@]}"; do wait_for "http://127.0.0.1:$p/"; done
+# The Redis of the limits scenario's Global limit, beside the upstreams on core 1.
+taskset -c 1 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+pids+=("$!")
 
 # --- configuration of both proxies for N routes (/r0/ ... /r{N-1}/) --------------------------
 # upstream_servers PORT... -> nginx `server` lines
@@ -133,6 +139,41 @@ write_sluice_manifests() { # ROUTES [READY...] (one ready flag per upstream, def
   }' >"$d/routes.yaml.tmp"
   mv "$d/routes.yaml.tmp" "$d/routes.yaml"
   write_auth_manifests "$d"
+  write_limit_manifests "$d"
+}
+
+# The limits scenario's routes: /local/ and /global/, each limited per client address to a
+# million requests a second (never reached), locally and in Redis.
+write_limit_manifests() { # DIR
+  cat >"$1/limits.yaml.tmp" <<EOF
+apiVersion: sluice.dev/v1alpha1
+kind: GatewayRoute
+metadata: {name: limits, namespace: default}
+spec:
+  rules:
+  - name: local
+    matches: [{path: {type: PathPrefix, value: /local/}}]
+    backendRefs: [{name: up, port: 80}]
+  - name: global
+    matches: [{path: {type: PathPrefix, value: /global/}}]
+    backendRefs: [{name: up, port: 80}]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: local, namespace: default}
+spec:
+  targetRef: {kind: GatewayRoute, name: limits, rule: local}
+  limits: [{name: per-client, requests: 1000000, period: 1s, key: {type: ClientIP}}]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: global, namespace: default}
+spec:
+  targetRef: {kind: GatewayRoute, name: limits, rule: global}
+  scope: Global
+  limits: [{name: per-client, requests: 1000000, period: 1s, key: {type: ClientIP}}]
+EOF
+  mv "$1/limits.yaml.tmp" "$1/limits.yaml"
 }
 
 # The auth scenario's routes: /jwt/ needs an RS256 token (the example key of the quick start),
@@ -189,6 +230,7 @@ start_proxies() { # ROUTES
   [ "${ACCESS_LOG:-off}" = on ] && access=json
   SLUICE_LOG=warn taskset -c 0 "$SLUICE" run --manifests "$work/manifests" --workers 1 \
     --access-log "$access" --listen "127.0.0.1:$SLUICE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+    --redis "redis://127.0.0.1:$REDIS_PORT/0" \
     >"$work/sluice-access.log" &
   sluice_pid=$!
   pids+=("$sluice_pid")
@@ -385,6 +427,17 @@ auth_rounds() {
   done
 }
 
+# limits_rounds: the open, locally limited and globally limited routes of sluice, alternating.
+limits_rounds() {
+  local round
+  for round in $(seq "$ROUNDS"); do
+    log "  round $round/$ROUNDS"
+    wrk_run limits-none /r0/x sluice
+    wrk_run limits-local /local/x sluice
+    wrk_run limits-global /global/x sluice
+  done
+}
+
 alternate() { # FUNCTION ARGS... : runs nginx then sluice, ROUNDS times
   local round
   for round in $(seq "$ROUNDS"); do
@@ -413,6 +466,13 @@ for scenario in $SCENARIOS; do
       [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $JWT_TOKEN" "http://127.0.0.1:$SLUICE_PORT/jwt/x")" = 200 ] ||
         { log "  the JWT route does not accept the bench token"; exit 1; }
       warm /r0/x; auth_rounds ;;
+    limits)
+      start_proxies 1
+      for p in /local/x /global/x; do
+        [ -n "$(curl -s -D - -o /dev/null "http://127.0.0.1:$SLUICE_PORT$p" | grep -i '^ratelimit-remaining')" ] ||
+          { log "  $p is not rate limited (is Redis up?)"; exit 1; }
+      done
+      warm /r0/x; limits_rounds ;;
     *) log "unknown scenario $scenario"; exit 64 ;;
   esac
 done
@@ -429,6 +489,17 @@ for scenario in $SCENARIOS; do
     for v in open jwt apikey; do
       f=auth-$v-sluice
       awk -v v="$v" -v a="$(col $f 1)" -v b="$(col auth-open-sluice 1)" -v c="$(col $f 6)" -v d="$(col auth-open-sluice 6)" \
+        -v p50="$(col $f 2)" -v p99="$(col $f 3)" -v bad="$(col $f 4)" \
+        'BEGIN {printf "| %s | %s | %s | %s | %s | %s | %.2fx | %.2fx |\n", v, a, p50, p99, bad, c, a / b, c / d}'
+    done
+    continue
+  fi
+  if [ "$scenario" = limits ] && [ -s "$work/res/limits-none-sluice" ]; then
+    printf '\n### limits (sluice: one rate limit per client address, never reached)\n\n'
+    printf '| route | requests/s | p50 ms | p99 ms | non-2xx | CPU s / 100k | vs none: throughput | CPU |\n|---|---|---|---|---|---|---|---|\n'
+    for v in none local global; do
+      f=limits-$v-sluice
+      awk -v v="$v" -v a="$(col $f 1)" -v b="$(col limits-none-sluice 1)" -v c="$(col $f 6)" -v d="$(col limits-none-sluice 6)" \
         -v p50="$(col $f 2)" -v p99="$(col $f 3)" -v bad="$(col $f 4)" \
         'BEGIN {printf "| %s | %s | %s | %s | %s | %s | %.2fx | %.2fx |\n", v, a, p50, p99, bad, c, a / b, c / d}'
     done

@@ -346,6 +346,18 @@ generation="$(awk '/^sluice_snapshot_generation /{print $2}' "$metrics")"
 check "/metrics has sluice_snapshot_generation, advanced by the reloads" \
   test "${generation:-0}" -ge 3 -- "sluice_snapshot_generation: '${generation}'"
 
+# Rate limiting (examples/quickstart/limits.yaml): 5 per 10 s per client, then 429.
+codes=""
+for _ in 1 2 3 4 5 6 7; do
+  fetch "$proxy/limited/x"
+  codes+="$code "
+done
+check "a local rate limit admits 5 per client, then answers 429" test "$codes" == "200 200 200 200 200 429 429 " \
+  -- "got $codes"
+check "the 429 carries Retry-After and the RateLimit headers" \
+  test "$(header retry-after | tr -d '\r'):$(header ratelimit-limit | tr -d '\r'):$(header ratelimit-remaining | tr -d '\r'):$(header ratelimit-policy | tr -d '\r'):$(json status)" == "2:5:0:5;w=10:429" \
+  -- "headers: $(tr -d '\r' <"$hdrs" | grep -i -e ratelimit -e retry-after | tr '\n' ' ') body: $(head -c 200 "$body")"
+
 # `sluice check` on a broken manifest: exit 1, naming the file and the field.
 mkdir -p "$work/bad"
 cat >"$work/bad/route.yaml" <<'EOF'
@@ -382,6 +394,44 @@ fi
 wait "$inflight_pid"
 check "SIGTERM: the request in flight still completes (200)" test "$(cat "$work/inflight")" == 200 \
   -- "in-flight request got '$(cat "$work/inflight")'"
+
+# Two sluice processes sharing one real Redis admit a Global limit once in total.
+if command -v redis-server >/dev/null 2>&1; then
+  redis_port="${E2E_REDIS_PORT:-19379}"
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 &
+  backend_pid[redis]=$!
+  mkdir -p "$work/global"
+  cp "$manifests/echo.yaml" "$work/global/"
+  sed -e 's/^  name: per-client$/  name: shared/' -e 's/requests: 5/requests: 4/' -e 's/period: 10s/period: 1m/' \
+    -e 's/key: {type: ClientIP}/key: {type: Route}/' -e 's/^  limits:$/  scope: Global\n  failureMode: Closed\n  limits:/' \
+    "$manifests/limits.yaml" >"$work/global/limits.yaml"
+  wait_until 5 port_open "$redis_port"
+  for i in 1 2; do
+    "$bin" run --manifests "$work/global" --listen "127.0.0.1:$((proxy_port + 100 + i))" \
+      --admin-listen "127.0.0.1:$((admin_port + 100 + i))" --redis "redis://127.0.0.1:$redis_port/0" \
+      --access-log off --log-format plain >"$work/global-$i.log" 2>&1 &
+    backend_pid[global$i]=$!
+  done
+  both_ready() { port_open "$((proxy_port + 101))" && port_open "$((proxy_port + 102))" &&
+    [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((admin_port + 101))/readyz")" == 200 ]] &&
+    [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((admin_port + 102))/readyz")" == 200 ]]; }
+  wait_until 10 both_ready
+  codes=""
+  for i in 1 2 1 2 1 2 1 2; do
+    fetch "http://127.0.0.1:$((proxy_port + 100 + i))/limited/x"
+    codes+="$code "
+  done
+  check "two sluice processes sharing Redis admit a Global limit of 4 once in total" \
+    test "$(tr ' ' '\n' <<<"$codes" | grep -c '^200$'):$(tr ' ' '\n' <<<"$codes" | grep -c '^429$')" == "4:4" \
+    -- "got $codes; $(tail -n 3 "$work/global-1.log")"
+  kill "${backend_pid[redis]}" 2>/dev/null
+  wait "${backend_pid[redis]}" 2>/dev/null
+  fetch "http://127.0.0.1:$((proxy_port + 101))/limited/x"
+  check "Redis gone: failureMode Closed answers 503" test "$code:$(json status)" == "503:503" \
+    -- "got $code: $(head -c 200 "$body")"
+else
+  not_ok "two sluice processes sharing Redis" "redis-server is not installed (scripts/test.sh installs it)"
+fi
 
 if [[ -e "$work/timed-out" ]]; then
   not_ok "the run completes within ${deadline_s} s" "set E2E_TIMEOUT to allow more"

@@ -8,7 +8,7 @@
 //! replica ([`shared`]).
 
 mod client;
-pub(crate) mod local;
+pub mod local;
 mod shared;
 
 use std::borrow::Cow;
@@ -22,7 +22,7 @@ use prometheus::IntCounter;
 use serde::Serialize;
 
 pub use client::TrustedProxies;
-pub use shared::{SharedStore, SharedStoreConfig};
+pub use shared::{SharedStore, SharedStoreConfig, StoreError};
 
 use crate::auth::{Identity, claims};
 use crate::body::ProxyBody;
@@ -52,6 +52,9 @@ pub struct Rate {
 /// Most a bucket may hold: governor counts in `u32`.
 pub const MAX_CAPACITY: u64 = u32::MAX as u64;
 
+/// Longest an empty bucket may take to refill: ten years.
+const MAX_REFILL_SECS: f64 = 10.0 * 365.0 * 86_400.0;
+
 impl Rate {
     /// A rate, if it is one: at least one request, a bucket of at most [`MAX_CAPACITY`], and a
     /// period of at least a millisecond that leaves at least a microsecond per request.
@@ -66,7 +69,9 @@ impl Rate {
                 .checked_add(burst)
                 .is_some_and(|c| c <= MAX_CAPACITY)
             && period >= Duration::from_millis(1)
-            && rate.interval() >= Duration::from_micros(1);
+            && rate.interval() >= Duration::from_micros(1)
+            // A full bucket's worth of time must fit GCRA's nanosecond arithmetic with room.
+            && rate.interval().as_secs_f64() * rate.capacity() as f64 <= MAX_REFILL_SECS;
         valid.then_some(rate)
     }
 
@@ -154,8 +159,12 @@ pub struct Limit {
 impl Limit {
     /// A limit of `policy` (`namespace/name`).
     pub fn new(policy: Arc<str>, name: Arc<str>, rate: Rate, key: LimitKey, scope: Scope) -> Self {
+        let scope_name = match scope {
+            Scope::Local => "local",
+            Scope::Global { .. } => "global",
+        };
         let id = format!(
-            "{policy}/{name}:{}per{}ms+{}:{}",
+            "{policy}/{name}:{}per{}ms+{}:{}:{scope_name}",
             rate.requests,
             rate.period.as_millis(),
             rate.burst,
@@ -270,13 +279,10 @@ impl RateLimit {
                 Buckets::Shared(store) => {
                     let result = match store {
                         Some(store) => {
-                            let mut redis_key = Vec::with_capacity(limit.id.len() + 48);
+                            let mut redis_key = Vec::with_capacity(limit.id.len() + 96);
                             redis_key.extend_from_slice(b"sluice:rl:");
                             redis_key.extend_from_slice(limit.id.as_bytes());
-                            for part in key.parts() {
-                                redis_key.push(b':');
-                                redis_key.extend_from_slice(part);
-                            }
+                            key.write_shared(&mut redis_key);
                             store.check(&redis_key, &limit.rate).await.ok()
                         }
                         None => None,
@@ -299,9 +305,10 @@ impl RateLimit {
                 }
             } else {
                 state.limited.inc();
-                if refused.is_none_or(|r| decision.retry_after > r.decision.retry_after) {
-                    refused = Some(outcome);
-                }
+                // The first refusal answers: later limits (the compiler puts shared `Route`
+                // buckets last) are not charged for a request that will not pass.
+                refused = Some(outcome);
+                break;
             }
         }
         if let Some(refused) = refused {
@@ -373,6 +380,36 @@ impl KeyValue<'_> {
     }
 }
 
+impl KeyValue<'_> {
+    /// The key's tail in Redis: a client address in hex, a value read from the request as its
+    /// SHA-256 (fixed length whatever the client sends, and never a credential in the clear).
+    fn write_shared(&self, out: &mut Vec<u8>) {
+        fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            for b in bytes {
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+        }
+        out.push(b':');
+        match self {
+            KeyValue::Ip(ip) => {
+                out.extend_from_slice(b"ip:");
+                hex(out, ip);
+            }
+            KeyValue::Text(tag, value) => {
+                out.extend_from_slice(tag);
+                out.push(b':');
+                hex(
+                    out,
+                    ring::digest::digest(&ring::digest::SHA256, value).as_ref(),
+                );
+            }
+            KeyValue::Whole => out.extend_from_slice(b"all"),
+        }
+    }
+}
+
 fn ip_key(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
@@ -437,6 +474,8 @@ mod tests {
             "0.1 µs each"
         );
         assert!(Rate::new(MAX_CAPACITY, Duration::from_secs(86_400), 1).is_none());
+        // 1 a day with a burst of a million: 2,700 years to refill, past GCRA's arithmetic.
+        assert!(Rate::new(1, Duration::from_secs(86_400), 1_000_000).is_none());
         let r = Rate::new(100, Duration::from_secs(60), 20).expect("valid");
         assert_eq!(r.capacity(), 120);
         assert_eq!(r.interval(), Duration::from_millis(600));
@@ -477,6 +516,17 @@ mod tests {
         let burst = Rate::new(100, Duration::from_secs(60), 1).expect("valid");
         assert_ne!(base, id(burst, LimitKey::ClientIp));
         assert_ne!(base, id(rate, LimitKey::Route));
+        let global = Limit::new(
+            "ns/p".into(),
+            "l".into(),
+            rate,
+            LimitKey::ClientIp,
+            Scope::Global { fail_open: true },
+        );
+        assert_ne!(
+            base, global.id,
+            "Local and Global buckets are different state"
+        );
         assert_ne!(
             id(rate, LimitKey::Claim("sub".into())),
             id(rate, LimitKey::Claim("tenant".into()))

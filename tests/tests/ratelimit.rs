@@ -113,22 +113,22 @@ async fn a_client_gets_requests_plus_burst_in_a_period_and_its_own_bucket() {
 
 #[tokio::test]
 async fn a_bucket_refills_over_real_time() {
-    // One request back every 250 ms.
+    // One request back every 500 ms: the waits leave 400 ms of slack either side.
     let (_b, gw) = gateway(
         ROUTE,
-        &[("p.yaml", one_limit(4, "1s", 0, "{type: ClientIP}"))],
+        &[("p.yaml", one_limit(4, "2s", 0, "{type: ClientIP}"))],
         ProxyConfig::default(),
     )
     .await;
     assert_eq!(allowed(&statuses(&gw, "127.0.0.1", 6, &[]).await), 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let after = statuses(&gw, "127.0.0.1", 3, &[]).await;
     assert_eq!(
         allowed(&after),
         1,
         "one interval refills one request: {after:?}"
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
         allowed(&statuses(&gw, "127.0.0.1", 6, &[]).await),
         4,
@@ -239,12 +239,62 @@ async fn claim_and_api_key_limits_count_per_verified_identity() {
     assert_eq!(allowed(&acme), 3, "{acme:?}");
     let globex = statuses(
         &gw,
-        "127.0.0.2",
+        "127.0.0.1",
         5,
         &[("x-api-key", "globex-key-0123456789")],
     )
     .await;
-    assert_eq!(allowed(&globex), 3, "{globex:?}");
+    assert_eq!(
+        allowed(&globex),
+        3,
+        "same address, another consumer: {globex:?}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_without_the_claim_are_counted_by_client_address() {
+    // No authentication on the rule: no claim, so each client address has its own bucket.
+    let (_b, gw) = gateway(
+        ROUTE,
+        &[("p.yaml", one_limit(2, "1m", 0, "{type: Claim, name: sub}"))],
+        ProxyConfig::default(),
+    )
+    .await;
+    assert_eq!(allowed(&statuses(&gw, "127.0.0.1", 3, &[]).await), 2);
+    assert_eq!(
+        allowed(&statuses(&gw, "127.0.0.2", 3, &[]).await),
+        2,
+        "another address, another bucket"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_over_its_own_limit_does_not_drain_the_shared_one() {
+    let p = policy(
+        "p",
+        "  limits:\n  - {name: shared, requests: 5, period: 1m, key: {type: Route}}\n  - {name: mine, requests: 1, period: 1m, key: {type: ClientIP}}",
+    );
+    let (_b, gw) = gateway(ROUTE, &[("p.yaml", p)], ProxyConfig::default()).await;
+    // One admitted, then refused by its own limit: the shared bucket is charged once.
+    let mine = statuses(&gw, "127.0.0.1", 10, &[]).await;
+    assert_eq!(allowed(&mine), 1, "{mine:?}");
+    let mut others = Vec::new();
+    for from in [
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+        "127.0.0.6",
+    ] {
+        others.push(raw_get(gw.addr, ip(from), "/", &[]).await.status);
+    }
+    assert_eq!(
+        others,
+        [200, 200, 200, 200, 429],
+        "4 of the shared 5 were left for others"
+    );
     gw.shutdown().await;
 }
 

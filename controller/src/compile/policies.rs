@@ -97,6 +97,9 @@ impl<'a> PolicyIndex<'a> {
                 ));
             }
         }
+        // Per-client limits first, then shared `Route` buckets: checking stops at the first
+        // refusal, so a client over its own limit does not drain everyone's shared budget.
+        out.sort_by_key(|l| l.key == LimitKey::Route);
         out
     }
 

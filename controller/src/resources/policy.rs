@@ -1,8 +1,5 @@
-//! `RateLimitPolicy`: how much traffic a route or rule may take.
-//!
-//! The schema is fixed by DESIGN.md so that manifests written today stay valid; enforcement
-//! arrives with the rate-limiting work. Until then, compile reports every policy as not accepted
-//! (status and `sluice check`), so a policy is never silently ignored.
+//! `RateLimitPolicy`: how much traffic a route or rule may take. The schema is fixed by
+//! DESIGN.md; `compile::policies` validates it and places the limits in the targeted rules.
 
 use kube::CustomResource;
 use schemars::JsonSchema;

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use crate::headers::{X_FORWARDED_FOR, list_items};
+use crate::headers::X_FORWARDED_FOR;
 
 /// The peers whose `X-Forwarded-For` is believed (`--trusted-proxies`).
 #[derive(Debug, Clone, Default)]
@@ -43,10 +43,17 @@ impl TrustedProxies {
         if !self.trusts(peer) {
             return peer;
         }
-        let hops: Vec<&str> = list_items(headers, &X_FORWARDED_FOR, ',').collect();
+        // Raw bytes, not `to_str`: one non-ASCII byte must not hide the whole chain (the client
+        // would then count as the trusted proxy itself). A hop that does not parse ends the walk.
+        let hops: Vec<&[u8]> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .collect();
         let mut client = peer;
         for hop in hops.iter().rev() {
-            let Some(ip) = parse_hop(hop) else {
+            let Some(ip) = std::str::from_utf8(hop).ok().and_then(parse_hop) else {
                 // Garbage from a trusted hop's client: the last good address is all we know.
                 break;
             };
@@ -114,6 +121,17 @@ mod tests {
         let trusted = TrustedProxies::parse("10.0.0.0/8").expect("parse");
         let h = xff("203.0.113.5, not-an-ip, 10.0.0.2, 10.0.0.1");
         assert_eq!(trusted.client(ip("10.0.0.1"), &h), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn a_byte_that_is_not_ascii_does_not_hide_the_chain() {
+        let trusted = TrustedProxies::parse("10.0.0.0/8").expect("parse");
+        let mut h = HeaderMap::new();
+        h.insert(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"\xff, 203.0.113.5, 10.0.0.1").expect("obs-text is allowed"),
+        );
+        assert_eq!(trusted.client(ip("10.0.0.1"), &h), ip("203.0.113.5"));
     }
 
     #[test]

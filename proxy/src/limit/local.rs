@@ -31,13 +31,14 @@ const EVICTION_SAMPLE: usize = 8;
 type Shard = HashMap<u64, u64, foldhash::fast::FixedState>;
 
 /// A keyed GCRA state store holding at most a fixed number of keys.
-pub(crate) struct BoundedStore {
+pub struct BoundedStore {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
 }
 
 impl BoundedStore {
-    pub(crate) fn new(max_keys: usize) -> Self {
+    /// A store for at most `max_keys` keys.
+    pub fn new(max_keys: usize) -> Self {
         BoundedStore {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             per_shard: max_keys.div_ceil(SHARDS).max(1),
@@ -109,7 +110,7 @@ impl ShrinkableKeyedStateStore<u64> for BoundedStore {
 
 /// The buckets of one local limit, shared by every rule the limit applies to and kept across
 /// snapshots while the limit is unchanged.
-pub(crate) struct LocalBuckets<C: Clock = DefaultClock> {
+pub struct LocalBuckets<C: Clock = DefaultClock> {
     limiter: RateLimiter<u64, BoundedStore, C, StateInformationMiddleware>,
     /// Keyed per process: a client cannot aim its key at another's bucket.
     hasher: RandomState,
@@ -118,13 +119,15 @@ pub(crate) struct LocalBuckets<C: Clock = DefaultClock> {
 }
 
 impl LocalBuckets {
-    pub(crate) fn new(rate: &Rate, max_keys: usize) -> Self {
+    /// Buckets for `rate`, at most `max_keys` of them.
+    pub fn new(rate: &Rate, max_keys: usize) -> Self {
         Self::with_clock(rate, max_keys, DefaultClock::default())
     }
 }
 
 impl<C: Clock> LocalBuckets<C> {
-    pub(crate) fn with_clock(rate: &Rate, max_keys: usize, clock: C) -> Self {
+    /// Like [`LocalBuckets::new`], on `clock` (tests advance a fake one).
+    pub fn with_clock(rate: &Rate, max_keys: usize, clock: C) -> Self {
         let interval = rate.interval();
         let capacity = NonZeroU32::new(u32::try_from(rate.capacity()).unwrap_or(u32::MAX))
             .unwrap_or(NonZeroU32::MIN);
@@ -141,7 +144,7 @@ impl<C: Clock> LocalBuckets<C> {
     }
 
     /// The bucket key of `parts`, hashed without copying them.
-    pub(crate) fn key<'p>(&self, parts: impl IntoIterator<Item = &'p [u8]>) -> u64 {
+    pub fn key<'p>(&self, parts: impl IntoIterator<Item = &'p [u8]>) -> u64 {
         use std::hash::Hasher;
         let mut h = self.hasher.build_hasher();
         for part in parts {
@@ -152,7 +155,7 @@ impl<C: Clock> LocalBuckets<C> {
     }
 
     /// Takes one request from the bucket of `key`, if it has one.
-    pub(crate) fn check(&self, key: u64) -> Decision {
+    pub fn check(&self, key: u64) -> Decision {
         match self.limiter.check_key(&key) {
             Ok(state) => {
                 let remaining = u64::from(state.remaining_burst_capacity());
@@ -176,13 +179,18 @@ impl<C: Clock> LocalBuckets<C> {
     }
 
     /// Forgets keys whose bucket is full again (indistinguishable from a new one).
-    pub(crate) fn sweep(&self) {
+    pub fn sweep(&self) {
         self.limiter.retain_recent();
     }
 
     /// Keys tracked now.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.limiter.len()
+    }
+
+    /// True when no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.limiter.is_empty()
     }
 }
 

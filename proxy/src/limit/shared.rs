@@ -34,7 +34,7 @@ return {1, math.floor((now - allow_at) / interval), next_tat - now, 0}
 /// Where the shared store is and how long a call may take.
 #[derive(Debug, Clone)]
 pub struct SharedStoreConfig {
-    /// `redis://host:port/db` (or `rediss://`, `redis+unix://`).
+    /// `redis://host:port/db` (or `redis+unix://`; TLS `rediss://` is not built in).
     pub url: String,
     /// Password for `AUTH`, kept out of the URL so that it can come from a Secret.
     pub password: Option<String>,
@@ -53,7 +53,7 @@ impl SharedStoreConfig {
 
 /// Why a check could not be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StoreError {
+pub enum StoreError {
     /// No answer within the timeout.
     Timeout,
     /// Connecting failed or the connection broke.
@@ -146,7 +146,7 @@ impl SharedStore {
 
     /// Takes one request from the bucket at `key`. The script is sent by its SHA1 and loaded
     /// only when Redis does not know it (after a restart, say).
-    pub(crate) async fn check(&self, key: &[u8], rate: &Rate) -> Result<Decision, StoreError> {
+    pub async fn check(&self, key: &[u8], rate: &Rate) -> Result<Decision, StoreError> {
         let started = Instant::now();
         let mut connection = self.connection.clone();
         let interval_us = rate.interval().as_micros().max(1);

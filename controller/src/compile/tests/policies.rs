@@ -66,13 +66,13 @@ fn a_route_wide_policy_limits_every_rule_and_a_rule_policy_only_its_rule() {
         limits_at(&c, "/orders"),
         vec![
             ("shop/everyone/per-client".to_owned(), LimitKey::ClientIp),
-            ("shop/orders-only/shared".to_owned(), LimitKey::Route),
             (
                 "shop/orders-only/per-user".to_owned(),
                 LimitKey::Claim("sub".into())
             ),
+            ("shop/orders-only/shared".to_owned(), LimitKey::Route),
         ],
-        "policies on one target combine, in name order"
+        "policies on one target combine, in name order, shared Route buckets last"
     );
     for name in ["everyone", "orders-only"] {
         let s = status(&c, name);
