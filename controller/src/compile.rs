@@ -11,6 +11,7 @@ mod routes;
 mod status;
 #[cfg(test)]
 mod tests;
+mod traffic;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

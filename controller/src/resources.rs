@@ -8,6 +8,7 @@ mod auth;
 mod duration;
 mod policy;
 mod route;
+mod traffic;
 
 pub use auth::*;
 pub use duration::{DURATION_PATTERN, parse_duration};
@@ -15,6 +16,7 @@ pub use k8s_openapi::api::core::v1::{Secret, Service};
 pub use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use policy::*;
 pub use route::*;
+pub use traffic::*;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResourceExt;

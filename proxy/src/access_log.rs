@@ -198,6 +198,9 @@ fn format_line(line: &mut Vec<u8>, entry: &Entry<'_>) {
     if let Some(endpoint) = ctx.endpoint {
         let _ = write!(line, ",\"upstream\":\"{endpoint}\"");
     }
+    if ctx.attempts > 1 {
+        let _ = write!(line, ",\"attempts\":{}", ctx.attempts);
+    }
     if let Some(error) = ctx.error {
         line.extend_from_slice(b",\"error\":");
         json_str(line, error);

@@ -36,6 +36,9 @@ pub enum ProxyError {
     /// The rule matched but none of its backends has a ready endpoint.
     #[error("no ready endpoint for the route")]
     NoReadyEndpoint,
+    /// The backend is at its `circuitBreaker` limits.
+    #[error("backend circuit limits reached")]
+    CircuitOpen,
     /// The backend did not send response headers within the rule's timeout.
     #[error("backend did not respond in time")]
     BackendTimeout,
@@ -59,7 +62,8 @@ impl ProxyError {
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::AuthUnavailable(_)
             | ProxyError::LimitUnavailable
-            | ProxyError::NoReadyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::NoReadyEndpoint
+            | ProxyError::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Backend(_) | ProxyError::BackendProtocol(_) => StatusCode::BAD_GATEWAY,
         }
@@ -76,6 +80,7 @@ impl ProxyError {
             ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::LimitUnavailable => "limit_unavailable",
             ProxyError::NoReadyEndpoint => "no_ready_endpoint",
+            ProxyError::CircuitOpen => "circuit_open",
             ProxyError::BackendTimeout => "backend_timeout",
             ProxyError::Backend(e) if e.is_connect() => "backend_connect",
             ProxyError::Backend(_) | ProxyError::BackendProtocol(_) => "backend_error",
@@ -105,6 +110,7 @@ impl ProxyError {
             ProxyError::RateLimited(_) => "rate limit exceeded",
             ProxyError::LimitUnavailable => "rate limits cannot be checked right now",
             ProxyError::NoReadyEndpoint => "no ready endpoint for the route",
+            ProxyError::CircuitOpen => "the backend is at its connection or request limits",
             ProxyError::BackendTimeout => "backend did not respond in time",
             ProxyError::Backend(e) if e.is_connect() => "could not connect to the backend",
             ProxyError::Backend(_) | ProxyError::BackendProtocol(_) => "backend failed",
@@ -137,8 +143,9 @@ impl ProxyError {
             ProxyError::RateLimited(secs) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*secs));
             }
-            // The store is usually back within a second; a client should not hammer it sooner.
-            ProxyError::LimitUnavailable => {
+            // The store is usually back within a second, and a saturated backend drains in
+            // about that; a client should not hammer either sooner.
+            ProxyError::LimitUnavailable | ProxyError::CircuitOpen => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

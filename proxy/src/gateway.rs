@@ -76,6 +76,7 @@ impl Gateway {
             }
             None => AccessLog::off(),
         };
+        let state = State::new(config.jwks, limits, metrics.registry());
         Arc::new(Gateway {
             live: ArcSwap::from_pointee(Live {
                 snapshot: Arc::new(Snapshot::default()),
@@ -84,7 +85,7 @@ impl Gateway {
             upstreams,
             metrics,
             unmatched,
-            state: State::new(config.jwks, limits),
+            state,
             access_log,
             ready: AtomicBool::new(false),
             config,
@@ -134,6 +135,7 @@ impl Gateway {
         let live = self.live.load_full();
         let env = Env {
             upstreams: &self.upstreams,
+            retry_buffer: self.config.retry_buffer,
             access_log: &self.access_log,
             unmatched: &self.unmatched,
         };

@@ -217,6 +217,13 @@ pub fn request_id_header() -> &'static HeaderName {
     &X_REQUEST_ID
 }
 
+static X_SLUICE_ATTEMPTS: HeaderName = HeaderName::from_static("x-sluice-attempts");
+
+/// The response header saying how many upstream attempts a request took.
+pub fn attempts_header() -> &'static HeaderName {
+    &X_SLUICE_ATTEMPTS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

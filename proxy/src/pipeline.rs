@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HOST, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
@@ -26,6 +26,7 @@ pub use context::{Client, RequestCtx};
 pub use step::Step;
 
 use crate::access_log::{AccessLog, Entry, RequestLine};
+use crate::balance::{self, Balancing};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::headers;
@@ -46,6 +47,8 @@ pub(crate) struct Live {
 /// What the pipeline uses besides the snapshot: parts of the gateway that outlive snapshots.
 pub(crate) struct Env<'g> {
     pub upstreams: &'g Upstreams,
+    /// Largest request body buffered so that a retry can send it again.
+    pub retry_buffer: u64,
     pub access_log: &'g AccessLog,
     pub unmatched: &'g RuleStats,
 }
@@ -86,9 +89,17 @@ pub(crate) async fn handle(
             step.on_response(&ctx, &mut response);
         }
     }
-    response
-        .headers_mut()
-        .insert(headers::request_id_header().clone(), ctx.request_id.clone());
+    let out = response.headers_mut();
+    out.insert(headers::request_id_header().clone(), ctx.request_id.clone());
+    if ctx.attempts > 1 || rule.is_some_and(|r| r.policy.traffic.retry.is_some()) {
+        out.insert(
+            headers::attempts_header().clone(),
+            HeaderValue::from(ctx.attempts),
+        );
+    }
+    if let Some(cookie) = ctx.affinity_cookie.take() {
+        out.append(http::header::SET_COOKIE, cookie);
+    }
 
     // Log phase.
     let status = response.status().as_u16();
@@ -167,24 +178,24 @@ async fn request_phases<'a>(
         forward::upstream_path(&parts.uri, &path, rule, candidate, &ctx.hidden_query_params)
             .ok_or(ProxyError::BadRequest("rewritten path is not a valid URI"))?;
     drop(path);
-    let endpoint = rule.pick().ok_or(ProxyError::NoReadyEndpoint)?;
-    ctx.endpoint = Some(endpoint.addr);
-    if !parts.headers.contains_key(HOST) {
-        // HTTP/1.0 without a Host: name the endpoint, as an HTTP/1.1 request must name one.
-        if let Ok(v) = HeaderValue::try_from(endpoint.addr.to_string()) {
-            parts.headers.insert(HOST, v);
-        }
+    if !rule.has_endpoints() {
+        return Err(ProxyError::NoReadyEndpoint);
     }
+    let hash = match &rule.policy.traffic.balancing {
+        Balancing::ConsistentHash(on) => balance::request_key(on, ctx, &parts.headers),
+        _ => None,
+    };
     parts.uri = Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
     let upstream = Request::from_parts(parts, body);
-    forward::exchange(
+    forward::upstream(
         env.upstreams,
         rule,
-        endpoint.addr,
-        ctx.started,
+        ctx,
         upstream,
         client_upgrade,
+        hash,
+        env.retry_buffer,
     )
     .await
 }

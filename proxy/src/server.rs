@@ -48,6 +48,9 @@ pub struct ProxyConfig {
     pub shared_store: Option<SharedStoreConfig>,
     /// Most client keys one local rate limit tracks (`--limit-keys`).
     pub limit_keys: usize,
+    /// Largest request body buffered so that a retry can send it again (`--retry-buffer`);
+    /// a larger one is streamed, and not retried once it reached a backend.
+    pub retry_buffer: u64,
 }
 
 impl Default for ProxyConfig {
@@ -65,6 +68,7 @@ impl Default for ProxyConfig {
             trusted_proxies: Arc::default(),
             shared_store: None,
             limit_keys: 100_000,
+            retry_buffer: 64 * 1024,
         }
     }
 }

@@ -1,19 +1,25 @@
 //! The immutable routing snapshot: plain data compiled by the controller and read by the proxy.
 //!
-//! A snapshot is built once, swapped in whole, and never mutated afterwards (the only interior
-//! mutability is the balancers' round-robin cursors, which are harmless to reset on a swap, and
-//! caches of verified credentials inside a rule's steps, which are only ever a shortcut).
+//! A snapshot is built once, swapped in whole, and never mutated afterwards. Its only interior
+//! mutability is the balancers' round-robin cursors (harmless to reset on a swap), caches of
+//! verified credentials inside a rule's steps (only ever a shortcut), and the handles to
+//! long-lived state (endpoint health, circuits, retry budgets, rate-limit buckets), set once
+//! when the snapshot is installed.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use serde::Serialize;
+use serde::ser::SerializeStruct;
 
-use crate::balance;
+use crate::balance::{Balancer, Balancing};
+use crate::circuit::{BackendState, CircuitLimits};
+use crate::health::{ActiveHealth, EndpointState, PassiveHealth};
 use crate::pipeline::Step;
+use crate::retry::RetryPolicy;
 use crate::router::Router;
 
 /// Index of a [`Rule`] in [`Snapshot::rules`].
@@ -53,11 +59,9 @@ pub struct Rule {
     pub policy: Arc<RulePolicy>,
     /// Weighted backends with their ready endpoints.
     pub backends: Box<[Backend]>,
-    /// Smooth weighted round-robin order over `backends`, precomputed (see [`balance`]).
+    /// The balancer over `backends`, built with them (see [`crate::balance`]).
     #[serde(skip)]
-    schedule: Box<[u32]>,
-    #[serde(skip)]
-    cursor: AtomicUsize,
+    balancer: Balancer,
 }
 
 /// What a rule does with a request, apart from where it sends it: built once per compiled rule
@@ -74,25 +78,40 @@ pub struct RulePolicy {
     pub timeouts: Timeouts,
     /// The rule's pipeline steps, in request order (see [`crate::pipeline`]).
     pub steps: Box<[Step]>,
+    /// Balancing, retries, health checks and circuit limits.
+    pub traffic: Traffic,
+}
+
+/// How a rule's requests are spread over its endpoints and what happens when one fails.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Traffic {
+    /// How an endpoint is picked (`loadBalancer`).
+    pub balancing: Balancing,
+    /// Retries (`retry`); without one, a request that reached no backend is still sent once
+    /// more to another endpoint.
+    pub retry: Option<RetryPolicy>,
+    /// Outlier detection (`healthCheck.passive`).
+    pub passive: Option<PassiveHealth>,
+    /// Probes (`healthCheck.active`).
+    pub active: Option<ActiveHealth>,
+    /// Limits of each backend (`circuitBreaker`).
+    pub circuit: Option<CircuitLimits>,
 }
 
 impl Rule {
-    /// Builds a rule and precomputes its balancing schedule from the backends' weights. A backend
-    /// with no ready endpoint is left out of the schedule: its share goes to the others.
+    /// Builds a rule and its balancer over the backends. A backend with no ready endpoint gets
+    /// no share: it goes to the others.
     pub fn new(policy: Arc<RulePolicy>, backends: Vec<Backend>) -> Self {
-        let weights: Vec<u32> = backends
-            .iter()
-            .map(|b| if b.endpoints.is_empty() { 0 } else { b.weight })
-            .collect();
+        let balancer = Balancer::new(&policy.traffic.balancing, &backends);
         Rule {
             policy,
             backends: backends.into_boxed_slice(),
-            schedule: balance::smooth_weighted_schedule(&weights),
-            cursor: AtomicUsize::new(0),
+            balancer,
         }
     }
 
-    /// The same rule with other backends (the balancing schedule recomputed for them).
+    /// The same rule with other backends (the balancer rebuilt for them).
     pub fn with_backends(&self, backends: Vec<Backend>) -> Self {
         Rule::new(Arc::clone(&self.policy), backends)
     }
@@ -107,14 +126,18 @@ impl Rule {
         &self.policy.name
     }
 
-    /// Picks the next endpoint: smooth weighted round robin across backends, then round robin
-    /// across the chosen backend's ready endpoints. `None` when no endpoint is ready.
-    pub fn pick(&self) -> Option<&Endpoint> {
-        if self.schedule.is_empty() {
-            return None;
-        }
-        let turn = self.cursor.fetch_add(1, Ordering::Relaxed) % self.schedule.len();
-        self.backends[self.schedule[turn] as usize].pick()
+    /// Picks the endpoint of one attempt, with the backend it belongs to: see
+    /// [`crate::balance`]. `hash` is the request's consistent-hash key; `tried` the endpoints
+    /// of earlier attempts, avoided while another exists. `None` when no endpoint is ready.
+    pub fn pick(&self, hash: Option<u64>, tried: &[SocketAddr]) -> Option<(&Backend, &Endpoint)> {
+        self.balancer
+            .pick(&self.backends, hash, tried)
+            .map(|(i, e)| (&self.backends[i], e))
+    }
+
+    /// True when some backend has a ready endpoint.
+    pub fn has_endpoints(&self) -> bool {
+        !self.balancer.is_empty()
     }
 }
 
@@ -205,6 +228,9 @@ pub struct Backend {
     pub not_ready: Arc<[SocketAddr]>,
     #[serde(skip)]
     cursor: AtomicUsize,
+    /// Counts against the rule's `circuitBreaker`, bound at install.
+    #[serde(skip)]
+    circuit: OnceLock<Arc<BackendState>>,
 }
 
 impl Backend {
@@ -223,15 +249,22 @@ impl Backend {
             endpoints,
             not_ready,
             cursor: AtomicUsize::new(0),
+            circuit: OnceLock::new(),
         }
     }
 
-    fn pick(&self) -> Option<&Endpoint> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let turn = self.cursor.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some(&self.endpoints[turn])
+    /// The next round-robin turn within the backend.
+    pub(crate) fn next_turn(&self) -> usize {
+        self.cursor.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The circuit state, when the rule has `circuitBreaker` and was installed.
+    pub fn circuit(&self) -> Option<&Arc<BackendState>> {
+        self.circuit.get()
+    }
+
+    pub(crate) fn bind_circuit(&self, make: impl FnOnce() -> Arc<BackendState>) {
+        let _ = self.circuit.get_or_init(make);
     }
 }
 
@@ -249,15 +282,42 @@ impl Clone for Backend {
 }
 
 /// One ready endpoint.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     /// The pod (or local process) address.
     pub addr: SocketAddr,
+    /// Its long-lived state (in flight, failures, health), shared by every rule and snapshot
+    /// naming the address; bound at install.
+    state: OnceLock<Arc<EndpointState>>,
 }
 
 impl Endpoint {
     /// An endpoint at `addr`.
     pub fn new(addr: SocketAddr) -> Self {
-        Endpoint { addr }
+        Endpoint {
+            addr,
+            state: OnceLock::new(),
+        }
+    }
+
+    /// Its state (made on first use when the snapshot was never installed).
+    pub fn state(&self) -> &Arc<EndpointState> {
+        self.state
+            .get_or_init(|| Arc::new(EndpointState::new(self.addr, None)))
+    }
+
+    pub(crate) fn bind(&self, make: impl FnOnce() -> Arc<EndpointState>) {
+        let _ = self.state.get_or_init(make);
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let state = self.state();
+        let mut out = s.serialize_struct("Endpoint", 3)?;
+        out.serialize_field("addr", &self.addr)?;
+        out.serialize_field("health", &state.health())?;
+        out.serialize_field("inFlight", &state.in_flight())?;
+        out.end()
     }
 }

@@ -1,18 +1,20 @@
 //! Long-lived state outside the snapshot: what must outlive a swap because it is expensive to
-//! rebuild or must not be reset (fetched JWKS key sets, rate-limit buckets; per-endpoint state
-//! and cache entries as those features arrive). Keyed by stable identities (a `jwksUri`, a
+//! rebuild or must not be reset (fetched JWKS key sets, rate-limit buckets, per-endpoint health
+//! and in-flight counts, circuits, retry budgets; cache entries as that feature arrives). Keyed by stable identities (a `jwksUri`, a
 //! limit's policy, name and parameters), bound to a snapshot's rules when the snapshot is
 //! installed, so an unchanged policy keeps its state across swaps and a rule compiled anew finds
 //! the state of its predecessor.
 
 mod jwks;
 mod limits;
+mod traffic;
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 pub use jwks::Jwks;
 pub(crate) use limits::Limits;
+use traffic::TrafficState;
 
 use crate::pipeline::Step;
 use crate::snapshot::Snapshot;
@@ -46,16 +48,19 @@ pub struct State {
     fetcher: Arc<jwks::Fetcher>,
     timing: JwksTiming,
     limits: Limits,
+    traffic: TrafficState,
 }
 
 impl State {
-    /// Empty state; rate limits keep their buckets in `limits`.
-    pub(crate) fn new(timing: JwksTiming, limits: Limits) -> Self {
+    /// Empty state; rate limits keep their buckets in `limits`; traffic metrics go to
+    /// `registry`.
+    pub(crate) fn new(timing: JwksTiming, limits: Limits, registry: &prometheus::Registry) -> Self {
         State {
             jwks: Mutex::default(),
             fetcher: Arc::new(jwks::Fetcher::new(timing.timeout)),
             timing,
             limits,
+            traffic: TrafficState::new(registry),
         }
     }
 
@@ -63,6 +68,7 @@ impl State {
     /// are bound already and left alone.
     pub fn bind(&self, snapshot: &Snapshot) {
         self.limits.bind(snapshot);
+        self.traffic.bind(snapshot);
         let mut jwks = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
         jwks.retain(|_, w| w.strong_count() > 0);
         for rule in snapshot.rules.iter() {

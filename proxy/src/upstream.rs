@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -23,6 +23,11 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use crate::circuit::BackendState;
+use crate::clock::now_ms;
+use crate::health::InFlight;
+use crate::retry::RequestBody;
 
 /// Why a request could not be exchanged with a backend.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,22 @@ pub enum UpstreamError {
     /// The connection failed while the request or response head was on the wire.
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// The backend is at its `maxConnections` and `maxPendingRequests` requests already wait.
+    #[error("too many requests waiting for a connection to the backend of {addr}")]
+    Pending {
+        /// The endpoint a connection was wanted for.
+        addr: SocketAddr,
+    },
+}
+
+/// A failed exchange, with the request when none of it was written (so that it can go to
+/// another endpoint whatever its method).
+#[derive(Debug)]
+pub struct Failed {
+    /// What went wrong.
+    pub error: UpstreamError,
+    /// The request, when nothing of it reached the backend.
+    pub unsent: Option<Request<RequestBody>>,
 }
 
 impl UpstreamError {
@@ -54,6 +75,11 @@ impl UpstreamError {
             self,
             UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
         )
+    }
+
+    /// True when the request did not get to a backend at all.
+    pub fn is_pending_overflow(&self) -> bool {
+        matches!(self, UpstreamError::Pending { .. })
     }
 }
 
@@ -70,11 +96,14 @@ pub(crate) struct Upstreams {
 /// the connection so that the task closes it after the idle timeout even if no request ever
 /// comes to sweep the pool.
 struct Conn {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     idle_since: IdleSince,
+    /// The circuit of the backend it counts against, when that has `maxConnections`.
+    circuit: Option<Arc<BackendState>>,
 }
 
-/// Since when a connection sits idle in a pool, in ms on [`now_ms`]'s clock; 0 while in use.
+/// Since when a connection sits idle in a pool, in ms on [`now_ms`]'s clock (never 0); 0 while
+/// in use.
 #[derive(Clone, Default)]
 struct IdleSince(Arc<AtomicU64>);
 
@@ -96,13 +125,6 @@ impl IdleSince {
     }
 }
 
-/// Milliseconds since the first call, never 0 (0 marks a connection in use).
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let ms = EPOCH.get_or_init(Instant::now).elapsed().as_millis();
-    u64::try_from(ms).unwrap_or(u64::MAX).saturating_add(1)
-}
-
 #[derive(Default)]
 struct Pool {
     idle: HashMap<SocketAddr, Vec<Conn>, foldhash::fast::RandomState>,
@@ -114,19 +136,29 @@ thread_local! {
 }
 
 impl Upstreams {
-    /// Sends `req` (origin-form URI, `Host` set) to `addr` on an idle connection or a new one.
-    /// A request that a reused connection refused before writing it (the backend closed the
-    /// connection while it sat idle) goes out again on another: nothing of it reached the
-    /// backend, so this is safe for any method.
+    /// Sends `req` (origin-form URI, `Host` set) to `addr` on an idle connection or a new one
+    /// (counted against `circuit`'s `maxConnections`, when given). A request that a reused
+    /// connection refused before writing it (the backend closed the connection while it sat
+    /// idle) goes out again on another: nothing of it reached the backend, so this is safe for
+    /// any method.
     pub async fn send(
         &self,
         addr: SocketAddr,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        mut req: Request<RequestBody>,
+        circuit: Option<&Arc<BackendState>>,
+    ) -> Result<Response<UpstreamBody>, Failed> {
         loop {
             let (mut conn, reused) = match self.take_idle(addr) {
                 Some(conn) => (conn, true),
-                None => (self.connect(addr).await?, false),
+                None => match self.connect(addr, circuit).await {
+                    Ok(conn) => (conn, false),
+                    Err(error) => {
+                        return Err(Failed {
+                            error,
+                            unsent: Some(req),
+                        });
+                    }
+                },
             };
             match conn.sender.try_send_request(req).await {
                 Ok(response) => {
@@ -141,11 +173,17 @@ impl Upstreams {
                         inner,
                         done: false,
                         reuse,
+                        _in_flight: None,
                     }));
                 }
                 Err(mut refused) => match refused.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(UpstreamError::Http(refused.into_error())),
+                    unsent => {
+                        return Err(Failed {
+                            error: UpstreamError::Http(refused.into_error()),
+                            unsent,
+                        });
+                    }
                 },
             }
         }
@@ -197,7 +235,20 @@ impl Upstreams {
         });
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Conn, UpstreamError> {
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        circuit: Option<&Arc<BackendState>>,
+    ) -> Result<Conn, UpstreamError> {
+        // The permit lives as long as the connection: the task driving it holds it.
+        let permit = match circuit {
+            Some(c) => Some(
+                c.connection()
+                    .await
+                    .map_err(|_| UpstreamError::Pending { addr })?,
+            ),
+            None => None,
+        };
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => stream,
@@ -212,6 +263,7 @@ impl Upstreams {
         let watched = idle_since.clone();
         let idle_timeout = self.idle_timeout;
         tokio::spawn(async move {
+            let _permit = permit;
             let conn = conn.with_upgrades();
             tokio::pin!(conn);
             loop {
@@ -233,7 +285,11 @@ impl Upstreams {
                 }
             }
         });
-        Ok(Conn { sender, idle_since })
+        Ok(Conn {
+            sender,
+            idle_since,
+            circuit: circuit.cloned(),
+        })
     }
 }
 
@@ -251,7 +307,11 @@ impl Reuse {
             addr,
             upstreams,
         } = self;
-        if conn.sender.is_ready() {
+        if conn.circuit.as_ref().is_some_and(|c| c.has_waiters()) {
+            // Requests wait for a connection to this backend: closing this one lets one of
+            // them open its own (an idle one here would serve only this worker).
+            drop(conn);
+        } else if conn.sender.is_ready() {
             upstreams.put_idle(addr, conn);
         } else if !conn.sender.is_closed() {
             // The connection task has not yet seen the end of the exchange (or the request
@@ -276,6 +336,15 @@ pub struct UpstreamBody {
     inner: Incoming,
     done: bool,
     reuse: Option<Reuse>,
+    /// Counts the request as in flight on its endpoint until the body ends.
+    _in_flight: Option<InFlight>,
+}
+
+impl UpstreamBody {
+    /// Keeps `guard` (the request's in-flight count) until the body has been relayed.
+    pub(crate) fn hold(&mut self, guard: InFlight) {
+        self._in_flight = Some(guard);
+    }
 }
 
 impl Body for UpstreamBody {

@@ -88,6 +88,10 @@ pub fn inputs(routes: usize) -> Inputs {
                 timeouts: None,
                 authentication: None,
                 authorization: None,
+                load_balancer: None,
+                retry: None,
+                health_check: None,
+                circuit_breaker: None,
             }],
         };
         if r % 100 == 0 {

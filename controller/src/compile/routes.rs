@@ -11,11 +11,14 @@ use sluice_proxy::limit::RateLimit;
 use sluice_proxy::path;
 use sluice_proxy::pipeline::Step;
 use sluice_proxy::router::{self, Candidate, HostPattern};
-use sluice_proxy::snapshot::{Backend, HeaderFilter, PathRewrite, Rule, RulePolicy, Timeouts};
+use sluice_proxy::snapshot::{
+    Backend, HeaderFilter, PathRewrite, Rule, RulePolicy, Timeouts, Traffic,
+};
 
 use super::auth::{self, SecretIndex};
 use super::endpoints::EndpointIndex;
 use super::policies::PolicyIndex;
+use super::traffic;
 use super::{Condition, Diagnostic, ObjectRef, RegexCache, StatusReport};
 use crate::resources::{
     Authentication, BackendRef, GatewayRoute, GatewayRouteSpec, HeaderMatch, HeaderModifier,
@@ -380,6 +383,10 @@ fn compile_rule(
         timeouts: _,
         authentication,
         authorization,
+        load_balancer: _,
+        retry: _,
+        health_check: _,
+        circuit_breaker: _,
     } = rule;
     if let Some(n) = declared_name
         && !is_dns_label(n)
@@ -427,6 +434,7 @@ fn compile_rule(
                 rewrite: None,
                 timeouts: Timeouts::default(),
                 steps: Box::new([Step::Refuse]),
+                traffic: Traffic::default(),
             };
             Ok((
                 Rule::new(Arc::new(policy), Vec::new()),
@@ -454,6 +462,10 @@ fn compile_rule_body(
         timeouts,
         authentication,
         authorization,
+        load_balancer,
+        retry,
+        health_check,
+        circuit_breaker,
         ..
     } = rule;
     let RouteFilters {
@@ -469,6 +481,14 @@ fn compile_rule_body(
     let response_headers =
         compile_header_filter(&ctx.field("filters.responseHeaders"), response_headers)?;
     let timeouts = compile_timeouts(ctx, timeouts.as_ref())?;
+    let traffic = traffic::compile(
+        &|rest| ctx.field(rest),
+        load_balancer.as_ref(),
+        retry.as_ref(),
+        health_check.as_ref(),
+        circuit_breaker.as_ref(),
+        &timeouts,
+    )?;
     let auth = auth::compile(
         ctx.route_auth,
         authentication.as_ref(),
@@ -521,6 +541,7 @@ fn compile_rule_body(
         rewrite,
         timeouts,
         steps: steps.into_boxed_slice(),
+        traffic,
     };
     Ok((Rule::new(Arc::new(policy), backends), auth.unresolved))
 }

@@ -225,7 +225,7 @@ fn a_service_without_slices_is_valid_but_has_no_ready_endpoint() {
         route("r", "  rules:\n  - backendRefs: [{name: empty, port: 80}]")
     ));
     assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
-    assert!(find(&c, "h", "/").expect("rule").pick().is_none());
+    assert!(find(&c, "h", "/").expect("rule").pick(None, &[]).is_none());
 }
 
 #[test]
@@ -236,7 +236,7 @@ fn a_service_scaled_to_zero_keeps_its_route_and_answers_no_ready_endpoint() {
         route("r", "  rules:\n  - backendRefs: [{name: idle, port: 80}]")
     ));
     assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
-    assert!(find(&c, "h", "/").expect("rule").pick().is_none());
+    assert!(find(&c, "h", "/").expect("rule").pick(None, &[]).is_none());
 }
 
 #[test]
@@ -459,12 +459,12 @@ fn hostnames_select_host_groups() {
 fn weights_split_traffic_between_backends() {
     let c = compile_with_backends(&route(
         "r",
-        "  rules:\n  - backendRefs: [{name: users, port: 80, weight: 3}, {name: orders, port: 9000, weight: 1}]",
+        "  rules:\n  - backendRefs: [{name: users, port: 80, weight: 3}, {name: orders, port: 9000, weight: 1}]\n    loadBalancer: {type: RoundRobin}",
     ));
     let rule = find(&c, "h", "/").expect("rule");
     let mut to_orders = 0;
     for _ in 0..400 {
-        if rule.pick().expect("endpoint").addr.port() == 9999 {
+        if rule.pick(None, &[]).expect("endpoint").1.addr.port() == 9999 {
             to_orders += 1;
         }
     }
@@ -478,7 +478,7 @@ fn zero_weight_backends_get_nothing() {
         "  rules:\n  - backendRefs: [{name: users, port: 80, weight: 0}, {name: orders, port: 9000}]",
     ));
     let rule = find(&c, "h", "/").expect("rule");
-    assert!((0..50).all(|_| rule.pick().expect("endpoint").addr.port() == 9999));
+    assert!((0..50).all(|_| rule.pick(None, &[]).expect("endpoint").1.addr.port() == 9999));
 }
 
 #[test]

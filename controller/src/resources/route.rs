@@ -4,7 +4,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Authentication, Authorization, ObjectStatus};
+use super::{
+    Authentication, Authorization, CircuitBreaker, HealthCheck, LoadBalancer, ObjectStatus, Retry,
+};
 
 /// Where a request goes. Field names follow the Gateway API's HTTPRoute.
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -77,6 +79,18 @@ pub struct RouteRule {
     /// What the verified identity must have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+    /// How endpoints are picked (default `LeastRequest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    /// Retries of failed attempts, always to another endpoint when one exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Passive (outlier detection) and active health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Limits of each backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
 }
 
 /// Conditions a request must all meet.

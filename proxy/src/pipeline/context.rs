@@ -76,6 +76,10 @@ pub struct RequestCtx<'a> {
     pub hidden_query_params: Vec<&'a str>,
     /// The most restrictive rate limit's decision, for the response headers.
     pub limit: Option<LimitOutcome<'a>>,
+    /// Upstream attempts made (retries included).
+    pub attempts: u32,
+    /// A consistent-hash cookie the gateway made for a client that had none.
+    pub affinity_cookie: Option<HeaderValue>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -93,6 +97,8 @@ impl<'a> RequestCtx<'a> {
             detail: None,
             hidden_query_params: Vec::new(),
             limit: None,
+            attempts: 0,
+            affinity_cookie: None,
         }
     }
 }
