@@ -1,11 +1,14 @@
 //! A real HTTP backend: hyper on 127.0.0.1, answering what it received as JSON, plus slow,
 //! streaming, body-echo and WebSocket-echo endpoints, and one that switches protocols unasked.
+//! It can be made to fail (a status for every request, or for the next few), to answer slowly,
+//! to hang, to fail its `/health` path, and to die with its connections (as a killed process's
+//! sockets close).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,7 +40,25 @@ pub struct TestBackend {
     hits: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
+    modes: Arc<Modes>,
+    killed: tokio::sync::watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+/// How the backend misbehaves; every field 0/false means it behaves.
+#[derive(Default)]
+struct Modes {
+    /// Status every request (but `/health`) gets.
+    fail: AtomicU16,
+    /// Requests still to fail with `fail_next_code`.
+    fail_next: AtomicU32,
+    fail_next_code: AtomicU16,
+    /// Delay before every answer, in ms.
+    delay_ms: AtomicU64,
+    /// Never answer anything (`/health` included).
+    hang: AtomicBool,
+    /// Status of `/health` (0: 200).
+    health: AtomicU16,
 }
 
 impl TestBackend {
@@ -46,7 +67,20 @@ impl TestBackend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
+        Self::serve(name, listener)
+    }
+
+    /// Starts a backend on `addr` (a port a killed backend used, to bring it back).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind backend again");
+        Self::serve(name, listener)
+    }
+
+    fn serve(name: &str, listener: TcpListener) -> Self {
         let addr = listener.local_addr().expect("backend addr");
+        let modes = Arc::new(Modes::default());
+        let serving_modes = modes.clone();
+        let (killed, killed_rx) = tokio::sync::watch::channel(false);
         let hits = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
         let name_owned = name.to_owned();
@@ -64,15 +98,23 @@ impl TestBackend {
                 let open_now = open_now.clone();
                 let name = name_owned.clone();
                 let counter = counter.clone();
+                let modes = serving_modes.clone();
+                let mut killed = killed_rx.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         counter.fetch_add(1, Ordering::Relaxed);
                         let name = name.clone();
-                        async move { Ok::<_, Infallible>(handle(&name, req).await) }
+                        let modes = modes.clone();
+                        async move { Ok::<_, Infallible>(misbehave(&name, &modes, req).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let serving =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    // A kill drops the connection mid-whatever, as a dead process's socket closes.
+                    tokio::select! {
+                        _ = serving => {}
+                        _ = killed.wait_for(|k| *k) => {}
+                    }
                     open_now.fetch_sub(1, Ordering::Relaxed);
                 });
             }
@@ -83,8 +125,43 @@ impl TestBackend {
             hits,
             connections,
             open,
+            modes,
+            killed,
             task,
         }
+    }
+
+    /// Answers every request (but `/health`) with `status`; 0 stops.
+    pub fn fail_with(&self, status: u16) {
+        self.modes.fail.store(status, Ordering::Relaxed);
+    }
+
+    /// Answers the next `n` requests with `status`.
+    pub fn fail_next(&self, n: u32, status: u16) {
+        self.modes.fail_next_code.store(status, Ordering::Relaxed);
+        self.modes.fail_next.store(n, Ordering::Relaxed);
+    }
+
+    /// Waits `ms` before every answer.
+    pub fn delay(&self, ms: u64) {
+        self.modes.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Stops answering anything (`/health` included) while `on`.
+    pub fn hang(&self, on: bool) {
+        self.modes.hang.store(on, Ordering::Relaxed);
+    }
+
+    /// Answers `/health` with `status`.
+    pub fn health(&self, status: u16) {
+        self.modes.health.store(status, Ordering::Relaxed);
+    }
+
+    /// Dies: stops accepting and closes every open connection at once, requests in flight
+    /// included.
+    pub fn kill(&self) {
+        self.task.abort();
+        let _ = self.killed.send(true);
     }
 
     /// Requests received so far.
@@ -124,6 +201,44 @@ fn query_number(req: &Request<Incoming>, key: &str) -> Option<u64> {
         let (k, v) = kv.split_once('=')?;
         (k == key).then(|| v.parse().ok()).flatten()
     })
+}
+
+fn status(code: u16) -> Response<AnyBody> {
+    let mut r = Response::new(full(format!("status {code}")));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+async fn misbehave(name: &str, modes: &Modes, req: Request<Incoming>) -> Response<AnyBody> {
+    if modes.hang.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+    let delay = modes.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let mut response = if req.uri().path() == "/health" {
+        match modes.health.load(Ordering::Relaxed) {
+            0 => status(200),
+            code => status(code),
+        }
+    } else if modes
+        .fail_next
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        status(modes.fail_next_code.load(Ordering::Relaxed))
+    } else {
+        match modes.fail.load(Ordering::Relaxed) {
+            0 => return handle(name, req).await,
+            code => status(code),
+        }
+    };
+    response.headers_mut().insert(
+        "x-backend",
+        http::HeaderValue::from_str(name).expect("backend name is a header value"),
+    );
+    response
 }
 
 async fn handle(name: &str, mut req: Request<Incoming>) -> Response<AnyBody> {

@@ -11,6 +11,7 @@ pub mod fake_api;
 pub mod harness;
 pub mod jwks;
 pub mod manifests;
+pub mod process;
 pub mod redis;
 pub mod tokens;
 

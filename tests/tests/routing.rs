@@ -29,13 +29,18 @@ async fn requests_are_routed_by_host_and_path_and_balanced_across_endpoints() {
     .await;
     let c = client::http1();
     let mut seen = HashSet::new();
-    for _ in 0..6 {
+    for _ in 0..200 {
         let r = fetch(&c, gw.addr, "anything", "/a/x").await;
         assert_eq!(r.status, 200);
         seen.insert(r.json()["backend"].as_str().unwrap_or_default().to_owned());
     }
     assert_eq!(seen, HashSet::from(["a1".to_owned(), "a2".to_owned()]));
-    assert_eq!(a1.hits(), 3, "round robin alternates");
+    // LeastRequest (the default) breaks ties at random: sequential requests spread evenly.
+    assert!(
+        (60..=140).contains(&a1.hits()),
+        "a1 got {} of 200",
+        a1.hits()
+    );
 
     let r = fetch(&c, gw.addr, "B.Example.com:8080", "/whatever").await;
     assert_eq!(r.json()["backend"], "b", "host match ignores case and port");

@@ -88,16 +88,78 @@ pub(crate) async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> bo
             .body(Empty::<Bytes>::new())
             .ok()?;
         // The connection is driven only until the response head: the status is the verdict.
-        tokio::select! {
-            response = sender.send_request(request) => {
-                let status = response.ok()?.status();
-                Some(status.is_success() || status.is_redirection())
-            }
-            _ = conn => None,
-        }
+        // It may end first (the backend closes as asked): the response is then complete, or
+        // failed, already.
+        let response = sender.send_request(request);
+        tokio::pin!(response);
+        let response = tokio::select! {
+            biased;
+            r = &mut response => r,
+            _ = conn => response.await,
+        };
+        let status = response.ok()?.status();
+        Some(status.is_success() || status.is_redirection())
     };
     matches!(
         tokio::time::timeout(timeout, exchange).await,
         Ok(Some(true))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn server(status: u16) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| async move {
+                        let mut r = http::Response::new(http_body_util::Full::new(Bytes::new()));
+                        *r.status_mut() = http::StatusCode::from_u16(status).expect("status");
+                        Ok::<_, std::convert::Infallible>(r)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_probe_passes_on_2xx_and_3xx_and_fails_otherwise() {
+        let t = Duration::from_millis(500);
+        for _ in 0..20 {
+            // The backend closes as asked, racing the response: the verdict must not depend
+            // on which the prober sees first.
+            assert!(probe(server(200).await, "/health", t).await);
+        }
+        assert!(probe(server(302).await, "/health", t).await);
+        assert!(!probe(server(503).await, "/health", t).await);
+        let nobody = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        assert!(!probe(nobody, "/health", t).await, "refused");
+        let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let hung_addr = hung.local_addr().expect("addr");
+        let started = std::time::Instant::now();
+        assert!(
+            !probe(hung_addr, "/health", Duration::from_millis(100)).await,
+            "no answer"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "bounded by the timeout"
+        );
+        drop(hung);
+    }
 }
