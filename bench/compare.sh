@@ -13,7 +13,11 @@
 # and one needing an API key, alternating; every connection sends the same valid credential),
 # limits (sluice alone: an open route, one with a Local rate limit per client address and one with
 # a Global one in Redis, alternating; the limits are high enough never to refuse, so what is
-# measured is what an admitted request pays).
+# measured is what an admitted request pays), balancers (sluice alone: the same three upstreams
+# through RoundRobin, LeastRequest, Random and ConsistentHash, and LeastRequest with retries,
+# passive health checks and circuit limits all on, alternating), failover (sluice alone: under
+# load, one upstream is killed with SIGKILL; measured: the time from the kill to the endpoint's
+# ejection, and the failed requests the client saw, with retries on).
 #
 # ACCESS_LOG=on turns both proxies' access logs on (nginx: a JSON log_format to a file; sluice:
 # its JSON access log, stdout to a file), as users run them; the default is both off.
@@ -140,6 +144,48 @@ write_sluice_manifests() { # ROUTES [READY...] (one ready flag per upstream, def
   mv "$d/routes.yaml.tmp" "$d/routes.yaml"
   write_auth_manifests "$d"
   write_limit_manifests "$d"
+  write_balancer_manifests "$d"
+}
+
+# The balancers and failover scenarios' routes: one rule per balancer, one with every traffic
+# feature on (limits far above the load: what is measured is their bookkeeping), and the
+# failover rule (retries and passive health checks as a user would set them).
+write_balancer_manifests() { # DIR
+  cat >"$1/balancers.yaml.tmp" <<EOF
+apiVersion: sluice.dev/v1alpha1
+kind: GatewayRoute
+metadata: {name: balancers, namespace: default}
+spec:
+  rules:
+  - name: rr
+    matches: [{path: {type: PathPrefix, value: /rr/}}]
+    backendRefs: [{name: up, port: 80}]
+    loadBalancer: {type: RoundRobin}
+  - name: lr
+    matches: [{path: {type: PathPrefix, value: /lr/}}]
+    backendRefs: [{name: up, port: 80}]
+    loadBalancer: {type: LeastRequest}
+  - name: random
+    matches: [{path: {type: PathPrefix, value: /random/}}]
+    backendRefs: [{name: up, port: 80}]
+    loadBalancer: {type: Random}
+  - name: hash
+    matches: [{path: {type: PathPrefix, value: /hash/}}]
+    backendRefs: [{name: up, port: 80}]
+    loadBalancer: {type: ConsistentHash, consistentHash: {sourceIP: {}}}
+  - name: full
+    matches: [{path: {type: PathPrefix, value: /full/}}]
+    backendRefs: [{name: up, port: 80}]
+    retry: {attempts: 2, backoff: 25ms}
+    healthCheck: {passive: {consecutiveFailures: 5, ejectionTime: 30s}}
+    circuitBreaker: {maxConnections: 100000, maxPendingRequests: 100000, maxRequests: 100000}
+  - name: failover
+    matches: [{path: {type: PathPrefix, value: /failover/}}]
+    backendRefs: [{name: up, port: 80}]
+    retry: {attempts: 2, backoff: 5ms}
+    healthCheck: {passive: {consecutiveFailures: 5, ejectionTime: 30s}}
+EOF
+  mv "$1/balancers.yaml.tmp" "$1/balancers.yaml"
 }
 
 # The limits scenario's routes: /local/ and /global/, each limited per client address to a
@@ -231,7 +277,7 @@ start_proxies() { # ROUTES
   SLUICE_LOG=warn taskset -c 0 "$SLUICE" run --manifests "$work/manifests" --workers 1 \
     --access-log "$access" --listen "127.0.0.1:$SLUICE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
     --redis "redis://127.0.0.1:$REDIS_PORT/0" \
-    >"$work/sluice-access.log" &
+    >"$work/sluice-access.log" 2>>"$work/sluice.log" &
   sluice_pid=$!
   pids+=("$sluice_pid")
   local last=$(($1 - 1))
@@ -438,6 +484,51 @@ limits_rounds() {
   done
 }
 
+# balancers_rounds: each balancer's route of sluice, and the one with every feature on,
+# alternating.
+balancers_rounds() {
+  local round v
+  for round in $(seq "$ROUNDS"); do
+    log "  round $round/$ROUNDS"
+    for v in rr lr random hash full; do wrk_run "balancers-$v" "/$v/x" sluice; done
+  done
+}
+
+# failover_run: under load on /failover/, upstream 2 (master and worker) is killed with
+# SIGKILL; records "kill-to-ejection ms, non-2xx, socket errors, requests/s" from the
+# "endpoint ejected" line of sluice's log. Sluice is restarted each round (the ejection lasts
+# 30 s) and the upstream brought back.
+failover_run() {
+  : >"$work/sluice.log"
+  start_proxies 1
+  wait_for "http://127.0.0.1:$SLUICE_PORT/failover/x"
+  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$SLUICE_PORT/failover/x" >"$work/wrk.out" &
+  local wrk_pid=$!
+  sleep "$(awk -v d="$DURATION" 'BEGIN {print d / 3}')"
+  local killed_ns
+  pkill -KILL -P "$up_pid_2" 2>/dev/null || true
+  kill -KILL "$up_pid_2" 2>/dev/null || true
+  killed_ns=$(date +%s%N)
+  wait "$up_pid_2" 2>/dev/null || true
+  wait "$wrk_pid" || true
+  local ejected_ns=
+  local line
+  line=$(grep -m1 'endpoint ejected' "$work/sluice.log" || true)
+  if [ -n "$line" ]; then
+    ejected_ns=$(date -d "$(sed -E 's/.*"timestamp":"([^"]+)".*/\1/' <<<"$line")" +%s%N)
+  fi
+  local summary
+  summary=$(wrk_summary "$(cat "$work/wrk.out")")
+  awk -v k="$killed_ns" -v e="${ejected_ns:-0}" -v s="$summary" 'BEGIN {
+    split(s, f, " ");
+    printf "%s %s %s %s\n", (e > 0 ? sprintf("%.1f", (e - k) / 1e6) : "never"), f[4], f[5], f[1] }' \
+    >>"$work/res/failover-sluice"
+  taskset -c 1 "$NGINX" -p "$work/up2" -c "$work/up2/nginx.conf" -e "$work/up2/error.log" &
+  up_pid_2=$!
+  pids+=("$up_pid_2")
+  wait_for "http://127.0.0.1:${UP_PORTS[2]}/"
+}
+
 alternate() { # FUNCTION ARGS... : runs nginx then sluice, ROUNDS times
   local round
   for round in $(seq "$ROUNDS"); do
@@ -473,6 +564,9 @@ for scenario in $SCENARIOS; do
           { log "  $p is not rate limited (is Redis up?)"; exit 1; }
       done
       warm /r0/x; limits_rounds ;;
+    balancers) start_proxies 1; warm /rr/x; balancers_rounds ;;
+    failover)
+      for round in $(seq "$ROUNDS"); do log "  round $round/$ROUNDS"; failover_run; done ;;
     *) log "unknown scenario $scenario"; exit 64 ;;
   esac
 done
@@ -503,6 +597,24 @@ for scenario in $SCENARIOS; do
         -v p50="$(col $f 2)" -v p99="$(col $f 3)" -v bad="$(col $f 4)" \
         'BEGIN {printf "| %s | %s | %s | %s | %s | %s | %.2fx | %.2fx |\n", v, a, p50, p99, bad, c, a / b, c / d}'
     done
+    continue
+  fi
+  if [ "$scenario" = balancers ] && [ -s "$work/res/balancers-rr-sluice" ]; then
+    printf '\n### balancers (sluice: three upstreams; full = LeastRequest + retries + passive health + circuit limits)\n\n'
+    printf '| balancer | requests/s | p50 ms | p99 ms | non-2xx | CPU s / 100k | vs RoundRobin: throughput | CPU |\n|---|---|---|---|---|---|---|---|\n'
+    for v in rr lr random hash full; do
+      f=balancers-$v-sluice
+      awk -v v="$v" -v a="$(col $f 1)" -v b="$(col balancers-rr-sluice 1)" -v c="$(col $f 6)" -v d="$(col balancers-rr-sluice 6)" \
+        -v p50="$(col $f 2)" -v p99="$(col $f 3)" -v bad="$(col $f 4)" \
+        'BEGIN {printf "| %s | %s | %s | %s | %s | %s | %.3fx | %.3fx |\n", v, a, p50, p99, bad, c, a / b, c / d}'
+    done
+    continue
+  fi
+  if [ "$scenario" = failover ] && [ -s "$work/res/failover-sluice" ]; then
+    printf '\n### failover (one of three upstreams killed with SIGKILL under load; retries on)\n\n'
+    printf '| round | kill to ejection, ms | non-2xx | socket errors | requests/s |\n|---|---|---|---|---|\n'
+    awk '{printf "| %d | %s | %s | %s | %s |\n", NR, $1, $2, $3, $4}' "$work/res/failover-sluice"
+    printf '\nmedian kill to ejection: %s ms\n' "$(col failover-sluice 1)"
     continue
   fi
   [ -s "$work/res/$scenario-nginx" ] || continue

@@ -10,11 +10,11 @@ For the chart's defaults and for each charts/sluice/ci/*-values.yaml it runs `he
 --strict`, renders (which also enforces values.schema.json), validates each object against
 Kubernetes KUBE_VERSION with unknown fields as errors, and checks the chart's contract: the
 RBAC rules sluice needs and no more, the drain/grace arithmetic, the security context, the
-downward-API env, the Redis / trusted-proxy / rate-limit env (and that no Redis is bundled),
-probes, and that selectors, ports and bindings point at what exists. It then checks the exact
-env a few rate-limit value sets render, that values the chart must refuse are refused, that
-every `.Values.x` a template reads is declared in values.yaml, and that the chart's CRDs are
-byte-identical to crds/.
+downward-API env, the Redis / trusted-proxy / rate-limit / retry-buffer env (and that no Redis
+is bundled), probes, and that selectors, ports and bindings point at what exists. It then
+checks the exact env a few rate-limit value sets render, that values the chart must refuse are
+refused, that every `.Values.x` a template reads is declared in values.yaml, and that the
+chart's CRDs are byte-identical to crds/.
 
 Usage: chart_check.py [--kube-version 1.33.0] [--chart DIR]. Exits 1 if anything failed, 2 on bad usage.
 """
@@ -85,24 +85,28 @@ MUST_REFUSE = [
      {"trustedProxies": ["10.0.0.0/8,192.168.0.0/16"]}, "trustedProxies/0"),
     ("trustedProxies entry not a CIDR", {"trustedProxies": ["lb.example.com"]}, "trustedProxies/0"),
     ("limitKeys 0", {"limitKeys": 0}, "limitKeys"),
+    ("retryBuffer with a space and a non-Kubernetes unit", {"retryBuffer": "64 KB"}, "retryBuffer"),
+    ("retryBuffer as a decimal", {"retryBuffer": "1.5Mi"}, "retryBuffer"),
 ]
 
-# The env the Redis, trusted-proxy and key-limit values render, restated: (label, overrides,
-# the container's env entries with these names, in order, exactly). Defaults render none.
+# The env the Redis, trusted-proxy, key-limit and retry-buffer values render, restated: (label,
+# overrides, the container's env entries with these names, in order, exactly). Defaults render
+# none.
 RATE_LIMIT_ENV_NAMES = ("SLUICE_REDIS", "SLUICE_REDIS_TIMEOUT", "SLUICE_REDIS_PASSWORD",
-                        "SLUICE_TRUSTED_PROXIES", "SLUICE_LIMIT_KEYS")
+                        "SLUICE_TRUSTED_PROXIES", "SLUICE_LIMIT_KEYS", "SLUICE_RETRY_BUFFER")
 RATE_LIMIT_ENV_CASES = [
     ("defaults", None, []),
-    ("redis.url + passwordSecret (default key) + trustedProxies + limitKeys",
+    ("redis.url + passwordSecret (default key) + trustedProxies + limitKeys + retryBuffer",
      {"redis": {"url": "redis://redis-master.cache:6379/0",
                 "passwordSecret": {"name": "redis-auth"}},
       "trustedProxies": ["10.0.0.0/8", "192.168.0.0/16"], "limitKeys": 2000000,
-      "secretNames": ["corp-keys"]},
+      "retryBuffer": "1Mi", "secretNames": ["corp-keys"]},
      [{"name": "SLUICE_REDIS", "value": "redis://redis-master.cache:6379/0"},
       {"name": "SLUICE_REDIS_PASSWORD",
        "valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}}},
       {"name": "SLUICE_TRUSTED_PROXIES", "value": "10.0.0.0/8,192.168.0.0/16"},
-      {"name": "SLUICE_LIMIT_KEYS", "value": "2000000"}]),
+      {"name": "SLUICE_LIMIT_KEYS", "value": "2000000"},
+      {"name": "SLUICE_RETRY_BUFFER", "value": "1Mi"}]),
     ("redis.url with an ACL user and an IPv6 host + timeout + passwordSecret key",
      {"redis": {"url": "redis://sluice@[fd00::1]:6379/0", "timeout": "1s500ms",
                 "passwordSecret": {"name": "redis-auth", "key": "redis-password"}},
@@ -276,8 +280,11 @@ def check_contract(objs: list[Any], values: dict[str, Any], res: Result) -> None
          plain("SLUICE_TRUSTED_PROXIES", ",".join(values.get("trustedProxies") or []))),
         ("SLUICE_LIMIT_KEYS = limitKeys, as an integer",
          plain("SLUICE_LIMIT_KEYS", None if limit is None else str(int(limit)))),
+        ("SLUICE_RETRY_BUFFER = retryBuffer",
+         plain("SLUICE_RETRY_BUFFER", values.get("retryBuffer"))),
     ] if not good]
-    res.check(not rl_problems, "env: Redis, trusted proxies, limit keys as the values say",
+    res.check(not rl_problems,
+              "env: Redis, trusted proxies, limit keys, retry buffer as the values say",
               f"wrong: {rl_problems}")
     extra = [f"{k}/{o['metadata']['name']}" for k in NOT_RENDERED_WORKLOADS for o in kinds(k)]
     extra += [f"{o['kind']}/{o['metadata']['name']}" for o in objs

@@ -93,6 +93,10 @@ struct RunArgs {
     /// bucket is forgotten.
     #[arg(long, env = "SLUICE_LIMIT_KEYS", default_value_t = 100_000)]
     limit_keys: usize,
+    /// Largest request body buffered so that a retry can send it again (64Ki, 1Mi, ...; at
+    /// most 16Mi); a larger body is streamed and not retried once it reached a backend.
+    #[arg(long, env = "SLUICE_RETRY_BUFFER", default_value = "64Ki", value_parser = size_arg)]
+    retry_buffer: u64,
     /// Only serve objects in this namespace (repeatable).
     #[arg(long = "namespace", env = "SLUICE_NAMESPACE", value_delimiter = ',')]
     namespaces: Vec<String>,
@@ -112,6 +116,35 @@ enum AccessLog {
 
 fn trusted_proxies_arg(s: &str) -> Result<TrustedProxies, String> {
     TrustedProxies::parse(s)
+}
+
+/// Largest `--retry-buffer`: every request in flight on a retried rule may hold this much.
+const MAX_RETRY_BUFFER: u64 = 16 << 20;
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    let size =
+        parse_size(s).ok_or_else(|| format!("{s:?} is not a size like 64Ki, 1Mi or 65536"))?;
+    if size > MAX_RETRY_BUFFER {
+        return Err(format!("{s:?} is more than 16Mi"));
+    }
+    Ok(size)
+}
+
+/// A byte count with an optional Kubernetes-style suffix (`Ki`, `Mi`, `Gi`, `k`, `M`, `G`).
+fn parse_size(s: &str) -> Option<u64> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = s.get(..digits)?.parse().ok()?;
+    let unit: u64 = match &s[digits..] {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(unit)
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -241,6 +274,7 @@ async fn bind(args: &RunArgs) -> anyhow::Result<Serving> {
         trusted_proxies: Arc::new(args.trusted_proxies.clone()),
         shared_store: shared_store(args),
         limit_keys: args.limit_keys,
+        retry_buffer: args.retry_buffer,
         ..ProxyConfig::default()
     });
     let proxy_listener = TcpListener::bind(args.listen)
@@ -406,5 +440,24 @@ fn check(paths: &[PathBuf]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_kubernetes_suffixes_and_refuse_nonsense() {
+        assert_eq!(parse_size("65536"), Some(65536));
+        assert_eq!(parse_size("64Ki"), Some(64 * 1024));
+        assert_eq!(parse_size("1Mi"), Some(1 << 20));
+        assert_eq!(parse_size("2k"), Some(2000));
+        for bad in ["", "Ki", "64KB", "-1", "1.5Mi", "64 Ki"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+        assert!(size_arg("16Mi").is_ok());
+        assert!(size_arg("17Mi").is_err());
+        assert_eq!(parse_size("99999999999999Gi"), None, "overflow");
     }
 }
