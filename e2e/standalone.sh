@@ -181,9 +181,9 @@ readyz() { [[ "$(curl -s --max-time 1 -o /dev/null -w '%{http_code}' "$admin/rea
 check "readyz answers 200 once the first snapshot is live" wait_until 10 readyz \
   -- "$admin/readyz never answered 200 within 10 s"
 
-seen="$(backends_seen 8 /echo/hi)"
+seen="$(backends_seen 20 /echo/hi)"
 check "/echo is balanced over both echo backends" test "$seen" == "echo-a echo-b" \
-  -- "backends seen over 8 requests: '$seen'"
+  -- "backends seen over 20 requests: '$seen'"
 
 fetch "$proxy/api/users/42" -H 'Host: api.example.local'
 check "host route answers 200" test "$code" == 200 -- "got $code: $(head -c 300 "$body")"
@@ -310,6 +310,40 @@ check "the old API key is refused after the rotation (401)" test "$code" == 401 
 check "credentials never reach the log" \
   bash -c "! grep -qF -e '$token' -e 'acme-demo-key' -e 'acme-rotated-key' '$log'" \
   -- "a credential was logged"
+
+# Traffic management (examples/quickstart/echo.yaml): echo-a dies with SIGKILL; with retries
+# on, no GET to /echo fails, and echo-a is ejected after three failures in a row.
+kill -KILL "${backend_pid[echo-a]}" 2>/dev/null
+wait "${backend_pid[echo-a]}" 2>/dev/null
+codes="" attempts=""
+for _ in $(seq 20); do
+  fetch "$proxy/echo/hi"
+  codes+="$code "
+  attempts+="$(header x-sluice-attempts) "
+done
+check "echo-a killed: 20 GETs to /echo all answer 200, retried to echo-b" \
+  test "$(tr ' ' '\n' <<<"$codes" | grep -c '^200$')" == 20 -- "got $codes"
+check "a retried response says X-Sluice-Attempts: 2" grep -qw 2 <<<"$attempts" -- "attempts: $attempts"
+fetch "$admin/debug/snapshot"
+echo_a_health="$(python3 - "$body" "127.0.0.1:$echo_a_port" <<'EOF'
+import json, sys
+snapshot = json.load(open(sys.argv[1]))
+for rule in snapshot["rules"]:
+    for backend in rule["backends"]:
+        for e in backend["endpoints"]:
+            if e["addr"] == sys.argv[2]:
+                print(e["health"])
+                sys.exit()
+EOF
+)"
+check "/debug/snapshot shows echo-a ejected" test "$echo_a_health" == ejected -- "health: '$echo_a_health'"
+fetch "$admin/metrics"
+check "/metrics: sluice_endpoint_healthy of echo-a is 0" \
+  grep -qF "sluice_endpoint_healthy{endpoint=\"127.0.0.1:$echo_a_port\"} 0" "$body" \
+  -- "$(grep sluice_endpoint_healthy "$body")"
+python3 examples/quickstart/backend.py --port "$echo_a_port" --name echo-a 2>>"$work/backends.log" &
+backend_pid[echo-a]=$!
+wait_until 5 port_open "$echo_a_port"
 
 # Readiness: echo-b's endpoint turns ready: false; it stops receiving requests.
 python3 - "$manifests/echo.yaml" <<'EOF'

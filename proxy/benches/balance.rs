@@ -1,14 +1,15 @@
 //! What a pick costs, for each balancer, at 10 and at 1,000 endpoints: the whole of
 //! `Rule::pick` (the weighted slot across two backends, then the endpoint within one, with the
 //! eligibility checks of health and of tried endpoints), as every request pays it once. The
-//! same-run "RoundRobin" line is today's balancer, the reference.
+//! same-run "RoundRobin" line is today's balancer, the reference. After criterion's results it
+//! prints how many consistent-hash keys move when one endpoint joins N (ideal: 1/(N+1)).
 //!
 //!   cargo bench -p sluice-proxy --bench balance
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group};
 use sluice_proxy::balance::{Balancing, HashOn};
 use sluice_proxy::snapshot::{Backend, Endpoint, Rule, RulePolicy, Timeouts, Traffic};
 
@@ -51,7 +52,8 @@ fn rule(balancing: Balancing, endpoints: usize) -> Rule {
 
 fn picks(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
-    let kinds: [(&str, fn() -> Balancing); 4] = [
+    type Make = fn() -> Balancing;
+    let kinds: [(&str, Make); 4] = [
         ("RoundRobin", || Balancing::RoundRobin),
         ("LeastRequest", || Balancing::LeastRequest),
         ("Random", || Balancing::Random),
@@ -75,5 +77,60 @@ fn picks(c: &mut Criterion) {
     group.finish();
 }
 
+/// Keys (of 100,000) whose endpoint changes when one endpoint joins `n`.
+fn moved_when_one_joins(n: usize) -> f64 {
+    let on = || Balancing::ConsistentHash(HashOn::SourceIp);
+    let single = |count: usize| {
+        let eps: Arc<[Endpoint]> = (0..count)
+            .map(|i| {
+                Endpoint::new(SocketAddr::from((
+                    [10, 1, (i / 250) as u8, (i % 250) as u8],
+                    8080,
+                )))
+            })
+            .collect();
+        let policy = RulePolicy {
+            route: "ns/r".into(),
+            name: "0".into(),
+            rewrite: None,
+            timeouts: Timeouts::default(),
+            steps: Box::new([]),
+            traffic: Traffic {
+                balancing: on(),
+                ..Traffic::default()
+            },
+        };
+        Rule::new(
+            Arc::new(policy),
+            vec![Backend::new("ns/s".into(), 80, 1, eps, Arc::from([]))],
+        )
+    };
+    let (before, after) = (single(n), single(n + 1));
+    let keys = 100_000u64;
+    let moved = (0..keys)
+        .map(|k| k.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .filter(|&k| {
+            before.pick(Some(k), &[]).map(|p| p.1.addr)
+                != after.pick(Some(k), &[]).map(|p| p.1.addr)
+        })
+        .count();
+    moved as f64 / keys as f64
+}
+
+fn remapping() {
+    for n in [3usize, 10, 100] {
+        println!(
+            "consistent hash: one endpoint joins {n}: {:.1}% of keys move (ideal {:.1}%)",
+            100.0 * moved_when_one_joins(n),
+            100.0 / (n + 1) as f64
+        );
+    }
+}
+
 criterion_group!(benches, picks);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    remapping();
+}

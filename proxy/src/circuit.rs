@@ -1,13 +1,20 @@
 //! Circuit limits of a backend (`circuitBreaker`): how many requests may be in flight to it,
-//! how many connections may be open to its endpoints, and how many requests may wait for one of
-//! those connections. Beyond them the gateway answers 503 with `Retry-After` at once instead of
-//! queueing without bound behind a backend that is already saturated.
+//! how many connections to its endpoints may be in use at once, and how many requests may wait
+//! (each at most the connect timeout) for one of those. Beyond them the gateway answers 503
+//! with `Retry-After` at once instead of queueing without bound behind a backend that is
+//! already saturated.
+//!
+//! A connection counts while it carries a request (HTTP/1.1 carries one at a time), not while
+//! it sits idle: the idle pools are per worker thread and per endpoint, and an idle connection
+//! that held a slot could starve a request on another worker, or to another endpoint, for as
+//! long as it idled.
 //!
 //! The state is keyed by the backend (Service and port) and its limits, outside the snapshot, so
 //! an endpoint refresh or an unrelated edit keeps the counts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use prometheus::IntCounter;
 use serde::Serialize;
@@ -17,9 +24,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitLimits {
-    /// Connections open to the backend's endpoints, over every worker.
+    /// Connections to the backend's endpoints in use at once, over every worker.
     pub max_connections: u32,
-    /// Requests waiting for a connection when `max_connections` are open.
+    /// Requests waiting for a connection when `max_connections` are in use.
     pub max_pending_requests: u32,
     /// Requests in flight to the backend.
     pub max_requests: u32,
@@ -78,9 +85,13 @@ impl BackendState {
         Ok(RequestPermit(Arc::clone(self)))
     }
 
-    /// A permit to open one more connection: at once while under `maxConnections`, else after
-    /// waiting (as one of at most `maxPendingRequests`) for an open one to close.
-    pub(crate) async fn connection(&self) -> Result<OwnedSemaphorePermit, Overflow> {
+    /// A permit to use one connection: at once while under `maxConnections`, else after
+    /// waiting (as one of at most `maxPendingRequests`, for at most `wait`) for one in use to
+    /// be done.
+    pub(crate) async fn connection(
+        &self,
+        wait: Duration,
+    ) -> Result<OwnedSemaphorePermit, Overflow> {
         if let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() {
             return Ok(permit);
         }
@@ -90,18 +101,20 @@ impl BackendState {
             self.count(Overflow::Pending);
             return Err(Overflow::Pending);
         }
-        // The semaphore is never closed; the caller's deadline bounds the wait.
         let _pending = Pending(self);
-        Arc::clone(&self.connections)
-            .acquire_owned()
-            .await
-            .map_err(|_| Overflow::Pending)
+        match tokio::time::timeout(wait, Arc::clone(&self.connections).acquire_owned()).await {
+            // The semaphore is never closed.
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                self.count(Overflow::Pending);
+                Err(Overflow::Pending)
+            }
+        }
     }
 
-    /// True when requests wait for a connection: a finished one should close, not idle in a
-    /// pool, so that a waiter may open its own.
-    pub(crate) fn has_waiters(&self) -> bool {
-        self.pending.load(Ordering::Relaxed) > 0
+    /// Requests waiting for a connection right now.
+    pub fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Relaxed)
     }
 
     fn count(&self, overflow: Overflow) {
@@ -160,16 +173,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_pool_queues_up_to_max_pending_then_refuses() {
+        let wait = Duration::from_secs(5);
         let s = state(1, 1, 100);
-        let held = s.connection().await.expect("the one connection");
+        let held = s.connection(wait).await.expect("the one connection");
         let waiter = {
             let s = Arc::clone(&s);
-            tokio::spawn(async move { s.connection().await.map(drop) })
+            tokio::spawn(async move { s.connection(wait).await.map(drop) })
         };
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert!(s.has_waiters());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(s.pending(), 1);
         assert_eq!(
-            s.connection().await.expect_err("over maxPendingRequests"),
+            s.connection(wait)
+                .await
+                .expect_err("over maxPendingRequests"),
             Overflow::Pending
         );
         drop(held);
@@ -177,6 +193,24 @@ mod tests {
             waiter.await.expect("joined").is_ok(),
             "the waiter got the freed connection"
         );
-        assert!(!s.has_waiters());
+        assert_eq!(s.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gives_up_after_its_wait() {
+        let s = state(1, 5, 100);
+        let _held = s
+            .connection(Duration::from_secs(5))
+            .await
+            .expect("the one connection");
+        let started = std::time::Instant::now();
+        assert_eq!(
+            s.connection(Duration::from_millis(50))
+                .await
+                .expect_err("timed out"),
+            Overflow::Pending
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(s.pending(), 0, "the waiter that gave up no longer counts");
     }
 }

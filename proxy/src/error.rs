@@ -39,6 +39,9 @@ pub enum ProxyError {
     /// The backend is at its `circuitBreaker` limits.
     #[error("backend circuit limits reached")]
     CircuitOpen,
+    /// The client did not send a body that had to be buffered (for a retry) in time.
+    #[error("request body not received in time")]
+    RequestTimeout,
     /// The backend did not send response headers within the rule's timeout.
     #[error("backend did not respond in time")]
     BackendTimeout,
@@ -56,6 +59,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -73,6 +77,7 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::RequestTimeout => "request_timeout",
             ProxyError::NoRoute => "no_route",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::Forbidden(_) => "forbidden",
@@ -103,6 +108,7 @@ impl ProxyError {
     fn public_message(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(why) => why,
+            ProxyError::RequestTimeout => "the request body was not received in time",
             ProxyError::NoRoute => "no route matches the request",
             ProxyError::Unauthorized(_) => "missing or invalid credentials",
             ProxyError::Forbidden(_) => "credentials do not grant access to this resource",

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 
 use crate::error::ProxyError;
 use crate::headers::{is_websocket_upgrade, strip_hop_by_hop};
+use crate::health::InFlight;
 use crate::pipeline::RequestCtx;
 use crate::retry::{self, Replay, RequestBody, RetryPolicy};
 use crate::router::Candidate;
@@ -77,14 +78,21 @@ pub(crate) async fn upstream(
     let resendable =
         client_upgrade.is_none() && policy.is_some_and(|p| p.attempts > 0 && p.may_resend(&method));
     let (body, replay) = if resendable {
-        match retry::body::buffer_small(body, retry_buffer).await {
+        let wait = remaining(rule, ctx.started).unwrap_or(BODY_WAIT);
+        match retry::body::buffer_small(body, retry_buffer, wait).await {
             Ok(Ok(replay)) => (replay.body(), Some(replay)),
             Ok(Err(streamed)) => (RequestBody::Streamed(streamed), None),
-            Err(_) => return Err(ProxyError::BadRequest("the request body could not be read")),
+            Err(retry::body::BufferError::Timeout) => return Err(ProxyError::RequestTimeout),
+            Err(retry::body::BufferError::Read) => {
+                return Err(ProxyError::BadRequest("the request body could not be read"));
+            }
         }
     } else {
         (RequestBody::Streamed(body), None)
     };
+    // A timeout says something about the endpoint only if the whole request had reached it;
+    // a client that stops sending its body half-way must not get a healthy endpoint ejected.
+    let body_complete = replay.is_some() || body.is_end_stream();
     let head = replay.as_ref().map(|_| Head {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
@@ -95,122 +103,127 @@ pub(crate) async fn upstream(
         p.budget().record_request();
     }
     let max_retries = policy.map_or(UNSENT_RETRIES, |p| p.attempts);
+    let resend = || {
+        head.as_ref()
+            .zip(replay.as_ref())
+            .map(|(h, r)| h.request(r))
+    };
     let mut next = Some(Request::from_parts(parts, body));
     // Allocated only when a retry happens.
     let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut client_upgrade = client_upgrade;
     loop {
-        ctx.attempts += 1;
         let Some(mut request) = next.take() else {
             return Err(ProxyError::BadRequest("the request cannot be sent again"));
         };
         let (backend, endpoint) = rule.pick(hash, &tried).ok_or(ProxyError::NoReadyEndpoint)?;
+        ctx.attempts += 1;
         ctx.endpoint = Some(endpoint.addr);
-        let permit = match backend.circuit() {
-            Some(circuit) => Some(circuit.admit().map_err(|_| ProxyError::CircuitOpen)?),
-            None => None,
+        let (permit, slot) = match backend.circuit() {
+            Some(circuit) => (
+                Some(circuit.admit().map_err(|_| ProxyError::CircuitOpen)?),
+                Some(
+                    circuit
+                        .connection(upstreams.connect_timeout)
+                        .await
+                        .map_err(|_| ProxyError::CircuitOpen)?,
+                ),
+            ),
+            None => (None, None),
         };
         let state = endpoint.state();
-        let in_flight = state.start(permit);
+        let in_flight = state.start(permit).with_connection(slot);
         if !request.headers().contains_key(HOST) {
             // HTTP/1.0 without a Host: name the endpoint, as an HTTP/1.1 request must name one.
             if let Ok(v) = HeaderValue::try_from(endpoint.addr.to_string()) {
                 request.headers_mut().insert(HOST, v);
             }
         }
-        let outcome = attempt(
-            upstreams,
-            rule,
-            policy,
-            ctx.started,
-            endpoint.addr,
-            backend.circuit(),
-            request,
-        )
-        .await;
+        let outcome = attempt(upstreams, rule, policy, ctx.started, endpoint.addr, request).await;
         let retries_left = ctx.attempts <= max_retries;
         let may_resend = |p: &RetryPolicy| p.may_resend(&method) && replay.is_some();
         let passive = traffic.passive.as_ref();
         match outcome {
-            Attempt::Response(mut response) => {
+            Attempt::Response(response) => {
                 let status = response.status().as_u16();
                 state.record(status >= 500, passive, &backend.endpoints);
                 if let Some(p) = policy
                     && retries_left
                     && p.retries_status(status)
                     && may_resend(p)
-                    && backoff(rule, p, ctx).await
+                    && let Some(delay) = retry_delay(rule, p, ctx)
                 {
+                    // Nothing of this attempt is kept through the backoff: its connection, its
+                    // slot and its in-flight count go now.
+                    drop(response);
+                    drop(in_flight);
+                    sleep(delay).await;
                     tried.push(endpoint.addr);
-                    next = head
-                        .as_ref()
-                        .zip(replay.as_ref())
-                        .map(|(h, r)| h.request(r));
+                    next = resend();
                     continue;
                 }
-                response.body_mut().hold(in_flight);
-                return relay(response, client_upgrade.take());
+                return relay(response, in_flight, client_upgrade);
             }
             Attempt::Failed(Failed { error, unsent }) => {
-                if error.is_pending_overflow() {
-                    return Err(ProxyError::CircuitOpen);
-                }
+                drop(in_flight);
                 state.record(true, passive, &backend.endpoints);
                 let again = match unsent {
                     // Nothing reached the backend: safe whatever the method.
                     Some(unsent) => Some(unsent),
-                    None => head
-                        .as_ref()
-                        .zip(replay.as_ref())
-                        .filter(|_| policy.is_some_and(may_resend))
-                        .map(|(h, r)| h.request(r)),
+                    None if policy.is_some_and(may_resend) => resend(),
+                    None => None,
                 };
-                let allowed = match policy {
-                    Some(p) => again.is_some() && retries_left && backoff(rule, p, ctx).await,
-                    None => again.is_some() && retries_left,
+                let delay = match policy {
+                    _ if again.is_none() || !retries_left => None,
+                    Some(p) => retry_delay(rule, p, ctx),
+                    None => Some(Duration::ZERO),
                 };
-                if !allowed {
+                let Some(delay) = delay else {
                     return Err(ProxyError::Backend(error));
-                }
+                };
+                sleep(delay).await;
                 tracing::debug!(endpoint = %endpoint.addr, error = %error, "retrying on another endpoint");
                 tried.push(endpoint.addr);
                 next = again;
             }
             Attempt::TimedOut => {
-                state.record(true, passive, &backend.endpoints);
-                match policy {
-                    Some(p) if retries_left && may_resend(p) && backoff(rule, p, ctx).await => {
-                        tried.push(endpoint.addr);
-                        next = head
-                            .as_ref()
-                            .zip(replay.as_ref())
-                            .map(|(h, r)| h.request(r));
-                    }
-                    _ => return Err(ProxyError::BackendTimeout),
+                drop(in_flight);
+                if body_complete {
+                    state.record(true, passive, &backend.endpoints);
                 }
+                let delay = policy
+                    .filter(|p| retries_left && may_resend(p))
+                    .and_then(|p| retry_delay(rule, p, ctx));
+                let Some(delay) = delay else {
+                    return Err(ProxyError::BackendTimeout);
+                };
+                sleep(delay).await;
+                tried.push(endpoint.addr);
+                next = resend();
             }
-            Attempt::Deadline => {
-                state.record(true, passive, &backend.endpoints);
-                return Err(ProxyError::BackendTimeout);
-            }
+            // The request's own time ran out: not the endpoint's failure alone (the client's
+            // body, or earlier attempts, may have taken it).
+            Attempt::Deadline => return Err(ProxyError::BackendTimeout),
         }
     }
 }
 
-/// Waits before a retry and takes it from the budget; false when the budget is spent or the
-/// request's deadline would pass first.
-async fn backoff(rule: &Rule, policy: &RetryPolicy, ctx: &RequestCtx<'_>) -> bool {
+/// How long buffering a retryable body may take when the rule sets no request timeout.
+const BODY_WAIT: Duration = Duration::from_secs(30);
+
+/// The backoff before a retry, taken from the rule's budget; `None` when the budget is spent
+/// or the wait would outlast the request's deadline.
+fn retry_delay(rule: &Rule, policy: &RetryPolicy, ctx: &RequestCtx<'_>) -> Option<Duration> {
     let delay = policy.delay(ctx.attempts);
     if remaining(rule, ctx.started).is_some_and(|left| left <= delay) {
-        return false;
+        return None;
     }
-    if !policy.budget().try_retry() {
-        return false;
-    }
+    policy.budget().try_retry().then_some(delay)
+}
+
+async fn sleep(delay: Duration) {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    true
 }
 
 /// One exchange with one endpoint, under the tighter of the request's deadline and the
@@ -221,13 +234,17 @@ async fn attempt(
     policy: Option<&RetryPolicy>,
     started: Instant,
     endpoint: SocketAddr,
-    circuit: Option<&std::sync::Arc<crate::circuit::BackendState>>,
     request: Request<RequestBody>,
 ) -> Attempt {
-    let exchange = upstreams.send(endpoint, request, circuit);
-    let per_try = policy
-        .and_then(|p| p.per_try_timeout)
-        .or(rule.policy.timeouts.backend_request);
+    let exchange = upstreams.send(endpoint, request);
+    // The tighter of `perTryTimeout` and `backendRequest`: both bound one attempt.
+    let per_try = match (
+        policy.and_then(|p| p.per_try_timeout),
+        rule.policy.timeouts.backend_request,
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let left = remaining(rule, started);
     let (limit, deadline_first) = match (left, per_try) {
         (Some(a), Some(b)) if a <= b => (Some(a), true),
@@ -257,9 +274,11 @@ fn remaining(rule: &Rule, started: Instant) -> Option<Duration> {
         .map(|t| t.saturating_sub(started.elapsed()))
 }
 
-/// The backend's response as the client gets it.
+/// The backend's response as the client gets it; `in_flight` lasts as long as its body, or
+/// its tunnel.
 fn relay(
     mut response: Response<UpstreamBody>,
+    in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<UpstreamBody>, ProxyError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -267,7 +286,7 @@ fn relay(
         // leave the client and backend speaking different protocols on one connection.
         match client_upgrade {
             Some(client) if is_websocket_upgrade(response.headers()) => {
-                tunnel(client, hyper::upgrade::on(&mut response));
+                tunnel(client, hyper::upgrade::on(&mut response), in_flight);
             }
             _ => {
                 return Err(ProxyError::BackendProtocol(
@@ -277,6 +296,7 @@ fn relay(
         }
     } else {
         strip_hop_by_hop(response.headers_mut(), false, &[]);
+        response.body_mut().hold(in_flight);
     }
     Ok(response)
 }
@@ -348,9 +368,15 @@ pub fn replace_prefix(path: &str, prefix_len: usize, replacement: &str) -> Strin
     out
 }
 
-/// Splices the client and backend connections once both sides have switched protocols.
-fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+/// Splices the client and backend connections once both sides have switched protocols. The
+/// tunnel counts as the request in flight (and holds its circuit slots) until it closes.
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    in_flight: InFlight,
+) {
     tokio::spawn(async move {
+        let _in_flight = in_flight;
         let (client, backend) = match tokio::try_join!(client, backend) {
             Ok(pair) => pair,
             Err(e) => {

@@ -155,7 +155,8 @@ impl EndpointState {
             .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
-            self.returned_at.store(now, Ordering::Relaxed);
+            // Quiet time counts from the end of the ejection, not from when a pick noticed it.
+            self.returned_at.store(until, Ordering::Relaxed);
             self.failures.store(0, Ordering::Relaxed);
             self.update_gauge();
             tracing::info!(endpoint = %self.addr, "ejection over: endpoint gets requests again");
@@ -170,6 +171,7 @@ impl EndpointState {
         InFlight {
             endpoint: Arc::clone(self),
             _permit: permit,
+            _connection: None,
         }
     }
 
@@ -226,6 +228,16 @@ impl EndpointState {
         {
             return;
         }
+        // Two endpoints ejected at once on two workers could each have seen room for one:
+        // count again now that this one is out, and step back if that went past the limit.
+        let others = peers
+            .iter()
+            .filter(|e| e.addr != self.addr && e.state().ejected())
+            .count();
+        if others >= allowed {
+            self.ejected_until.store(0, Ordering::Relaxed);
+            return;
+        }
         self.streak
             .store(streak.saturating_add(1), Ordering::Relaxed);
         self.failures.store(0, Ordering::Relaxed);
@@ -266,12 +278,25 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// One request in flight on an endpoint (and on its backend's circuit); dropped when the
-/// response has ended, or with the attempt that failed.
+/// One request in flight on an endpoint (and on its backend's circuit, and on one of its
+/// connection slots); dropped when the response has ended (a WebSocket tunnel: when it
+/// closes), or with the attempt that failed.
 #[derive(Debug)]
 pub struct InFlight {
     endpoint: Arc<EndpointState>,
     _permit: Option<RequestPermit>,
+    _connection: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl InFlight {
+    /// Holds a `maxConnections` slot as long as the request.
+    pub(crate) fn with_connection(
+        mut self,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Self {
+        self._connection = slot;
+        self
+    }
 }
 
 impl Drop for InFlight {

@@ -91,7 +91,11 @@ pub(crate) async fn handle(
     }
     let out = response.headers_mut();
     out.insert(headers::request_id_header().clone(), ctx.request_id.clone());
-    if ctx.attempts > 1 || rule.is_some_and(|r| r.policy.traffic.retry.is_some()) {
+    // Said whenever the rule retries (and after any retry), but only of requests that were
+    // sent: a 401 or 429 the gateway answered took no attempt.
+    if ctx.attempts > 1
+        || (ctx.attempts == 1 && rule.is_some_and(|r| r.policy.traffic.retry.is_some()))
+    {
         out.insert(
             headers::attempts_header().clone(),
             HeaderValue::from(ctx.attempts),

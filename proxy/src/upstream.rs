@@ -24,7 +24,6 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::circuit::BackendState;
 use crate::clock::now_ms;
 use crate::health::InFlight;
 use crate::retry::RequestBody;
@@ -50,12 +49,6 @@ pub enum UpstreamError {
     /// The connection failed while the request or response head was on the wire.
     #[error(transparent)]
     Http(#[from] hyper::Error),
-    /// The backend is at its `maxConnections` and `maxPendingRequests` requests already wait.
-    #[error("too many requests waiting for a connection to the backend of {addr}")]
-    Pending {
-        /// The endpoint a connection was wanted for.
-        addr: SocketAddr,
-    },
 }
 
 /// A failed exchange, with the request when none of it was written (so that it can go to
@@ -76,11 +69,6 @@ impl UpstreamError {
             UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
         )
     }
-
-    /// True when the request did not get to a backend at all.
-    pub fn is_pending_overflow(&self) -> bool {
-        matches!(self, UpstreamError::Pending { .. })
-    }
 }
 
 /// How upstream connections are opened and how long idle ones are kept.
@@ -98,8 +86,6 @@ pub(crate) struct Upstreams {
 struct Conn {
     sender: SendRequest<RequestBody>,
     idle_since: IdleSince,
-    /// The circuit of the backend it counts against, when that has `maxConnections`.
-    circuit: Option<Arc<BackendState>>,
 }
 
 /// Since when a connection sits idle in a pool, in ms on [`now_ms`]'s clock (never 0); 0 while
@@ -136,21 +122,19 @@ thread_local! {
 }
 
 impl Upstreams {
-    /// Sends `req` (origin-form URI, `Host` set) to `addr` on an idle connection or a new one
-    /// (counted against `circuit`'s `maxConnections`, when given). A request that a reused
-    /// connection refused before writing it (the backend closed the connection while it sat
-    /// idle) goes out again on another: nothing of it reached the backend, so this is safe for
-    /// any method.
+    /// Sends `req` (origin-form URI, `Host` set) to `addr` on an idle connection or a new one.
+    /// A request that a reused connection refused before writing it (the backend closed the
+    /// connection while it sat idle) goes out again on another: nothing of it reached the
+    /// backend, so this is safe for any method.
     pub async fn send(
         &self,
         addr: SocketAddr,
         mut req: Request<RequestBody>,
-        circuit: Option<&Arc<BackendState>>,
     ) -> Result<Response<UpstreamBody>, Failed> {
         loop {
             let (mut conn, reused) = match self.take_idle(addr) {
                 Some(conn) => (conn, true),
-                None => match self.connect(addr, circuit).await {
+                None => match self.connect(addr).await {
                     Ok(conn) => (conn, false),
                     Err(error) => {
                         return Err(Failed {
@@ -235,20 +219,7 @@ impl Upstreams {
         });
     }
 
-    async fn connect(
-        &self,
-        addr: SocketAddr,
-        circuit: Option<&Arc<BackendState>>,
-    ) -> Result<Conn, UpstreamError> {
-        // The permit lives as long as the connection: the task driving it holds it.
-        let permit = match circuit {
-            Some(c) => Some(
-                c.connection()
-                    .await
-                    .map_err(|_| UpstreamError::Pending { addr })?,
-            ),
-            None => None,
-        };
+    async fn connect(&self, addr: SocketAddr) -> Result<Conn, UpstreamError> {
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => stream,
@@ -263,7 +234,6 @@ impl Upstreams {
         let watched = idle_since.clone();
         let idle_timeout = self.idle_timeout;
         tokio::spawn(async move {
-            let _permit = permit;
             let conn = conn.with_upgrades();
             tokio::pin!(conn);
             loop {
@@ -285,11 +255,7 @@ impl Upstreams {
                 }
             }
         });
-        Ok(Conn {
-            sender,
-            idle_since,
-            circuit: circuit.cloned(),
-        })
+        Ok(Conn { sender, idle_since })
     }
 }
 
@@ -307,11 +273,7 @@ impl Reuse {
             addr,
             upstreams,
         } = self;
-        if conn.circuit.as_ref().is_some_and(|c| c.has_waiters()) {
-            // Requests wait for a connection to this backend: closing this one lets one of
-            // them open its own (an idle one here would serve only this worker).
-            drop(conn);
-        } else if conn.sender.is_ready() {
+        if conn.sender.is_ready() {
             upstreams.put_idle(addr, conn);
         } else if !conn.sender.is_closed() {
             // The connection task has not yet seen the end of the exchange (or the request

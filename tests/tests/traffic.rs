@@ -388,9 +388,33 @@ async fn at_max_connections_requests_wait_up_to_max_pending_then_get_503() {
         "the waiter got a connection"
     );
     assert_eq!(
-        b[0].connections(),
+        b[0].hits(),
         2,
-        "the first connection closed for the waiter instead of idling: never two at once"
+        "the refused request never reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_do_not_hold_connection_slots() {
+    // Sequential requests over three endpoints with room for one connection in use: each one
+    // leaves a connection idle in the pool, and none of those may keep the next from starting.
+    let b = backends(3).await;
+    let gw = gateway(
+        &[&b[0], &b[1], &b[2]],
+        "    loadBalancer: {type: RoundRobin}\n    circuitBreaker: {maxConnections: 1, maxPendingRequests: 0}",
+    )
+    .await;
+    let c = client::http1();
+    for _ in 0..12 {
+        assert_eq!(fetch(&c, gw.addr, "h", "/").await.status, 200);
+    }
+    assert!(
+        b.iter().all(|b| b.hits() == 4),
+        "round robin reached every endpoint"
+    );
+    assert!(
+        b.iter().all(|b| b.connections() == 1),
+        "and kept one connection alive to each"
     );
 }
 
@@ -701,4 +725,105 @@ async fn reqwest_json(gw: &TestGateway, path: &str) -> serde_json::Value {
     fetch(&client::http1(), gw.admin, "admin", path)
         .await
         .json()
+}
+
+#[tokio::test]
+async fn consistent_hash_on_a_verified_claim_follows_the_user_whatever_the_client_says() {
+    use sluice_tests::tokens::{self, AUDIENCE, ISSUER, RSA_PUBLIC};
+    let b = backends(3).await;
+    let addrs: Vec<(SocketAddr, bool)> = b.iter().map(|b| (b.addr, true)).collect();
+    let spec = format!(
+        "  authentication:\n    jwt:\n      providers:\n      - name: corp\n        issuer: {ISSUER}\n        audiences: [{AUDIENCE}]\n        algorithms: [RS256]\n        keySecretRef: {{name: corp-keys, key: public.pem}}\n  rules:\n  - name: main\n    backendRefs: [{{name: svc, port: 80}}]\n    loadBalancer: {{type: ConsistentHash, consistentHash: {{claim: sub}}}}"
+    );
+    let gw = TestGateway::start(&[
+        ("svc.yaml", service("svc", 80, &addrs)),
+        (
+            "keys.yaml",
+            tokens::secret("corp-keys", &[("public.pem", RSA_PUBLIC)]),
+        ),
+        ("route.yaml", route("r", &spec)),
+    ])
+    .await;
+    let c = client::http1();
+    let mut owners = HashSet::new();
+    for user in 0..30 {
+        let bearer = format!("Bearer {}", tokens::token(&format!("user-{user}"), &[]));
+        let first = get_with(&c, &gw, "/", &[("authorization", &bearer)]).await;
+        assert_eq!(first.status, 200);
+        let owner = backend_of(&first);
+        for forged in ["someone-else", "user-0", "admin"] {
+            // A client-sent identity header is stripped, and the claim is the key anyway.
+            let again = get_with(
+                &c,
+                &gw,
+                "/",
+                &[("authorization", &bearer), ("x-user-id", forged)],
+            )
+            .await;
+            assert_eq!(backend_of(&again), owner, "user-{user} stays put");
+        }
+        owners.insert(owner);
+    }
+    assert_eq!(owners.len(), 3, "30 users spread over the three endpoints");
+}
+
+#[tokio::test]
+async fn an_open_websocket_counts_against_max_requests_until_it_closes() {
+    use futures_util::{SinkExt, StreamExt};
+    let b = backends(1).await;
+    let gw = gateway(&[&b[0]], "    circuitBreaker: {maxRequests: 1}").await;
+    let stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut ws, response) =
+        tokio_tungstenite::client_async(format!("ws://{}/ws", gw.addr), stream)
+            .await
+            .expect("websocket handshake through the gateway");
+    assert_eq!(response.status(), 101);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .expect("send");
+    assert!(ws.next().await.is_some(), "echoed");
+    let c = client::http1();
+    let r = fetch(&c, gw.addr, "h", "/").await;
+    assert_eq!(r.status, 503, "the tunnel is the one request in flight");
+    ws.close(None).await.expect("close");
+    drop(ws);
+    let freed = eventually(Duration::from_secs(5), || async {
+        fetch(&c, gw.addr, "h", "/").await.status == 200
+    })
+    .await;
+    assert!(freed, "a closed tunnel gives its slot back");
+}
+
+#[tokio::test]
+async fn a_client_that_never_sends_a_body_to_buffer_gets_408_and_ejects_nobody() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = backends(1).await;
+    let gw = gateway(
+        &[&b[0]],
+        "    timeouts: {request: 500ms}\n    retry: {attempts: 1, nonIdempotent: true}\n    healthCheck: {passive: {consecutiveFailures: 1, ejectionTime: 1m}}",
+    )
+    .await;
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(b[0].hits(), 0, "nothing was sent upstream");
+    assert_eq!(
+        fetch(&client::http1(), gw.addr, "h", "/").await.status,
+        200,
+        "not ejected"
+    );
 }

@@ -2,7 +2,9 @@
 //! buffered so that a retry can send it again.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -24,30 +26,76 @@ impl RequestBody {
     }
 }
 
-/// What a retry needs to send a request again: the buffered body.
-#[derive(Debug, Clone)]
-pub(crate) struct Replay(Bytes);
+/// Most bytes buffered for retries at once, over every request: past it a body streams (and
+/// is not replayed) rather than let many slow clients hold memory.
+pub const MAX_BUFFERED: u64 = 64 << 20;
+
+static BUFFERED: AtomicU64 = AtomicU64::new(0);
+
+/// What a retry needs to send a request again: the buffered body (counted against
+/// [`MAX_BUFFERED`] until dropped).
+#[derive(Debug)]
+pub(crate) struct Replay {
+    bytes: Bytes,
+    reserved: u64,
+}
 
 impl Replay {
     /// A fresh body with the same bytes.
     pub(crate) fn body(&self) -> RequestBody {
-        RequestBody::Buffered((!self.0.is_empty()).then(|| self.0.clone()))
+        RequestBody::Buffered((!self.bytes.is_empty()).then(|| self.bytes.clone()))
     }
 }
 
+impl Drop for Replay {
+    fn drop(&mut self) {
+        BUFFERED.fetch_sub(self.reserved, Ordering::Relaxed);
+    }
+}
+
+/// Why a body could not be buffered.
+#[derive(Debug)]
+pub(crate) enum BufferError {
+    /// Reading it failed (the client's connection broke, or sent more than it announced).
+    Read,
+    /// It did not arrive within the wait.
+    Timeout,
+}
+
 /// `body` buffered when it is known to be empty or at most `cap` bytes (by `Content-Length`,
-/// or the end of stream already seen); otherwise handed back to be streamed. An error reading
-/// it is the client's.
+/// or the end of stream already seen) and the gateway-wide [`MAX_BUFFERED`] has room;
+/// otherwise handed back to be streamed. A client that takes longer than `wait` to send it
+/// gets [`BufferError::Timeout`].
 pub(crate) async fn buffer_small(
     body: Incoming,
     cap: u64,
-) -> Result<Result<Replay, Incoming>, hyper::Error> {
+    wait: Duration,
+) -> Result<Result<Replay, Incoming>, BufferError> {
     if body.is_end_stream() {
-        return Ok(Ok(Replay(Bytes::new())));
+        return Ok(Ok(Replay {
+            bytes: Bytes::new(),
+            reserved: 0,
+        }));
     }
-    match body.size_hint().upper() {
-        Some(n) if n <= cap => Ok(Ok(Replay(body.collect().await?.to_bytes()))),
-        _ => Ok(Err(body)),
+    let Some(n) = body.size_hint().upper().filter(|&n| n <= cap) else {
+        return Ok(Err(body));
+    };
+    if BUFFERED.fetch_add(n, Ordering::Relaxed).saturating_add(n) > MAX_BUFFERED {
+        BUFFERED.fetch_sub(n, Ordering::Relaxed);
+        return Ok(Err(body));
+    }
+    // Reserved from here on: the guard gives it back on every path.
+    let mut replay = Replay {
+        bytes: Bytes::new(),
+        reserved: n,
+    };
+    match tokio::time::timeout(wait, body.collect()).await {
+        Ok(Ok(collected)) => {
+            replay.bytes = collected.to_bytes();
+            Ok(Ok(replay))
+        }
+        Ok(Err(_)) => Err(BufferError::Read),
+        Err(_) => Err(BufferError::Timeout),
     }
 }
 
