@@ -485,12 +485,15 @@ limits_rounds() {
 }
 
 # balancers_rounds: each balancer's route of sluice, and the one with every feature on,
-# alternating.
+# alternating; each round starts one variant later, so that no variant always runs first.
 balancers_rounds() {
-  local round v
+  local round v i variants=(rr lr random hash full)
   for round in $(seq "$ROUNDS"); do
     log "  round $round/$ROUNDS"
-    for v in rr lr random hash full; do wrk_run "balancers-$v" "/$v/x" sluice; done
+    for i in 0 1 2 3 4; do
+      v=${variants[$(((i + round - 1) % 5))]}
+      wrk_run "balancers-$v" "/$v/x" sluice
+    done
   done
 }
 
@@ -505,13 +508,14 @@ failover_run() {
   taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$SLUICE_PORT/failover/x" >"$work/wrk.out" &
   local wrk_pid=$!
   sleep "$(awk -v d="$DURATION" 'BEGIN {print d / 3}')"
-  # The clock is read before the kill (the ejection may be logged before `pkill` returns), so
-  # the figure includes pkill's own start-up: it errs long. The worker (which holds the
-  # connections) goes first; killed first, the master would orphan it out of pkill's reach.
-  local killed_ns
+  # Master and worker in one `kill`, master first: a master that outlived its worker would
+  # start a new one. The clock is read just before (the ejection may be logged before `kill`
+  # returns).
+  local killed_ns workers
+  workers=$(pgrep -P "$up_pid_2" || true)
   killed_ns=$(date +%s%N)
-  pkill -KILL -P "$up_pid_2" 2>/dev/null || true
-  kill -KILL "$up_pid_2" 2>/dev/null || true
+  # shellcheck disable=SC2086
+  kill -KILL "$up_pid_2" $workers 2>/dev/null || true
   wait "$up_pid_2" 2>/dev/null || true
   wait "$wrk_pid" || true
   local ejected_ns=

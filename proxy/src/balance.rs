@@ -166,7 +166,7 @@ impl Balancer {
             (Mode::RoundRobin, _) => probe(endpoints, backend.next_turn(), ok),
             (Mode::Random, _) => probe(endpoints, fastrand::usize(..n), ok),
             (Mode::ConsistentHash, Some(h)) => self.tables.get(index)?.lookup(h, endpoints, ok),
-            _ => least_request(endpoints, ok),
+            _ => least_request(endpoints, backend.next_turn(), ok),
         }
     }
 }
@@ -181,16 +181,20 @@ fn probe<'e>(
     (0..n).map(|i| &endpoints[(start + i) % n]).find(|e| ok(e))
 }
 
-/// Power of two choices: two distinct random endpoints, the one with fewer requests in flight.
+/// Power of two choices: two distinct endpoints, the one with fewer requests in flight. The
+/// first is the next in turn, the second one of the others at random: on a tie (an idle
+/// gateway) the turn wins, so light traffic spreads as evenly as round robin, and under load
+/// the random second choice does what power of two choices needs.
 fn least_request<'e>(
     endpoints: &'e [Endpoint],
+    turn: usize,
     ok: &dyn Fn(&Endpoint) -> bool,
 ) -> Option<&'e Endpoint> {
     let n = endpoints.len();
     if n == 1 {
         return Some(&endpoints[0]).filter(|e| ok(e));
     }
-    let a = fastrand::usize(..n);
+    let a = turn % n;
     let mut b = fastrand::usize(..n - 1);
     if b >= a {
         b += 1;

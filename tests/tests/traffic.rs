@@ -565,6 +565,58 @@ async fn a_connection_refused_is_retried_elsewhere_even_without_a_retry_policy()
         assert_eq!(r.status, 200);
         assert_eq!(backend_of(&r), "live");
     }
+    // Nothing reached the dead one, so even a POST (with its streamed body) goes again.
+    for _ in 0..6 {
+        let post = Request::post(format!("http://{}/echo-body", gw.addr))
+            .header("host", "h")
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .expect("request");
+        let r = send(&c, post).await.expect("response");
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body[..], b"payload");
+    }
+}
+
+#[tokio::test]
+async fn an_ejection_outlives_reloads_and_endpoint_changes() {
+    let b = backends(3).await;
+    b[0].fail_with(503);
+    let rule = "    loadBalancer: {type: RoundRobin}\n    healthCheck: {passive: {consecutiveFailures: 2, ejectionTime: 1m, maxEjectionPercent: 50}}";
+    let two: Vec<(SocketAddr, bool)> = b[..2].iter().map(|b| (b.addr, true)).collect();
+    let gw = TestGateway::start(&[
+        ("svc.yaml", service("svc", 80, &two)),
+        ("route.yaml", traffic_route(rule)),
+    ])
+    .await;
+    let c = client::http1();
+    for _ in 0..10 {
+        fetch(&c, gw.addr, "h", "/").await;
+    }
+    assert_eq!(b[0].hits(), 2, "ejected after two failures");
+    // An endpoint-only change (a third endpoint joins), then an edit of another route.
+    let three: Vec<(SocketAddr, bool)> = b.iter().map(|b| (b.addr, true)).collect();
+    let other = route(
+        "other",
+        "  rules:\n  - matches: [{path: {value: /other}}]\n    backendRefs: [{name: svc, port: 80}]",
+    );
+    for (name, content) in [
+        ("svc.yaml", service("svc", 80, &three)),
+        ("other.yaml", other),
+    ] {
+        let generation = gw.generation();
+        gw.write(name, &content);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                gw.generation() > generation
+            })
+            .await
+        );
+    }
+    for _ in 0..30 {
+        assert_eq!(fetch(&c, gw.addr, "h", "/").await.status, 200);
+    }
+    assert_eq!(b[0].hits(), 2, "still ejected after both reloads");
+    assert!(b[2].hits() > 0, "the new endpoint gets its share");
 }
 
 /// Runs `workers` loops of GETs until `stop`; returns (requests, failures with their statuses).
