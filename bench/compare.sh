@@ -19,6 +19,9 @@
 # load, one upstream is killed with SIGKILL; measured: the time from the kill to the endpoint's
 # ejection, and the failed requests the client saw, with retries on).
 #
+# BALANCERS="rr lr" limits the balancers scenario to those variants (more rounds of an A/B in
+# the same time).
+#
 # ACCESS_LOG=on turns both proxies' access logs on (nginx: a JSON log_format to a file; sluice:
 # its JSON access log, stdout to a file), as users run them; the default is both off.
 #
@@ -487,11 +490,14 @@ limits_rounds() {
 # balancers_rounds: each balancer's route of sluice, and the one with every feature on,
 # alternating; each round starts one variant later, so that no variant always runs first.
 balancers_rounds() {
-  local round v i variants=(rr lr random hash full)
+  local round v i
+  local -a variants
+  read -r -a variants <<<"${BALANCERS:-rr lr random hash full}"
+  local n=${#variants[@]}
   for round in $(seq "$ROUNDS"); do
     log "  round $round/$ROUNDS"
-    for i in 0 1 2 3 4; do
-      v=${variants[$(((i + round - 1) % 5))]}
+    for ((i = 0; i < n; i++)); do
+      v=${variants[$(((i + round - 1) % n))]}
       wrk_run "balancers-$v" "/$v/x" sluice
     done
   done
@@ -609,7 +615,7 @@ for scenario in $SCENARIOS; do
   if [ "$scenario" = balancers ] && [ -s "$work/res/balancers-rr-sluice" ]; then
     printf '\n### balancers (sluice: three upstreams; full = LeastRequest + retries + passive health + circuit limits)\n\n'
     printf '| balancer | requests/s | p50 ms | p99 ms | non-2xx | CPU s / 100k | vs RoundRobin: throughput | CPU |\n|---|---|---|---|---|---|---|---|\n'
-    for v in rr lr random hash full; do
+    for v in ${BALANCERS:-rr lr random hash full}; do
       f=balancers-$v-sluice
       awk -v v="$v" -v a="$(col $f 1)" -v b="$(col balancers-rr-sluice 1)" -v c="$(col $f 6)" -v d="$(col balancers-rr-sluice 6)" \
         -v p50="$(col $f 2)" -v p99="$(col $f 3)" -v bad="$(col $f 4)" \

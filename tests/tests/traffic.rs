@@ -215,19 +215,7 @@ async fn a_failing_endpoint_is_ejected_then_taken_back_after_the_ejection_time()
     }
     assert_eq!(b[0].hits(), 3, "ejected after its third failure in a row");
     assert_eq!(b[1].hits(), 37);
-    let snapshot = reqwest_json(&gw, "/debug/snapshot").await;
-    let endpoints = &snapshot["rules"][0]["backends"][0]["endpoints"];
-    let health: HashMap<String, String> = endpoints
-        .as_array()
-        .expect("endpoints")
-        .iter()
-        .map(|e| {
-            (
-                e["addr"].as_str().unwrap_or_default().to_owned(),
-                e["health"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
+    let health = endpoint_health(&gw).await;
     assert_eq!(health[&b[0].addr.to_string()], "ejected");
     assert_eq!(health[&b[1].addr.to_string()], "healthy");
     let metrics = admin_text(&gw, "/metrics").await;
@@ -268,13 +256,8 @@ async fn when_every_endpoint_is_ejected_requests_still_reach_them() {
         assert!(r.header("x-backend").is_some());
     }
     assert_eq!(b[0].hits() + b[1].hits(), 20);
-    let snapshot = reqwest_json(&gw, "/debug/snapshot").await;
-    let ejected = snapshot["rules"][0]["backends"][0]["endpoints"]
-        .as_array()
-        .expect("endpoints")
-        .iter()
-        .filter(|e| e["health"] == "ejected")
-        .count();
+    let health = endpoint_health(&gw).await;
+    let ejected = health.values().filter(|h| *h == "ejected").count();
     assert_eq!(ejected, 2, "both ejected, and both still balanced across");
 }
 
@@ -289,10 +272,7 @@ async fn active_checks_take_a_hung_backend_out_and_bring_it_back() {
     let c = client::http1();
     b[0].hang(true);
     let out = eventually(Duration::from_secs(5), || async {
-        let s = reqwest_json(&gw, "/debug/snapshot").await;
-        s["rules"][0]["backends"][0]["endpoints"]
-            .as_array()
-            .is_some_and(|e| e.iter().any(|e| e["health"] == "unhealthy"))
+        endpoint_health(&gw).await[&b[0].addr.to_string()] == "unhealthy"
     })
     .await;
     assert!(out, "the hung endpoint fails its checks");
@@ -690,15 +670,8 @@ async fn kill_9_of_one_of_three_backends_under_load_fails_no_get() {
         failures.len(),
         &failures[..failures.len().min(5)]
     );
-    let snapshot = reqwest_json(&gw, "/debug/snapshot").await;
-    let killed = procs[1].addr.to_string();
-    let health = snapshot["rules"][0]["backends"][0]["endpoints"]
-        .as_array()
-        .expect("endpoints")
-        .iter()
-        .find(|e| e["addr"] == killed.as_str())
-        .map(|e| e["health"].clone());
-    assert_eq!(health, Some(serde_json::json!("ejected")));
+    let health = endpoint_health(&gw).await;
+    assert_eq!(health[&procs[1].addr.to_string()], "ejected");
 }
 
 #[tokio::test]
@@ -773,10 +746,23 @@ async fn admin_text(gw: &TestGateway, path: &str) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
-async fn reqwest_json(gw: &TestGateway, path: &str) -> serde_json::Value {
-    fetch(&client::http1(), gw.admin, "admin", path)
+/// The `health` of each endpoint of the first rule's first backend, by address, as
+/// `/debug/snapshot` shows it.
+async fn endpoint_health(gw: &TestGateway) -> HashMap<String, String> {
+    let snapshot = fetch(&client::http1(), gw.admin, "admin", "/debug/snapshot")
         .await
-        .json()
+        .json();
+    snapshot["rules"][0]["backends"][0]["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| {
+            (
+                e["addr"].as_str().unwrap_or_default().to_owned(),
+                e["health"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test]
