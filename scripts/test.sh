@@ -40,7 +40,7 @@ fi
 
 step "end-to-end: standalone mode"
 cargo build --locked -p sluice-controller --bin sluice
-SLUICE_BIN="$PWD/target/debug/sluice" e2e/standalone.sh
+SLUICE_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/sluice" e2e/standalone.sh
 
 step "end-to-end: cluster"
 e2e/cluster.sh
