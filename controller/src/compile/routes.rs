@@ -110,36 +110,39 @@ pub(super) fn compile_route(
     } = &route.spec;
     let generation = route.metadata.generation;
 
-    let route_level = compile_hostnames(hostnames).and_then(|hosts| {
-        if rules.is_empty() || rules.len() > MAX_RULES {
-            Err(err(
-                "spec.rules",
-                format!("must have 1 to {MAX_RULES} rules"),
-            ))
-        } else {
-            Ok(hosts)
-        }
+    // Every route-level problem is reported, not only the first: a user fixing one bad
+    // hostname should not discover the next on the following apply.
+    let mut route_errors = Vec::new();
+    let hosts = compile_hostnames(hostnames).unwrap_or_else(|errors| {
+        route_errors.extend(errors);
+        Vec::new()
     });
-    let hosts = match route_level {
-        Ok(hosts) => hosts,
-        Err(e) => {
-            return RouteOutput {
-                rules: Box::default(),
-                candidates: Box::default(),
-                status: Arc::new(StatusReport {
-                    object: object.clone(),
-                    observed_generation: generation,
-                    conditions: vec![Condition::new(
-                        "Accepted",
-                        false,
-                        "UnsupportedValue",
-                        format!("{}: {}", e.field, e.reason),
-                    )],
-                }),
-                diagnostics: Box::new([diagnostic(&object, e)]),
-            };
-        }
-    };
+    if rules.is_empty() || rules.len() > MAX_RULES {
+        route_errors.push(err(
+            "spec.rules",
+            format!("must have 1 to {MAX_RULES} rules"),
+        ));
+    }
+    if !route_errors.is_empty() {
+        return RouteOutput {
+            rules: Box::default(),
+            candidates: Box::default(),
+            status: Arc::new(StatusReport {
+                object: object.clone(),
+                observed_generation: generation,
+                conditions: vec![Condition::new(
+                    "Accepted",
+                    false,
+                    "UnsupportedValue",
+                    summary(route_errors.iter()),
+                )],
+            }),
+            diagnostics: route_errors
+                .into_iter()
+                .map(|e| diagnostic(&object, e))
+                .collect(),
+        };
+    }
     let mut out_rules = Vec::new();
     let mut out_candidates = Vec::new();
 
@@ -286,18 +289,19 @@ fn diagnostic(object: &ObjectRef, e: FieldError) -> Diagnostic {
     }
 }
 
-fn compile_hostnames(hostnames: &[String]) -> Result<Vec<HostPattern>, FieldError> {
+fn compile_hostnames(hostnames: &[String]) -> Result<Vec<HostPattern>, Vec<FieldError>> {
     if hostnames.is_empty() {
         return Ok(vec![HostPattern::Any]);
     }
     if hostnames.len() > MAX_HOSTNAMES {
-        return Err(err(
+        return Err(vec![err(
             "spec.hostnames",
             format!("at most {MAX_HOSTNAMES} hostnames"),
-        ));
+        )]);
     }
     let mut seen = HashSet::new();
     let mut hosts = Vec::with_capacity(hostnames.len());
+    let mut errors = Vec::new();
     for (i, h) in hostnames.iter().enumerate() {
         let field = || format!("spec.hostnames[{i}]");
         let (wildcard, name) = match h.strip_prefix("*.") {
@@ -305,18 +309,20 @@ fn compile_hostnames(hostnames: &[String]) -> Result<Vec<HostPattern>, FieldErro
             None => (false, h.as_str()),
         };
         if name.parse::<std::net::IpAddr>().is_ok() {
-            return Err(err(
+            errors.push(err(
                 field(),
                 format!("{h:?} is an IP address; hostnames must be DNS names"),
             ));
+            continue;
         }
         if !is_dns_name(name) {
-            return Err(err(
+            errors.push(err(
                 field(),
                 format!(
                     "{h:?} is not a lower-case DNS name (a `*.` prefix is the only wildcard allowed)"
                 ),
             ));
+            continue;
         }
         let pattern = if wildcard {
             HostPattern::Wildcard(name.into())
@@ -327,7 +333,11 @@ fn compile_hostnames(hostnames: &[String]) -> Result<Vec<HostPattern>, FieldErro
             hosts.push(pattern);
         }
     }
-    Ok(hosts)
+    if errors.is_empty() {
+        Ok(hosts)
+    } else {
+        Err(errors)
+    }
 }
 
 fn is_dns_name(name: &str) -> bool {

@@ -332,6 +332,27 @@ fn paths_must_be_in_normal_form() {
 }
 
 #[test]
+fn every_bad_hostname_is_reported_not_only_the_first() {
+    let c = compile_with_backends(&route(
+        "r",
+        &format!(
+            "  hostnames: [Bad.Example.com, ok.example.com, '10.0.0.1']\n  rules:\n{USERS_RULE}"
+        ),
+    ));
+    let fields: Vec<&str> = c.diagnostics.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(fields, ["spec.hostnames[0]", "spec.hostnames[2]"]);
+    assert!(c.diagnostics[1].reason.contains("is an IP address"));
+    let accepted = c.statuses[0].condition("Accepted").expect("Accepted");
+    assert!(
+        accepted.message.contains("spec.hostnames[0]")
+            && accepted.message.contains("spec.hostnames[2]"),
+        "{}",
+        accepted.message
+    );
+    assert!(c.snapshot.rules.is_empty());
+}
+
+#[test]
 fn a_bad_hostname_rejects_the_whole_route_rather_than_widening_it() {
     for host in ["Bad.Example.com", "a.*.com", "10.0.0.1", "-x.com"] {
         let c = compile_with_backends(&route(
