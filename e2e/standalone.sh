@@ -244,6 +244,14 @@ fresh_serves() { fetch "$proxy/fresh/x"; [[ "$code" == 200 && "$(json path)" == 
 check "hot reload: a new route file serves within 5 s" wait_until 5 fresh_serves \
   -- "last answer $code: $(head -c 300 "$body")"
 
+# An Ingress (as a user migrating from ingress-nginx would try) is not served, and said so.
+printf 'apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: legacy, namespace: default}\nspec: {}\n' \
+  >"$manifests/legacy-ingress.yaml"
+ingress_warned() { grep -q "Ingress/default/legacy: Ingress is not read by Sluice" "$log"; }
+check "an Ingress in the directory is reported in the log, not silently skipped" wait_until 5 ingress_warned \
+  -- "$(tail -n 3 "$log")"
+rm -f "$manifests/legacy-ingress.yaml"
+
 # Broken YAML: a new broken file, and an existing file broken; what was serving keeps serving.
 printf 'apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: broken\n  spec: [oops\n' \
   >"$manifests/broken.yaml"

@@ -419,7 +419,12 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     inputs.shared_store = true;
     let compiled = compile(&inputs, 1, None);
     let mut problems = 0;
-    for e in refresh.errors.iter().chain(&duplicates) {
+    for e in refresh
+        .errors
+        .iter()
+        .chain(&refresh.notices)
+        .chain(&duplicates)
+    {
         println!("{e}");
         problems += 1;
     }

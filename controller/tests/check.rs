@@ -120,3 +120,40 @@ fn cluster_mode_without_a_cluster_says_how_to_run_standalone() {
     assert!(stderr.contains("cannot reach Kubernetes"), "{stderr}");
     assert!(stderr.contains("--manifests"), "{stderr}");
 }
+
+#[test]
+fn check_fails_on_a_misspelt_kind_and_on_ingress_that_run_would_skip() {
+    let d = dir("kinds");
+    std::fs::write(d.join("svc.yaml"), SERVICE).expect("write");
+    std::fs::write(
+        d.join("route.yaml"),
+        "apiVersion: sluice.dev/v1alpha1\nkind: GatewayRotue\nmetadata: {name: shop}\nspec:\n  rules:\n  - backendRefs: [{name: web, port: 80}]\n",
+    )
+    .expect("write");
+    std::fs::write(
+        d.join("ingress.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\nspec: {}\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check")
+        .arg(&d)
+        .output()
+        .expect("run sluice check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let route = d.join("route.yaml").display().to_string();
+    assert!(
+        stdout.contains(&format!(
+            "{route}:2: GatewayRotue/default/shop: kind \"GatewayRotue\" is not one Sluice reads"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("did you mean GatewayRoute?"), "{stdout}");
+    assert!(
+        stdout.contains("Ingress/default/web: Ingress is not read by Sluice"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+}

@@ -39,6 +39,9 @@ impl DirSource {
         for e in &refresh.errors {
             tracing::error!(file = %e.path.display(), line = e.line, "{e}; keeping what this file held before");
         }
+        for n in &refresh.notices {
+            tracing::warn!(file = %n.path.display(), line = n.line, "{n}");
+        }
         if !refresh.changed && self.reconciler.generation() > 0 {
             return false;
         }

@@ -59,6 +59,18 @@ impl fmt::Display for LoadError {
 /// is fine. The first error fails the whole file, so that a half-read file never replaces a
 /// whole one.
 pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(ObjectRef, Object)>, LoadError> {
+    parse_file_noting(path, text, &mut Vec::new())
+}
+
+/// [`parse_file`], adding to `notices` the skipped documents that look like mistakes: an
+/// unknown kind in Sluice's group or a near miss of one of its kinds (`GatewayRotue`), and the
+/// kinds users coming from other controllers write (`Ingress`, `HTTPRoute`), which Sluice does
+/// not read. `check` counts them as problems; `run` logs them as warnings.
+pub fn parse_file_noting(
+    path: &Path,
+    text: &str,
+    notices: &mut Vec<LoadError>,
+) -> Result<Vec<(ObjectRef, Object)>, LoadError> {
     let mut out = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml::Value::deserialize(document).map_err(|e| LoadError {
@@ -136,7 +148,19 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(ObjectRef, Object)>, L
                     message: format!("document {} has no apiVersion or kind", index + 1),
                 });
             }
-            _ => continue,
+            _ => {
+                if let Some(why) = skipped_kind(api_version, kind) {
+                    let name = meta_str("name").unwrap_or("");
+                    let namespace = meta_str("namespace").unwrap_or("default");
+                    notices.push(LoadError {
+                        path: path.to_owned(),
+                        line: kind_line(text, index),
+                        object: None,
+                        message: format!("{kind}/{namespace}/{name}: {why}"),
+                    });
+                }
+                continue;
+            }
         };
         if object_ref.name.is_empty() {
             return Err(fail(
@@ -148,6 +172,77 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(ObjectRef, Object)>, L
         out.push((object_ref, parsed));
     }
     Ok(out)
+}
+
+/// Why skipping a document of `kind` is worth saying, if it is.
+fn skipped_kind(api_version: &str, kind: &str) -> Option<String> {
+    const OURS: [&str; 2] = ["GatewayRoute", "RateLimitPolicy"];
+    let group = api_version.split_once('/').map_or("", |(g, _)| g);
+    match (group, kind) {
+        ("networking.k8s.io", "Ingress") | ("gateway.networking.k8s.io", "HTTPRoute") => {
+            Some(format!(
+                "{kind} is not read by Sluice; write the same routes as a GatewayRoute \
+                 (README: \"Coming from Ingress or HTTPRoute\")"
+            ))
+        }
+        _ => {
+            let near = OURS.iter().find(|ours| near_miss(kind, ours));
+            if group != crate::resources::GROUP && near.is_none() {
+                return None;
+            }
+            let hint = near.map_or_else(String::new, |ours| format!("; did you mean {ours}?"));
+            Some(format!(
+                "kind {kind:?} is not one Sluice reads (its kinds are GatewayRoute and \
+                 RateLimitPolicy, in {API_VERSION}){hint}"
+            ))
+        }
+    }
+}
+
+/// True when `kind` is a misspelling of `ours`: another case, or at most two edits away.
+fn near_miss(kind: &str, ours: &str) -> bool {
+    kind != ours && edit_distance(&kind.to_ascii_lowercase(), &ours.to_ascii_lowercase()) <= 2
+}
+
+/// Levenshtein distance (kind names are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// The 1-based line of the `kind:` of document `index` (documents split at `---` lines).
+fn kind_line(text: &str, index: usize) -> Option<usize> {
+    let mut document = 0;
+    let mut content = false;
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with("---") {
+            // A `---` before any content opens the first document rather than ending one.
+            if content {
+                document += 1;
+            }
+            content = true;
+            continue;
+        }
+        if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            content = true;
+        }
+        if document == index && line.starts_with("kind:") {
+            return Some(n + 1);
+        }
+    }
+    None
 }
 
 /// Deserialises document `index` as `K`. The fast path goes through the already parsed value;
@@ -264,6 +359,9 @@ pub struct Refresh {
     pub changed: bool,
     /// Files that failed to load (their previous objects are kept).
     pub errors: Vec<LoadError>,
+    /// Skipped documents that look like mistakes, in the files read again (see
+    /// [`parse_file_noting`]).
+    pub notices: Vec<LoadError>,
 }
 
 impl ManifestSet {
@@ -310,7 +408,7 @@ impl ManifestSet {
             if known.is_some_and(|f| f.digest == digest) {
                 continue;
             }
-            match parse_file(&path, &text) {
+            match parse_file_noting(&path, &text, &mut refresh.notices) {
                 Ok(objects) => {
                     let same = known.is_some_and(|f| f.objects == objects);
                     refresh.changed |= !same;

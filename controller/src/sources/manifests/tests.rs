@@ -199,3 +199,62 @@ fn a_symlink_back_up_the_tree_does_not_loop() {
     assert_eq!(files.len(), 1, "{files:?}");
     let _ = fs::remove_dir_all(&dir);
 }
+
+fn notices(text: &str) -> Vec<String> {
+    let mut notices = Vec::new();
+    parse_file_noting(Path::new("m/x.yaml"), text, &mut notices).expect("parses");
+    notices.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn a_misspelt_kind_of_ours_is_noticed_with_its_line_and_a_suggestion() {
+    let text = format!(
+        "{ROUTE}---\n{}",
+        ROUTE.replace("kind: GatewayRoute", "kind: GatewayRotue")
+    );
+    assert_eq!(
+        notices(&text),
+        [
+            "m/x.yaml:9: GatewayRotue/default/r1: kind \"GatewayRotue\" is not one Sluice reads \
+             (its kinds are GatewayRoute and RateLimitPolicy, in sluice.dev/v1alpha1); did you mean GatewayRoute?"
+        ]
+    );
+    // Near misses in any group, and unknown kinds in ours, are noticed too.
+    let plural = ROUTE
+        .replace("apiVersion: sluice.dev/v1alpha1", "apiVersion: v1")
+        .replace("kind: GatewayRoute", "kind: gatewayroutes");
+    assert!(
+        notices(&plural)[0].ends_with("did you mean GatewayRoute?"),
+        "{:?}",
+        notices(&plural)
+    );
+    let unknown = ROUTE.replace("kind: GatewayRoute", "kind: TrafficPolicy");
+    let n = notices(&unknown);
+    assert_eq!(n.len(), 1);
+    assert!(
+        n[0].contains("kind \"TrafficPolicy\" is not one Sluice reads")
+            && !n[0].contains("did you mean"),
+        "{n:?}"
+    );
+}
+
+#[test]
+fn ingress_and_httproute_are_noticed_and_point_to_the_readme() {
+    let text = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: shop}\nspec: {}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web}\nspec: {}\n";
+    assert_eq!(
+        notices(text),
+        [
+            "m/x.yaml:2: Ingress/shop/web: Ingress is not read by Sluice; write the same routes as a GatewayRoute (README: \"Coming from Ingress or HTTPRoute\")",
+            "m/x.yaml:7: HTTPRoute/default/web: HTTPRoute is not read by Sluice; write the same routes as a GatewayRoute (README: \"Coming from Ingress or HTTPRoute\")",
+        ]
+    );
+}
+
+#[test]
+fn other_kinds_are_skipped_quietly() {
+    let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n}\n";
+    assert!(notices(text).is_empty());
+    assert_eq!(edit_distance("GatewayRoute", "GatewayRoute"), 0);
+    assert_eq!(edit_distance("gatewayrotue", "gatewayroute"), 2);
+    assert!(!near_miss("Route", "GatewayRoute"));
+}
