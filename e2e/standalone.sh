@@ -5,8 +5,8 @@
 #   e2e/standalone.sh                               # uses target/debug/sluice
 #   SLUICE_BIN=target/release/sluice e2e/standalone.sh
 #
-# Ports (override if taken): E2E_PROXY_PORT (18080), E2E_ADMIN_PORT (19901), E2E_ECHO_A_PORT
-# (19001), E2E_ECHO_B_PORT (19002), E2E_USERS_PORT (19003). The whole run is bounded by
+# Ports: free ones, picked at start (so two runs never collide); E2E_PROXY_PORT, E2E_ADMIN_PORT,
+# E2E_ECHO_A_PORT, E2E_ECHO_B_PORT, E2E_USERS_PORT, E2E_REDIS_PORT fix them. The whole run is bounded by
 # E2E_TIMEOUT seconds (120). Prints `ok - name` / `not ok - name` per check and finally
 # `N passed, M failed`; exits 1 if any check failed. Needs bash 4+, curl, python3, openssl and GNU date.
 set -uo pipefail
@@ -23,14 +23,7 @@ bin="${SLUICE_BIN:-target/debug/sluice}"
 if [[ -n "${SLUICE_BIN:-}" && "$bin" != /* ]]; then
   bin="$start_dir/$bin"  # relative to where the caller stands
 fi
-proxy_port="${E2E_PROXY_PORT:-18080}"
-admin_port="${E2E_ADMIN_PORT:-19901}"
-echo_a_port="${E2E_ECHO_A_PORT:-19001}"
-echo_b_port="${E2E_ECHO_B_PORT:-19002}"
-users_port="${E2E_USERS_PORT:-19003}"
 deadline_s="${E2E_TIMEOUT:-120}"
-proxy="http://127.0.0.1:$proxy_port"
-admin="http://127.0.0.1:$admin_port"
 
 for tool in curl python3 openssl; do
   if ! command -v "$tool" >/dev/null 2>&1; then
@@ -42,6 +35,27 @@ if [[ ! -x "$bin" ]]; then
   echo "e2e: sluice binary $bin not found; build it (cargo build -p sluice-controller) or set SLUICE_BIN" >&2
   exit 1
 fi
+
+# Ports: free ones the kernel hands out (so that two runs, or anything else listening on the
+# machine, never collide), unless E2E_*_PORT names them.
+read -r -a free <<<"$(python3 - <<'EOF'
+import socket
+socks = [socket.socket() for _ in range(10)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+)"
+proxy_port="${E2E_PROXY_PORT:-${free[0]}}"
+admin_port="${E2E_ADMIN_PORT:-${free[1]}}"
+echo_a_port="${E2E_ECHO_A_PORT:-${free[2]}}"
+echo_b_port="${E2E_ECHO_B_PORT:-${free[3]}}"
+users_port="${E2E_USERS_PORT:-${free[4]}}"
+redis_port="${E2E_REDIS_PORT:-${free[5]}}"
+global_proxy=("${free[6]}" "${free[7]}")   # the two gateways sharing Redis
+global_admin=("${free[8]}" "${free[9]}")
+proxy="http://127.0.0.1:$proxy_port"
+admin="http://127.0.0.1:$admin_port"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/sluice-e2e.XXXXXX")"
 manifests="$work/manifests"
@@ -439,7 +453,6 @@ check "SIGTERM: the request in flight still completes (200)" test "$(cat "$work/
 
 # Two sluice processes sharing one real Redis admit a Global limit once in total.
 if command -v redis-server >/dev/null 2>&1; then
-  redis_port="${E2E_REDIS_PORT:-19379}"
   redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 &
   backend_pid[redis]=$!
   mkdir -p "$work/global"
@@ -449,18 +462,18 @@ if command -v redis-server >/dev/null 2>&1; then
     "$manifests/limits.yaml" >"$work/global/limits.yaml"
   wait_until 5 port_open "$redis_port"
   for i in 1 2; do
-    "$bin" run --manifests "$work/global" --listen "127.0.0.1:$((proxy_port + 100 + i))" \
-      --admin-listen "127.0.0.1:$((admin_port + 100 + i))" --redis "redis://127.0.0.1:$redis_port/0" \
+    "$bin" run --manifests "$work/global" --listen "127.0.0.1:${global_proxy[i - 1]}" \
+      --admin-listen "127.0.0.1:${global_admin[i - 1]}" --redis "redis://127.0.0.1:$redis_port/0" \
       --access-log off --log-format plain >"$work/global-$i.log" 2>&1 &
     backend_pid[global$i]=$!
   done
-  both_ready() { port_open "$((proxy_port + 101))" && port_open "$((proxy_port + 102))" &&
-    [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((admin_port + 101))/readyz")" == 200 ]] &&
-    [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((admin_port + 102))/readyz")" == 200 ]]; }
+  both_ready() { port_open "${global_proxy[0]}" && port_open "${global_proxy[1]}" &&
+    [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${global_admin[0]}/readyz")" == 200 ]] &&
+    [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${global_admin[1]}/readyz")" == 200 ]]; }
   wait_until 10 both_ready
   codes=""
   for i in 1 2 1 2 1 2 1 2; do
-    fetch "http://127.0.0.1:$((proxy_port + 100 + i))/limited/x"
+    fetch "http://127.0.0.1:${global_proxy[i - 1]}/limited/x"
     codes+="$code "
   done
   check "two sluice processes sharing Redis admit a Global limit of 4 once in total" \
@@ -468,7 +481,7 @@ if command -v redis-server >/dev/null 2>&1; then
     -- "got $codes; $(tail -n 3 "$work/global-1.log")"
   kill "${backend_pid[redis]}" 2>/dev/null
   wait "${backend_pid[redis]}" 2>/dev/null
-  fetch "http://127.0.0.1:$((proxy_port + 101))/limited/x"
+  fetch "http://127.0.0.1:${global_proxy[0]}/limited/x"
   check "Redis gone: failureMode Closed answers 503" test "$code:$(json status)" == "503:503" \
     -- "got $code: $(head -c 200 "$body")"
 else
