@@ -28,14 +28,18 @@ skip() {
   echo "skipped: $* (cluster scenarios; standalone ones: e2e/standalone.sh)"
   exit 0
 }
-[[ -n "${KUBECONFIG:-}" ]] || skip "no KUBECONFIG"
-command -v kubectl >/dev/null 2>&1 || skip "no kubectl on PATH"
-command -v helm >/dev/null 2>&1 || skip "no helm on PATH"
+# Every missing prerequisite is named at once, so that one run says all there is to set up.
+missing=()
+[[ -n "${KUBECONFIG:-}" ]] || missing+=("KUBECONFIG")
+for tool in kubectl helm curl; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool on PATH")
+done
+[[ -n "${SLUICE_IMAGE:-}" ]] || missing+=("SLUICE_IMAGE (the opt-in: the image to install)")
+if ((${#missing[@]} > 0)); then
+  skip "missing $(IFS=,; echo "${missing[*]}" | sed 's/,/, /g')"
+fi
 kubectl version --request-timeout=10s >/dev/null 2>&1 ||
   skip "the cluster in KUBECONFIG ($(kubectl config current-context 2>/dev/null || echo '?')) is not reachable"
-[[ -n "${SLUICE_IMAGE:-}" ]] ||
-  skip "SLUICE_IMAGE is not set (set it to run against context $(kubectl config current-context))"
-command -v curl >/dev/null 2>&1 || { echo "e2e: curl is required" >&2; exit 1; }
 
 timeout_s="${E2E_TIMEOUT:-180}"
 backend_image="${E2E_BACKEND_IMAGE:-registry.k8s.io/e2e-test-images/agnhost:2.53}"
