@@ -25,7 +25,16 @@ const EXIT_USAGE: u8 = 64;
 
 /// Sluice: a Kubernetes ingress controller and API gateway.
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: a Kubernetes ingress controller and API gateway",
+    long_about = "Sluice: a Kubernetes ingress controller and API gateway.\n\n\
+        `sluice run --manifests DIR` serves the GatewayRoutes, Services, EndpointSlices and \
+        Secrets in DIR (standalone mode; edits apply on save). `sluice run` alone watches the \
+        cluster (in a pod, or with KUBECONFIG). `sluice check DIR` reports every problem in \
+        manifests before you apply them."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -242,8 +251,15 @@ fn run(args: RunArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("sluice: {e:#}");
+            // Once, in words: error chains that repeat their sources (kube's do) are cut to
+            // the outermost message and the root cause.
+            let outer = e.to_string();
+            let root = e.root_cause().to_string();
+            if outer.contains(&root) {
+                eprintln!("sluice: {outer}");
+            } else {
+                eprintln!("sluice: {outer}: {root}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -323,9 +339,23 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 async fn run_cluster(args: RunArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await.context(
-        "cannot reach Kubernetes (no in-cluster config or KUBECONFIG); for standalone mode pass --manifests DIR",
-    )?;
+    let client = match kube::Client::try_default().await {
+        Ok(client) => client,
+        Err(e) => {
+            let root = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                .last()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let looked = match std::env::var("KUBECONFIG") {
+                Ok(path) => format!("KUBECONFIG={path}"),
+                Err(_) => "no in-cluster service account and no ~/.kube/config".to_owned(),
+            };
+            anyhow::bail!(
+                "cannot reach Kubernetes ({looked}: {root}). To serve a directory of manifests \
+                 instead, pass --manifests DIR; to use a cluster, run in a pod or set KUBECONFIG"
+            );
+        }
+    };
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())

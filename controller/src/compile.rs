@@ -626,11 +626,27 @@ impl<'a> RegexCache<'a> {
             .build()
             .map_err(|e| match e {
                 regex::Error::CompiledTooBig(_) => "regular expression is too large".to_owned(),
-                e => format!("invalid regular expression: {}", one_line(&e.to_string())),
+                e => syntax_error(pattern).unwrap_or_else(|| {
+                    format!("invalid regular expression: {}", one_line(&e.to_string()))
+                }),
             })?;
         self.compiled.insert(full, r.clone());
         Ok(r)
     }
+}
+
+/// What is wrong with the user's own `pattern` (not the anchored form compiled), and where:
+/// `invalid regular expression "/items/([0-9]+": unclosed group at character 8`.
+fn syntax_error(pattern: &str) -> Option<String> {
+    let e = regex_syntax::Parser::new().parse(pattern).err()?;
+    let (kind, column) = match &e {
+        regex_syntax::Error::Parse(e) => (e.kind().to_string(), e.span().start.column),
+        regex_syntax::Error::Translate(e) => (e.kind().to_string(), e.span().start.column),
+        _ => return None,
+    };
+    Some(format!(
+        "invalid regular expression {pattern:?}: {kind} at character {column}"
+    ))
 }
 
 fn one_line(s: &str) -> String {

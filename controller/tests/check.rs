@@ -117,8 +117,39 @@ fn cluster_mode_without_a_cluster_says_how_to_run_standalone() {
         .expect("run sluice");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot reach Kubernetes"), "{stderr}");
-    assert!(stderr.contains("--manifests"), "{stderr}");
+    assert_eq!(
+        stderr.matches("cannot reach Kubernetes").count(),
+        1,
+        "said once: {stderr}"
+    );
+    assert!(
+        stderr.contains("KUBECONFIG=/definitely/not/here/kubeconfig"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--manifests DIR"), "{stderr}");
+    assert!(
+        stderr.matches("No such file or directory").count() <= 1,
+        "the cause once, not the whole chain: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn help_describes_the_commands_for_users() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--help")
+        .output()
+        .expect("run sluice --help");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("Sluice: a Kubernetes ingress controller and API gateway"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("sluice run --manifests DIR"), "{stdout}");
+    assert!(
+        !stdout.contains("control plane: resources, compile"),
+        "{stdout}"
+    );
 }
 
 #[test]

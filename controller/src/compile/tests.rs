@@ -252,6 +252,33 @@ fn a_udp_service_port_does_not_carry_http() {
 }
 
 #[test]
+fn an_invalid_regex_is_shown_as_written_with_the_position_of_the_mistake() {
+    for (pattern, expected) in [
+        (
+            "/items/([0-9]+",
+            r#"invalid regular expression "/items/([0-9]+": unclosed group at character 8"#,
+        ),
+        (
+            "/a[z-a]",
+            r#"invalid regular expression "/a[z-a]": invalid character class range, the start must be <= the end at character 4"#,
+        ),
+    ] {
+        let c = compile_with_backends(&route(
+            "r",
+            &format!(
+                "  rules:\n  - matches: [{{path: {{type: RegularExpression, value: '{pattern}'}}}}]\n    backendRefs: [{{name: users, port: 80}}]"
+            ),
+        ));
+        let d = only_diagnostic(&c);
+        assert_eq!(d.reason, expected);
+        assert!(
+            !d.reason.contains("^(?:"),
+            "the anchoring is ours, not the user's"
+        );
+    }
+}
+
+#[test]
 fn invalid_regex_names_the_field() {
     let c = compile_with_backends(&route(
         "r",
