@@ -268,9 +268,38 @@ where
         Err(first) => {
             let located = serde_yaml::Deserializer::from_str(text)
                 .nth(index)
-                .map(K::deserialize);
+                .map(serde_path_to_error::deserialize::<_, K>);
             let (line, message) = match located {
-                Some(Err(e)) => (e.location().map(|l| l.line()), strip_location(&e)),
+                // A scalar the parsed value typed as a number (`request: 5`) is still a string
+                // to a typed read of the text, as it is to the API server: accept it, and let
+                // compile say what is wrong with its value, field by field.
+                Some(Ok(mut k)) => {
+                    if k.meta().namespace.is_none() {
+                        k.meta_mut().namespace = Some("default".to_owned());
+                    }
+                    return Ok(Arc::new(k));
+                }
+                Some(Err(e)) => {
+                    let path = e.path().to_string();
+                    let inner = strip_location(e.inner());
+                    // serde_yaml may lead with a path of its own (a prefix of ours).
+                    let inner = match inner.split_once(": ") {
+                        Some((lead, rest)) if path.starts_with(lead) => rest.to_owned(),
+                        _ => inner,
+                    };
+                    let message = user_words(&inner, &path);
+                    let line = e
+                        .inner()
+                        .location()
+                        .map(|l| l.line())
+                        .or_else(|| line_of_path(text, index, e.path()));
+                    let message = if path == "." {
+                        message
+                    } else {
+                        format!("{path}: {message}")
+                    };
+                    (line, message)
+                }
                 _ => (None, strip_location(&first)),
             };
             Err(LoadError {
@@ -281,6 +310,144 @@ where
             })
         }
     }
+}
+
+/// Fields that hold GEP-2257 durations: a number there is a common slip (`request: 5`).
+const DURATION_FIELDS: &[&str] = &[
+    "request",
+    "backendRequest",
+    "period",
+    "clockSkew",
+    "backoff",
+    "perTryTimeout",
+    "ejectionTime",
+    "interval",
+    "timeout",
+    "ttl",
+    "maxAge",
+];
+
+/// serde's message in a user's words: no Rust type names, and for a duration given as a number,
+/// the shape it should have.
+fn user_words(message: &str, path: &str) -> String {
+    let last = path.rsplit('.').next().unwrap_or("");
+    let last = last.split('[').next().unwrap_or(last);
+    if DURATION_FIELDS.contains(&last) && message.contains("expected a string") {
+        let got = message
+            .strip_prefix("invalid type: ")
+            .and_then(|m| m.split(", expected").next())
+            .unwrap_or("a value");
+        return format!(
+            "{got} is not a duration: write one as a string such as \"5s\", \"250ms\" or \"1m30s\""
+        );
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut words = message.split(' ').peekable();
+    while let Some(w) = words.next() {
+        if w == "struct" || w == "enum" {
+            // `expected struct RouteFilters`: the Rust name means nothing to a user.
+            let _ = words.next();
+            out.push_str(if w == "struct" {
+                "a mapping of fields"
+            } else {
+                "one of the allowed values"
+            });
+        } else {
+            let integer = [
+                "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64", "usize", "isize",
+            ];
+            let trimmed = w.trim_end_matches(',');
+            if integer.contains(&trimmed) {
+                out.push_str("an integer");
+                out.push_str(&w[trimmed.len()..]);
+            } else if trimmed == "f64" || trimmed == "f32" {
+                out.push_str("a number");
+                out.push_str(&w[trimmed.len()..]);
+            } else {
+                out.push_str(w);
+            }
+        }
+        if words.peek().is_some() {
+            out.push(' ');
+        }
+    }
+    out
+}
+
+/// The line of the field at `path` in document `index`, found by walking the keys in order
+/// (and counting `- ` items for list indices); `None` when the layout defeats the walk (flow
+/// style), rather than a wrong line.
+fn line_of_path(text: &str, index: usize, path: &serde_path_to_error::Path) -> Option<usize> {
+    use serde_path_to_error::Segment;
+    let start = document_start(text, index)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut at = start;
+    let mut found = None;
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                let pattern = format!("{key}:");
+                let hit = (at..lines.len()).find(|&n| {
+                    let t = lines[n].trim_start().trim_start_matches("- ");
+                    t.starts_with(&pattern)
+                })?;
+                found = Some(hit);
+                at = hit;
+            }
+            Segment::Seq { index: item } => {
+                let base = found?;
+                let indent = |l: &str| l.len() - l.trim_start().len();
+                let key_indent = indent(lines[base]);
+                let mut seen = 0;
+                let mut hit = None;
+                for (n, &l) in lines.iter().enumerate().skip(base + 1) {
+                    if l.trim().is_empty() {
+                        continue;
+                    }
+                    if indent(l) <= key_indent && !l.trim_start().starts_with("- ") {
+                        break;
+                    }
+                    if l.trim_start().starts_with("- ") && indent(l) <= key_indent + 2 {
+                        if seen == *item {
+                            hit = Some(n);
+                            break;
+                        }
+                        seen += 1;
+                    }
+                }
+                let hit = hit?;
+                found = Some(hit);
+                at = hit;
+            }
+            Segment::Unknown => {}
+        }
+    }
+    found.map(|n| n + 1)
+}
+
+/// The 0-based line where document `index` starts.
+fn document_start(text: &str, index: usize) -> Option<usize> {
+    let mut document = 0;
+    let mut content = false;
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with("---") {
+            if content {
+                document += 1;
+            }
+            content = true;
+            if document == index {
+                return Some(n + 1);
+            }
+            continue;
+        }
+        if document == index && !line.trim().is_empty() {
+            return Some(n);
+        }
+        if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            content = true;
+        }
+    }
+    None
 }
 
 /// serde_yaml appends " at line L column C"; the line is reported separately.

@@ -258,3 +258,56 @@ fn other_kinds_are_skipped_quietly() {
     assert_eq!(edit_distance("gatewayrotue", "gatewayroute"), 2);
     assert!(!near_miss("Route", "GatewayRoute"));
 }
+
+#[test]
+fn type_errors_carry_the_line_the_field_path_and_no_rust_names() {
+    let two_rules = "apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: a}\nspec:\n  rules:\n  - backendRefs: [{name: s, port: 80}]\n  - backendRefs: [{name: s, port: 80}]\n    filters: 3\n";
+    let e = parse_file(Path::new("r.yaml"), two_rules).expect_err("filters must be a mapping");
+    assert_eq!(
+        e.to_string(),
+        "r.yaml:8: GatewayRoute/default/a: spec.rules[1].filters: invalid type: integer `3`, expected a mapping of fields"
+    );
+    let port = "apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: a}\nspec:\n  rules:\n  - backendRefs: [{name: s, port: \"x\"}]\n";
+    let e = parse_file(Path::new("r.yaml"), port).expect_err("port must be a number");
+    assert_eq!(
+        e.to_string(),
+        "r.yaml:6: GatewayRoute/default/a: spec.rules[0].backendRefs[0].port: invalid type: string \"x\", expected an integer"
+    );
+    let listed = "apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: a}\nspec:\n  rules:\n  - backendRefs: [{name: s, port: 80}]\n    timeouts:\n      request: [5s]\n";
+    let e = parse_file(Path::new("r.yaml"), listed).expect_err("a list is no duration");
+    assert!(
+        e.to_string().ends_with(
+            "spec.rules[0].timeouts.request: sequence is not a duration: write one as a string such as \"5s\", \"250ms\" or \"1m30s\""
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_duration_written_as_a_number_loads_and_is_judged_by_compile() {
+    let text = ROUTE.replace(
+        "  - backendRefs: [{name: s, port: 80}]\n",
+        "  - backendRefs: [{name: s, port: 80}]\n    timeouts: {request: 5}\n",
+    );
+    let objects = parse_file(Path::new("r.yaml"), &text).expect("the scalar reads as a string");
+    let Object::Route(route) = &objects[0].1 else {
+        panic!("a route");
+    };
+    let timeouts = route.spec.rules[0].timeouts.as_ref().expect("timeouts");
+    assert_eq!(timeouts.request.as_deref(), Some("5"));
+}
+
+#[test]
+fn user_words_replace_rust_type_names() {
+    assert_eq!(
+        user_words("invalid type: map, expected u16", "spec.x"),
+        "invalid type: map, expected an integer"
+    );
+    assert_eq!(
+        user_words(
+            "invalid type: string \"a\", expected struct RouteFilters",
+            "spec.rules[0].filters"
+        ),
+        "invalid type: string \"a\", expected a mapping of fields"
+    );
+}
