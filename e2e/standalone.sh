@@ -257,6 +257,8 @@ EOF
 fresh_serves() { fetch "$proxy/fresh/x"; [[ "$code" == 200 && "$(json path)" == /from-fresh ]]; }
 check "hot reload: a new route file serves within 5 s" wait_until 5 fresh_serves \
   -- "last answer $code: $(head -c 300 "$body")"
+check "the reload log names the rule it added" grep -q "added_rules=default/fresh:0" "$log" \
+  -- "$(grep 'snapshot installed' "$log" | tail -n 2)"
 
 # An Ingress (as a user migrating from ingress-nginx would try) is not served, and said so.
 printf 'apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: legacy, namespace: default}\nspec: {}\n' \

@@ -204,6 +204,9 @@ impl Reconciler {
             added = changes.added,
             removed = changes.removed,
             changed = changes.changed,
+            added_rules = %changes.names(&changes.added_names, changes.added),
+            removed_rules = %changes.names(&changes.removed_names, changes.removed),
+            changed_rules = %changes.names(&changes.changed_names, changes.changed),
             problems = diagnostics.len(),
             new_problems = new,
             fixed_problems = fixed,
@@ -290,11 +293,38 @@ impl Reconciler {
     }
 }
 
-/// Rules added, removed and changed between two snapshots, by `route/rule`.
+/// Rules added, removed and changed between two snapshots, by `route/rule`, with the first
+/// few names of each for the log.
 struct Changes {
     added: usize,
     removed: usize,
     changed: usize,
+    added_names: Vec<String>,
+    removed_names: Vec<String>,
+    changed_names: Vec<String>,
+}
+
+/// Names logged per kind of change; a reload of thousands of routes says how many more.
+const NAMED: usize = 10;
+
+impl Changes {
+    /// `ns/route:rule, …` (and how many more), or `-` for none.
+    fn names(&self, names: &[String], count: usize) -> String {
+        if names.is_empty() {
+            return "-".to_owned();
+        }
+        let mut out = names.join(", ");
+        if count > names.len() {
+            out.push_str(&format!(" and {} more", count - names.len()));
+        }
+        out
+    }
+}
+
+fn note(names: &mut Vec<String>, route: &str, rule: &str) {
+    if names.len() < NAMED {
+        names.push(format!("{route}:{rule}"));
+    }
 }
 
 fn describe_changes(before: &sluice_proxy::Snapshot, after: &sluice_proxy::Snapshot) -> Changes {
@@ -308,19 +338,32 @@ fn describe_changes(before: &sluice_proxy::Snapshot, after: &sluice_proxy::Snaps
         added: 0,
         removed: 0,
         changed: 0,
+        added_names: Vec::new(),
+        removed_names: Vec::new(),
+        changed_names: Vec::new(),
     };
-    let mut seen = 0;
+    let mut kept = std::collections::HashSet::with_capacity(after.rules.len());
     for r in after.rules.iter() {
-        match old.get(&key(r)) {
-            None => changes.added += 1,
+        let k = key(r);
+        match old.get(&k) {
+            None => {
+                changes.added += 1;
+                note(&mut changes.added_names, r.route(), r.name());
+            }
             Some(policy) => {
-                seen += 1;
                 if *policy != Arc::as_ptr(&r.policy) {
                     changes.changed += 1;
+                    note(&mut changes.changed_names, r.route(), r.name());
                 }
             }
         }
+        kept.insert(k);
     }
-    changes.removed = old.len() - seen;
+    for r in before.rules.iter() {
+        if !kept.contains(&key(r)) {
+            changes.removed += 1;
+            note(&mut changes.removed_names, r.route(), r.name());
+        }
+    }
     changes
 }
