@@ -342,26 +342,27 @@ fn describe_changes(before: &sluice_proxy::Snapshot, after: &sluice_proxy::Snaps
         removed_names: Vec::new(),
         changed_names: Vec::new(),
     };
-    let mut kept = std::collections::HashSet::with_capacity(after.rules.len());
+    let mut seen = 0;
     for r in after.rules.iter() {
-        let k = key(r);
-        match old.get(&k) {
+        match old.get(&key(r)) {
             None => {
                 changes.added += 1;
                 note(&mut changes.added_names, r.route(), r.name());
             }
             Some(policy) => {
+                seen += 1;
                 if *policy != Arc::as_ptr(&r.policy) {
                     changes.changed += 1;
                     note(&mut changes.changed_names, r.route(), r.name());
                 }
             }
         }
-        kept.insert(k);
     }
-    for r in before.rules.iter() {
-        if !kept.contains(&key(r)) {
-            changes.removed += 1;
+    changes.removed = old.len() - seen;
+    // The names of removed rules need the new keys; only a reload that removed some pays for them.
+    if changes.removed > 0 {
+        let kept: std::collections::HashSet<_> = after.rules.iter().map(|r| key(r)).collect();
+        for r in before.rules.iter().filter(|r| !kept.contains(&key(r))) {
             note(&mut changes.removed_names, r.route(), r.name());
         }
     }

@@ -9,6 +9,15 @@ fn dir(tag: &str) -> std::path::PathBuf {
     d
 }
 
+/// `sluice check PATH` as a user runs it.
+fn sluice_check(path: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check")
+        .arg(path)
+        .output()
+        .expect("run sluice check")
+}
+
 const SERVICE: &str =
     "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 80}]\n";
 
@@ -22,11 +31,7 @@ fn check_prints_file_object_field_and_reason_and_exits_1() {
     )
     .expect("write");
     std::fs::write(d.join("broken.yaml"), "apiVersion: v1\nkind: [\n").expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("check")
-        .arg(&d)
-        .output()
-        .expect("run sluice check");
+    let out = sluice_check(&d);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let routes = d.join("routes.yaml").display().to_string();
@@ -58,11 +63,7 @@ fn check_exits_0_on_clean_manifests() {
         "apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: ok}\nspec:\n  rules:\n  - backendRefs: [{name: web, port: 80}]\n",
     )
     .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check"])
-        .arg(&d)
-        .output()
-        .expect("run sluice check");
+    let out = sluice_check(&d);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -76,11 +77,7 @@ fn check_exits_0_on_clean_manifests() {
 #[test]
 fn examples_pass_check() {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("check")
-        .arg(&examples)
-        .output()
-        .expect("run sluice check");
+    let out = sluice_check(&examples);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -166,11 +163,7 @@ fn check_fails_on_a_misspelt_kind_and_on_ingress_that_run_would_skip() {
         "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\nspec: {}\n",
     )
     .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("check")
-        .arg(&d)
-        .output()
-        .expect("run sluice check");
+    let out = sluice_check(&d);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let route = d.join("route.yaml").display().to_string();

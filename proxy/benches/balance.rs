@@ -32,6 +32,15 @@ fn rule(balancing: Balancing, endpoints: usize) -> Rule {
             Arc::from([]),
         )
     };
+    let big = endpoints - endpoints / 10;
+    balanced(
+        balancing,
+        vec![backend(0, 9, big), backend(1, 1, endpoints - big)],
+    )
+}
+
+/// A rule doing nothing but balance `backends` with `balancing`.
+fn balanced(balancing: Balancing, backends: Vec<Backend>) -> Rule {
     let policy = RulePolicy {
         route: "ns/r".into(),
         name: "0".into(),
@@ -43,11 +52,7 @@ fn rule(balancing: Balancing, endpoints: usize) -> Rule {
             ..Traffic::default()
         },
     };
-    let big = endpoints - endpoints / 10;
-    Rule::new(
-        Arc::new(policy),
-        vec![backend(0, 9, big), backend(1, 1, endpoints - big)],
-    )
+    Rule::new(Arc::new(policy), backends)
 }
 
 fn picks(c: &mut Criterion) {
@@ -89,19 +94,8 @@ fn moved_when_one_joins(n: usize) -> f64 {
                 )))
             })
             .collect();
-        let policy = RulePolicy {
-            route: "ns/r".into(),
-            name: "0".into(),
-            rewrite: None,
-            timeouts: Timeouts::default(),
-            steps: Box::new([]),
-            traffic: Traffic {
-                balancing: on(),
-                ..Traffic::default()
-            },
-        };
-        Rule::new(
-            Arc::new(policy),
+        balanced(
+            on(),
             vec![Backend::new("ns/s".into(), 80, 1, eps, Arc::from([]))],
         )
     };

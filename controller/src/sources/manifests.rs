@@ -222,27 +222,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// The 1-based line of the `kind:` of document `index` (documents split at `---` lines).
+/// The 1-based line of the `kind:` of document `index`.
 fn kind_line(text: &str, index: usize) -> Option<usize> {
-    let mut document = 0;
-    let mut content = false;
-    for (n, line) in text.lines().enumerate() {
-        if line.starts_with("---") {
-            // A `---` before any content opens the first document rather than ending one.
-            if content {
-                document += 1;
-            }
-            content = true;
-            continue;
-        }
-        if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
-            content = true;
-        }
-        if document == index && line.starts_with("kind:") {
-            return Some(n + 1);
-        }
-    }
-    None
+    let start = document_start(text, index)?;
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .take_while(|(_, line)| !line.starts_with("---"))
+        .find(|(_, line)| line.starts_with("kind:"))
+        .map(|(n, _)| n + 1)
 }
 
 /// Deserialises document `index` as `K`. The fast path goes through the already parsed value;
@@ -425,12 +413,13 @@ fn line_of_path(text: &str, index: usize, path: &serde_path_to_error::Path) -> O
     found.map(|n| n + 1)
 }
 
-/// The 0-based line where document `index` starts.
+/// The 0-based line where document `index` starts (documents split at `---` lines).
 fn document_start(text: &str, index: usize) -> Option<usize> {
     let mut document = 0;
     let mut content = false;
     for (n, line) in text.lines().enumerate() {
         if line.starts_with("---") {
+            // A `---` before any content opens the first document rather than ending one.
             if content {
                 document += 1;
             }
@@ -440,10 +429,10 @@ fn document_start(text: &str, index: usize) -> Option<usize> {
             }
             continue;
         }
-        if document == index && !line.trim().is_empty() {
-            return Some(n);
-        }
         if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            if document == index {
+                return Some(n);
+            }
             content = true;
         }
     }

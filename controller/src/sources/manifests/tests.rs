@@ -239,6 +239,17 @@ fn a_misspelt_kind_of_ours_is_noticed_with_its_line_and_a_suggestion() {
 }
 
 #[test]
+fn a_comment_before_the_first_separator_does_not_shift_the_line() {
+    let text = "# shop routes\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\n";
+    assert_eq!(notices(text).len(), 1);
+    assert!(
+        notices(text)[0].starts_with("m/x.yaml:4: Ingress/default/web"),
+        "{:?}",
+        notices(text)
+    );
+}
+
+#[test]
 fn ingress_and_httproute_are_noticed_and_point_to_the_readme() {
     let text = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: shop}\nspec: {}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web}\nspec: {}\n";
     assert_eq!(
