@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::compile::compile;
 use crate::reconcile::Debounce;
-use crate::resources::{crds_yaml, parse_duration};
+use crate::resources::{crds_yaml, parse_duration, parse_size};
 use crate::sources::cluster::{self, ClusterOptions, leader::LeaderConfig};
 use crate::sources::dir::DirSource;
 use crate::sources::manifests::ManifestSet;
@@ -79,6 +79,21 @@ struct RunArgs {
     /// Proxy listen address.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// HTTPS listen address, with the certificates of the routes' `tls` Secrets [default:
+    /// 0.0.0.0:8443 once a route has `tls`].
+    #[arg(long, env = "SLUICE_LISTEN_TLS")]
+    listen_tls: Option<SocketAddr>,
+    /// The port `httpsRedirect` sends browsers to (443 leaves it out of the URL; behind a
+    /// Service mapping 443 to the pod's --listen-tls, keep 443).
+    #[arg(long, env = "SLUICE_HTTPS_REDIRECT_PORT", default_value_t = 443)]
+    https_redirect_port: u16,
+    /// Memory for the response cache of every rule with `cache` (64Mi, 1Gi, ...).
+    #[arg(long, env = "SLUICE_CACHE_SIZE", default_value = "64Mi", value_parser = cache_size_arg)]
+    cache_size: u64,
+    /// Send one span per request to this OTLP/HTTP collector (http://collector:4318); off by
+    /// default.
+    #[arg(long, env = "SLUICE_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Admin listen address [default: 127.0.0.1:9901, or 0.0.0.0:9901 inside a cluster].
     #[arg(long, env = "SLUICE_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
@@ -115,6 +130,20 @@ struct RunArgs {
     /// Access log: one JSON line per request on stdout, or off.
     #[arg(long, env = "SLUICE_ACCESS_LOG", value_enum, default_value = "json")]
     access_log: AccessLog,
+    /// Share of requests logged (0.01: one in a hundred); every 5xx is logged whatever it is.
+    #[arg(long, env = "SLUICE_ACCESS_LOG_SAMPLE", default_value_t = 1.0, value_parser = share_arg)]
+    access_log_sample: f64,
+}
+
+fn share_arg(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0 and 1, such as 0.1")),
+    }
+}
+
+fn cache_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).ok_or_else(|| format!("{s:?} is not a size like 64Mi, 1Gi or 65536"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -137,23 +166,6 @@ fn size_arg(s: &str) -> Result<u64, String> {
         return Err(format!("{s:?} is more than 16Mi"));
     }
     Ok(size)
-}
-
-/// A byte count with an optional Kubernetes-style suffix (`Ki`, `Mi`, `Gi`, `k`, `M`, `G`).
-fn parse_size(s: &str) -> Option<u64> {
-    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    let n: u64 = s.get(..digits)?.parse().ok()?;
-    let unit: u64 = match &s[digits..] {
-        "" => 1,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(unit)
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -272,6 +284,8 @@ struct Serving {
     proxy_listener: TcpListener,
     admin_listen: SocketAddr,
     stop: watch::Receiver<bool>,
+    /// The HTTPS listener's task, awaited after the plain one drained.
+    https: tokio::task::JoinHandle<()>,
 }
 
 async fn bind(args: &RunArgs) -> anyhow::Result<Serving> {
@@ -291,8 +305,16 @@ async fn bind(args: &RunArgs) -> anyhow::Result<Serving> {
         shared_store: shared_store(args),
         limit_keys: args.limit_keys,
         retry_buffer: args.retry_buffer,
+        cache_size: args.cache_size,
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        access_log_sample: args.access_log_sample,
+        https_redirect_port: args.https_redirect_port,
         ..ProxyConfig::default()
     });
+    // A configuration mistake is said at start, not found in the collector's silence.
+    if let Some(e) = gateway.exporter_error() {
+        anyhow::bail!("{e}");
+    }
     let proxy_listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -300,6 +322,7 @@ async fn bind(args: &RunArgs) -> anyhow::Result<Serving> {
         .await
         .with_context(|| format!("cannot listen on {admin_listen} (admin)"))?;
     let stop = stop_on_signal();
+    let https = tokio::spawn(serve_https(gateway.clone(), args.listen_tls, stop.clone()));
     // /readyz answers 503 until the first snapshot is installed, so the admin listener can
     // serve from the start.
     tokio::spawn(sluice_proxy::admin::serve_admin(
@@ -312,7 +335,37 @@ async fn bind(args: &RunArgs) -> anyhow::Result<Serving> {
         proxy_listener,
         admin_listen,
         stop,
+        https,
     })
+}
+
+/// The HTTPS listener: on `--listen-tls`, or on 0.0.0.0:8443 from the first snapshot with a
+/// certificate. It drains with the plain listener.
+async fn serve_https(
+    gateway: Arc<Gateway>,
+    listen: Option<SocketAddr>,
+    stop: watch::Receiver<bool>,
+) {
+    let addr = match listen {
+        Some(addr) => addr,
+        None => {
+            let mut stop_wait = stop.clone();
+            tokio::select! {
+                () = gateway.wait_for_certificates() => {}
+                _ = stop_wait.wait_for(|s| *s) => return,
+            }
+            SocketAddr::from(([0, 0, 0, 0], 8443))
+        }
+    };
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen_tls = %addr, error = %e, "cannot listen for HTTPS; serving plain HTTP only");
+            return;
+        }
+    };
+    tracing::info!(listen_tls = %addr, "serving HTTPS");
+    sluice_proxy::server::serve_tls(gateway, listener, stopped(stop)).await;
 }
 
 fn shared_store(args: &RunArgs) -> Option<SharedStoreConfig> {
@@ -367,6 +420,7 @@ async fn run_cluster(args: RunArgs) -> anyhow::Result<()> {
         proxy_listener,
         admin_listen,
         stop,
+        https,
     } = bind(&args).await?;
     let options = ClusterOptions {
         namespaces: args.namespaces.clone(),
@@ -381,7 +435,9 @@ async fn run_cluster(args: RunArgs) -> anyhow::Result<()> {
         "sluice is starting in cluster mode"
     );
     let controller = tokio::spawn(cluster::run(client, gateway.clone(), options, stop.clone()));
-    sluice_proxy::serve(gateway, proxy_listener, stopped(stop)).await;
+    sluice_proxy::serve(gateway.clone(), proxy_listener, stopped(stop)).await;
+    let _ = https.await;
+    gateway.close_access_log();
     // Let the election release the Lease before the process exits.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), controller).await;
     Ok(())
@@ -393,6 +449,7 @@ async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()>
         proxy_listener,
         admin_listen,
         stop: stop_rx,
+        https,
     } = bind(&args).await?;
 
     let mut source = DirSource::new(manifests.clone(), args.namespaces, gateway.clone());
@@ -415,6 +472,8 @@ async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()>
         "sluice is serving"
     );
     sluice_proxy::serve(Arc::clone(&gateway), proxy_listener, stopped(stop_rx)).await;
+    let _ = https.await;
+    gateway.close_access_log();
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! alone with a diagnostic naming the field; every other rule keeps serving.
 
 mod auth;
+mod edge;
 mod endpoints;
 mod policies;
 mod routes;
@@ -253,6 +254,7 @@ fn route_service_versions<'a>(
 /// The names of the Secrets `route` references (route-level and per-rule authentication), in
 /// order, repeats included.
 pub fn route_secret_names(route: &GatewayRoute) -> impl Iterator<Item = &str> {
+    let tls = route.spec.tls.iter().map(|t| t.secret_name.as_str());
     let auths = route.spec.authentication.iter().chain(
         route
             .spec
@@ -260,19 +262,21 @@ pub fn route_secret_names(route: &GatewayRoute) -> impl Iterator<Item = &str> {
             .iter()
             .filter_map(|r| r.authentication.as_ref()),
     );
-    auths.flat_map(|a| {
-        let jwt = a
-            .jwt
-            .iter()
-            .flat_map(|j| &j.providers)
-            .filter_map(|p| p.key_secret_ref.as_ref().map(|s| s.name.as_str()));
-        let keys = a
-            .api_key
-            .iter()
-            .flat_map(|k| &k.secret_refs)
-            .map(|s| s.name.as_str());
-        jwt.chain(keys)
-    })
+    auths
+        .flat_map(|a| {
+            let jwt = a
+                .jwt
+                .iter()
+                .flat_map(|j| &j.providers)
+                .filter_map(|p| p.key_secret_ref.as_ref().map(|s| s.name.as_str()));
+            let keys = a
+                .api_key
+                .iter()
+                .flat_map(|k| &k.secret_refs)
+                .map(|s| s.name.as_str());
+            jwt.chain(keys)
+        })
+        .chain(tls)
 }
 
 /// The addresses of the Secret objects `route` references (0 for one that does not exist).
@@ -329,6 +333,7 @@ fn compile_routes(
         statuses: Vec::with_capacity(order.len() + inputs.policies.len()),
         diagnostics: Vec::new(),
         failed: HashSet::new(),
+        tls: sluice_proxy::tls::Certificates::default(),
     };
     match cache {
         None => {
@@ -404,6 +409,7 @@ fn compile_routes(
         mut statuses,
         mut diagnostics,
         mut failed,
+        tls,
     } = out;
     let mut policy_statuses = Vec::new();
     if !inputs.policies.is_empty() {
@@ -435,6 +441,7 @@ fn compile_routes(
             rules: rules.into_boxed_slice(),
             router: Arc::new(router.build()),
             identity_headers,
+            tls: Arc::new(tls),
         },
         statuses,
         diagnostics,
@@ -489,6 +496,7 @@ struct Assembly {
     statuses: Vec<Arc<StatusReport>>,
     diagnostics: Vec<Diagnostic>,
     failed: HashSet<String>,
+    tls: sluice_proxy::tls::Certificates,
 }
 
 impl Assembly {
@@ -504,6 +512,23 @@ impl Assembly {
         }
         self.statuses.push(Arc::clone(&output.status));
         self.diagnostics.extend(output.diagnostics.iter().cloned());
+        for served in output.certificates.iter() {
+            // The oldest route keeps a host's certificate, as it keeps its paths.
+            if !self.tls.insert(
+                &served.host,
+                Arc::clone(&served.key),
+                Arc::clone(&served.secret),
+            ) {
+                self.diagnostics.push(Diagnostic {
+                    object: output.status.object.clone(),
+                    field: "spec.tls".to_owned(),
+                    reason: format!(
+                        "{} already has a certificate from an older route; this one is not served for it",
+                        served.host
+                    ),
+                });
+            }
+        }
         self.failed.extend(failed.iter().cloned());
     }
 }
@@ -576,6 +601,7 @@ pub fn refresh_endpoints(
         rules: rules.into_boxed_slice(),
         router: Arc::clone(&prev.router),
         identity_headers: prev.identity_headers.clone(),
+        tls: Arc::clone(&prev.tls),
     })
 }
 

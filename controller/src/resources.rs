@@ -6,12 +6,14 @@
 
 mod auth;
 mod duration;
+mod edge;
 mod policy;
 mod route;
 mod traffic;
 
 pub use auth::*;
 pub use duration::{DURATION_PATTERN, parse_duration};
+pub use edge::*;
 pub use k8s_openapi::api::core::v1::{Secret, Service};
 pub use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use policy::*;

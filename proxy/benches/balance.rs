@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group};
 use sluice_proxy::balance::{Balancing, HashOn};
-use sluice_proxy::snapshot::{Backend, Endpoint, Rule, RulePolicy, Timeouts, Traffic};
+use sluice_proxy::snapshot::{Backend, Endpoint, Rule, RulePolicy, Traffic};
 
 fn rule(balancing: Balancing, endpoints: usize) -> Rule {
     // Two weighted backends (9:1, a canary split) sharing the endpoint count.
@@ -44,13 +44,11 @@ fn balanced(balancing: Balancing, backends: Vec<Backend>) -> Rule {
     let policy = RulePolicy {
         route: "ns/r".into(),
         name: "0".into(),
-        rewrite: None,
-        timeouts: Timeouts::default(),
-        steps: Box::new([]),
         traffic: Traffic {
             balancing,
             ..Traffic::default()
         },
+        ..RulePolicy::default()
     };
     Rule::new(Arc::new(policy), backends)
 }

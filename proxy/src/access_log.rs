@@ -42,6 +42,8 @@ struct Pending {
 /// The access log of a gateway; [`AccessLog::off`] records nothing.
 pub struct AccessLog {
     shared: Option<Arc<Shared>>,
+    /// Share of requests below 500 logged, in millionths (1_000_000: all).
+    sample_ppm: u32,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -50,6 +52,7 @@ impl AccessLog {
     pub fn off() -> Self {
         AccessLog {
             shared: None,
+            sample_ppm: 1_000_000,
             writer: Mutex::new(None),
         }
     }
@@ -68,8 +71,22 @@ impl AccessLog {
             .ok();
         AccessLog {
             shared: writer.is_some().then_some(shared),
+            sample_ppm: 1_000_000,
             writer: Mutex::new(writer),
         }
+    }
+
+    /// Logs only this share (0 to 1) of the requests answered below 500; every 5xx is logged.
+    pub fn sampled_at(mut self, share: f64) -> Self {
+        self.sample_ppm = (share.clamp(0.0, 1.0) * 1_000_000.0).round() as u32;
+        self
+    }
+
+    /// True when a request answered with `status` is to be logged.
+    pub(crate) fn sampled(&self, status: u16) -> bool {
+        self.sample_ppm >= 1_000_000
+            || status >= 500
+            || fastrand::u32(..1_000_000) < self.sample_ppm
     }
 
     /// True when lines are recorded.
@@ -201,6 +218,18 @@ fn format_line(line: &mut Vec<u8>, entry: &Entry<'_>) {
     if ctx.attempts > 1 {
         let _ = write!(line, ",\"attempts\":{}", ctx.attempts);
     }
+    if let Some(cache) = &ctx.cache {
+        let _ = write!(line, ",\"cache\":\"{}\"", cache.status.as_str());
+    }
+    if let Some(limit) = &ctx.limit {
+        let _ = write!(line, ",\"rate_limit\":\"{}\"", limit.outcome());
+    }
+    if let Some(version) = ctx.client.tls {
+        let _ = write!(line, ",\"tls\":\"{version}\"");
+    }
+    line.extend_from_slice(b",\"trace_id\":\"");
+    line.extend_from_slice(&ctx.trace.trace_hex());
+    line.push(b'"');
     if let Some(error) = ctx.error {
         line.extend_from_slice(b",\"error\":");
         json_str(line, error);
@@ -279,7 +308,7 @@ fn civil(out: &mut Vec<u8>, secs: u64) {
 const MAX_LOGGED: usize = 2048;
 
 /// `s` cut to at most `max` bytes, at a character boundary.
-fn capped(s: &str, max: usize) -> &str {
+pub(crate) fn capped(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

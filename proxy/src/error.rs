@@ -27,6 +27,9 @@ pub enum ProxyError {
     /// fails closed.
     #[error("authentication unavailable: {0}")]
     AuthUnavailable(&'static str),
+    /// A CORS preflight asked for an origin, method or header the rule does not allow.
+    #[error("CORS preflight refused: {0}")]
+    CorsRefused(&'static str),
     /// A rate limit refused the request; retry after this many seconds.
     #[error("rate limited")]
     RateLimited(u64),
@@ -62,7 +65,7 @@ impl ProxyError {
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::Forbidden(_) | ProxyError::CorsRefused(_) => StatusCode::FORBIDDEN,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::AuthUnavailable(_)
             | ProxyError::LimitUnavailable
@@ -81,6 +84,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::CorsRefused(_) => "cors_refused",
             ProxyError::AuthUnavailable(_) => "auth_unavailable",
             ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::LimitUnavailable => "limit_unavailable",
@@ -97,7 +101,8 @@ impl ProxyError {
         match self {
             ProxyError::Unauthorized(why)
             | ProxyError::Forbidden(why)
-            | ProxyError::AuthUnavailable(why) => Some(why),
+            | ProxyError::AuthUnavailable(why)
+            | ProxyError::CorsRefused(why) => Some(why),
             _ => None,
         }
     }
@@ -112,6 +117,11 @@ impl ProxyError {
             ProxyError::NoRoute => "no route matches the request",
             ProxyError::Unauthorized(_) => "missing or invalid credentials",
             ProxyError::Forbidden(_) => "credentials do not grant access to this resource",
+            ProxyError::CorsRefused(why) => match *why {
+                "origin not allowed" => "CORS preflight refused: origin not allowed",
+                "method not allowed" => "CORS preflight refused: method not allowed",
+                _ => "CORS preflight refused: request header not allowed",
+            },
             ProxyError::AuthUnavailable(_) => "credentials cannot be checked right now",
             ProxyError::RateLimited(_) => "rate limit exceeded",
             ProxyError::LimitUnavailable => "rate limits cannot be checked right now",

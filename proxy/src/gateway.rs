@@ -12,12 +12,16 @@ use prometheus::IntCounter;
 
 use crate::access_log::{AccessLog, Sink};
 use crate::body::ProxyBody;
+use crate::cache::CacheStore;
 use crate::limit::SharedStore;
 use crate::metrics::{Metrics, RuleStats};
+use crate::pipeline::Step;
 use crate::pipeline::{self, Client, Env, Live};
 use crate::server::ProxyConfig;
 use crate::snapshot::Snapshot;
 use crate::state::{Limits, State};
+use crate::tls::Certificates;
+use crate::trace::otlp::Exporter;
 use crate::upstream::Upstreams;
 
 /// The running data plane.
@@ -28,6 +32,13 @@ pub struct Gateway {
     unmatched: RuleStats,
     state: State,
     access_log: AccessLog,
+    cache: Arc<CacheStore>,
+    /// The cache ids of the installed rules, to purge the entries of rules that went.
+    cache_ids: std::sync::Mutex<Vec<u64>>,
+    exporter: Result<Option<Exporter>, String>,
+    /// The live snapshot's certificates, read by the HTTPS listener at each handshake.
+    pub(crate) certificates: Arc<ArcSwap<Certificates>>,
+    has_certificates: tokio::sync::watch::Sender<bool>,
     ready: AtomicBool,
     pub(crate) config: ProxyConfig,
 }
@@ -61,6 +72,11 @@ impl Gateway {
                 }
             }
         });
+        let cache = Arc::new(CacheStore::new(
+            config.cache_size,
+            shared.clone(),
+            metrics.registry(),
+        ));
         let limits = Limits::new(shared, config.limit_keys, metrics.registry());
         let access_log = match sink {
             Some(sink) => {
@@ -72,11 +88,19 @@ impl Gateway {
                 if let Err(e) = metrics.registry().register(Box::new(dropped.clone())) {
                     tracing::warn!(error = %e, "access log metric not registered");
                 }
-                AccessLog::to(sink, dropped)
+                AccessLog::to(sink, dropped).sampled_at(config.access_log_sample)
             }
             None => AccessLog::off(),
         };
         let state = State::new(config.jwks, limits, metrics.registry());
+        let exporter = match &config.otlp_endpoint {
+            None => Ok(None),
+            // The exporter's task runs on the gateway's runtime.
+            Some(_) if tokio::runtime::Handle::try_current().is_err() => {
+                Err("--otlp-endpoint needs the gateway to be made on a tokio runtime".to_owned())
+            }
+            Some(endpoint) => Exporter::start(endpoint, metrics.registry()).map(Some),
+        };
         Arc::new(Gateway {
             live: ArcSwap::from_pointee(Live {
                 snapshot: Arc::new(Snapshot::default()),
@@ -87,6 +111,11 @@ impl Gateway {
             unmatched,
             state,
             access_log,
+            cache,
+            cache_ids: std::sync::Mutex::default(),
+            exporter,
+            certificates: Arc::default(),
+            has_certificates: tokio::sync::watch::Sender::new(false),
             ready: AtomicBool::new(false),
             config,
         })
@@ -98,11 +127,52 @@ impl Gateway {
     pub fn install(&self, snapshot: Snapshot) {
         let stats = self.metrics.bind(&snapshot);
         self.state.bind(&snapshot);
+        self.bind_cache(&snapshot);
+        self.certificates.store(Arc::clone(&snapshot.tls));
+        self.has_certificates
+            .send_if_modified(|had| std::mem::replace(had, !snapshot.tls.is_empty()) != *had);
         self.live.store(Arc::new(Live {
             snapshot: Arc::new(snapshot),
             stats,
         }));
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Binds the cache steps to the store; when a rule with a cache went (or its route
+    /// changed, which gives it a new id), its entries are purged.
+    fn bind_cache(&self, snapshot: &Snapshot) {
+        let mut ids = Vec::new();
+        for rule in snapshot.rules.iter() {
+            for step in rule.policy.steps.iter() {
+                if let Step::Cache(cache) = step {
+                    cache.bind(&self.cache);
+                    ids.push(cache.id);
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let mut installed = self.cache_ids.lock().unwrap_or_else(|e| e.into_inner());
+        if installed.iter().any(|id| ids.binary_search(id).is_err()) {
+            self.cache.purge_except(ids.clone());
+        }
+        *installed = ids;
+    }
+
+    /// The response cache.
+    pub fn cache(&self) -> &CacheStore {
+        &self.cache
+    }
+
+    /// Why `--otlp-endpoint` cannot be used, if it cannot.
+    pub fn exporter_error(&self) -> Option<&str> {
+        self.exporter.as_ref().err().map(String::as_str)
+    }
+
+    /// Returns once an installed snapshot has a certificate.
+    pub async fn wait_for_certificates(&self) {
+        let mut rx = self.has_certificates.subscribe();
+        let _ = rx.wait_for(|has| *has).await;
     }
 
     /// The snapshot being served.
@@ -138,6 +208,8 @@ impl Gateway {
             retry_buffer: self.config.retry_buffer,
             access_log: &self.access_log,
             unmatched: &self.unmatched,
+            exporter: self.exporter.as_ref().ok().and_then(Option::as_ref),
+            https_port: self.config.https_redirect_port,
         };
         pipeline::handle(&env, &live, req, client).await
     }

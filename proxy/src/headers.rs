@@ -151,6 +151,7 @@ pub(crate) fn prepare_upstream(
     routed_host: Option<HeaderValue>,
     request_id: &HeaderValue,
     extra_identity: &[HeaderName],
+    https: bool,
 ) {
     if strip_hop_by_hop(headers, upgrade, &IDENTITY_HEADERS) {
         strip_underscore_spellings(headers, extra_identity);
@@ -176,7 +177,8 @@ pub(crate) fn prepare_upstream(
     if let Some(v) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let proto = if https { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(host) = routed_host {
         // Always the host the route was chosen on: HTTP/2 carries it in `:authority`, an
         // absolute-form target overrides `Host`, and the backend must see what was routed.
@@ -238,6 +240,7 @@ mod tests {
             host,
             &HeaderValue::from_static("rid"),
             extra,
+            false,
         );
     }
 

@@ -242,6 +242,17 @@ pub struct LimitOutcome<'a> {
     decision: Decision,
 }
 
+impl LimitOutcome<'_> {
+    /// `allowed` or `refused`, for the access log.
+    pub fn outcome(&self) -> &'static str {
+        if self.decision.allowed {
+            "allowed"
+        } else {
+            "refused"
+        }
+    }
+}
+
 /// The rate limits of one rule.
 #[derive(Debug, Serialize)]
 pub struct RateLimit {

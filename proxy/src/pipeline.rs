@@ -24,10 +24,12 @@ use hyper::body::Incoming;
 
 pub use context::{Client, RequestCtx};
 pub use step::Step;
+use step::{Flow, RequestHead};
 
 use crate::access_log::{AccessLog, Entry, RequestLine};
 use crate::balance::{self, Balancing};
 use crate::body::ProxyBody;
+use crate::cors;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::host;
@@ -35,7 +37,8 @@ use crate::metrics::RuleStats;
 use crate::path;
 use crate::router::RequestView;
 use crate::snapshot::Snapshot;
-use crate::upstream::{UpstreamBody, Upstreams};
+use crate::trace::otlp::{Exporter, Span};
+use crate::upstream::Upstreams;
 use crate::{forward, headers::is_websocket_upgrade};
 
 /// A snapshot with the metric handles bound to its rules: what one request loads.
@@ -51,6 +54,10 @@ pub(crate) struct Env<'g> {
     pub retry_buffer: u64,
     pub access_log: &'g AccessLog,
     pub unmatched: &'g RuleStats,
+    /// Where spans go, when `--otlp-endpoint` is set.
+    pub exporter: Option<&'g Exporter>,
+    /// The port `httpsRedirect` sends clients to (443: none in the URL).
+    pub https_port: u16,
 }
 
 /// Serves one request on `live`, start to finish.
@@ -60,9 +67,15 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     client: &Client,
 ) -> Response<ProxyBody> {
-    let mut ctx = RequestCtx::new(headers::request_id(req.headers()), Instant::now(), client);
-    // The request line is kept for the log only when there is a log to write.
-    let request_line = env.access_log.enabled().then(|| RequestLine {
+    let started = Instant::now();
+    let mut ctx = RequestCtx::traced(
+        headers::request_id(req.headers()),
+        started,
+        client,
+        req.headers(),
+    );
+    // The request line is kept for the log and the span only when there is one to write.
+    let request_line = (env.access_log.enabled() || env.exporter.is_some()).then(|| RequestLine {
         method: req.method().clone(),
         uri: req.uri().clone(),
         version: req.version(),
@@ -70,14 +83,12 @@ pub(crate) async fn handle(
 
     let result = request_phases(env, live, &mut ctx, req).await;
     let mut response = match result {
-        Ok(response) => {
-            ctx.upstream_response = true;
-            response.map(ProxyBody::Left)
-        }
+        Ok(response) => response,
         Err(e) => {
             if let ProxyError::Backend(source) = &e {
                 tracing::debug!(error = ?source, "backend request failed");
             }
+            ctx.upstream_response = false;
             ctx.error = Some(e.kind());
             ctx.detail = e.detail();
             e.to_response(&ctx.request_id)
@@ -86,7 +97,7 @@ pub(crate) async fn handle(
     let rule = ctx.rule.map(|id| live.snapshot.rule(id));
     if let Some(rule) = rule {
         for step in rule.policy.steps.iter().rev() {
-            step.on_response(&ctx, &mut response);
+            step.on_response(&mut ctx, &mut response);
         }
     }
     let out = response.headers_mut();
@@ -113,13 +124,29 @@ pub(crate) async fn handle(
         None => env.unmatched.observe(status, elapsed.as_secs_f64()),
     }
     if let Some(request) = &request_line {
-        env.access_log.record(&Entry {
-            ctx: &ctx,
-            rule,
-            request,
-            status,
-            elapsed,
-        });
+        if env.access_log.sampled(status) {
+            env.access_log.record(&Entry {
+                ctx: &ctx,
+                rule,
+                request,
+                status,
+                elapsed,
+            });
+        }
+        if let Some(exporter) = env.exporter {
+            exporter.record(Span {
+                trace: ctx.trace,
+                method: request.method.clone(),
+                path: crate::access_log::capped(request.uri.path(), 1024).into(),
+                route: rule.map(|r| (Arc::clone(r.route()), Arc::clone(r.name()))),
+                status,
+                upstream: ctx.endpoint,
+                error: ctx.error,
+                request_id: ctx.request_id.clone(),
+                start: std::time::SystemTime::now() - elapsed,
+                duration: elapsed,
+            });
+        }
     }
     response
 }
@@ -130,7 +157,7 @@ async fn request_phases<'a>(
     live: &'a Live,
     ctx: &mut RequestCtx<'a>,
     mut req: Request<Incoming>,
-) -> Result<Response<UpstreamBody>, ProxyError> {
+) -> Result<Response<ProxyBody>, ProxyError> {
     if req.method() == http::Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported"));
     }
@@ -153,28 +180,53 @@ async fn request_phases<'a>(
         .map(host::RoutedHost::for_matching)
         .unwrap_or(Cow::Borrowed(""));
     let snapshot = &*live.snapshot;
+    // A CORS preflight asks about the request it precedes: it is routed as that request, so
+    // that a rule matching only `GET` still answers the preflight of its `GET`s.
+    let preflight_of = cors::is_preflight(&parts.method, &parts.headers)
+        .then(|| {
+            parts
+                .headers
+                .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        })
+        .flatten()
+        .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
     let view = RequestView {
         host: &host,
         path: &path,
         query: parts.uri.query(),
-        method: &parts.method,
+        method: preflight_of.as_ref().unwrap_or(&parts.method),
         headers: &parts.headers,
     };
     let candidate = snapshot.router.find(&view).ok_or(ProxyError::NoRoute)?;
     ctx.rule = Some(candidate.rule);
     let rule = snapshot.rule(candidate.rule);
+    ctx.deadline = rule.policy.timeouts.request.map(|t| ctx.started + t);
+    if rule.policy.https_redirect && ctx.client.tls.is_none() {
+        return https_redirect(&host, env.https_port, &parts.uri);
+    }
     headers::prepare_upstream(
         &mut parts.headers,
         wants_upgrade,
         &ctx.client.ip_header,
-        routed_host.map(|h| h.value),
+        routed_host.as_ref().map(|h| h.value.clone()),
         &ctx.request_id,
         &snapshot.identity_headers,
+        ctx.client.tls.is_some(),
     );
+    ctx.trace.propagate(&mut parts.headers);
 
     // Request phase.
+    let mut head = RequestHead {
+        method: &parts.method,
+        uri: &parts.uri,
+        host: &host,
+        path: &path,
+        headers: &mut parts.headers,
+    };
     for step in rule.policy.steps.iter() {
-        step.on_request(ctx, &mut parts.headers, &parts.uri).await?;
+        if let Flow::Answer(response) = step.on_request(ctx, &mut head).await? {
+            return Ok(response);
+        }
     }
 
     // Upstream.
@@ -192,7 +244,7 @@ async fn request_phases<'a>(
     parts.uri = Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
     let upstream = Request::from_parts(parts, body);
-    forward::upstream(
+    let response = forward::upstream(
         env.upstreams,
         rule,
         ctx,
@@ -201,5 +253,25 @@ async fn request_phases<'a>(
         hash,
         env.retry_buffer,
     )
-    .await
+    .await?;
+    ctx.upstream_response = true;
+    Ok(response.map(ProxyBody::Left))
+}
+
+/// `301` to the same URL over HTTPS (the host routed on, the path and query as sent).
+fn https_redirect(host: &str, port: u16, uri: &Uri) -> Result<Response<ProxyBody>, ProxyError> {
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let location = HeaderValue::try_from(location)
+        .map_err(|_| ProxyError::BadRequest("the request cannot be redirected to HTTPS"))?;
+    let mut response = Response::new(crate::body::local(""));
+    *response.status_mut() = http::StatusCode::MOVED_PERMANENTLY;
+    response
+        .headers_mut()
+        .insert(http::header::LOCATION, location);
+    Ok(response)
 }

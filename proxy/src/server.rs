@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::Gateway;
 use crate::limit::{SharedStoreConfig, TrustedProxies};
@@ -51,6 +52,14 @@ pub struct ProxyConfig {
     /// Largest request body buffered so that a retry can send it again (`--retry-buffer`);
     /// a larger one is streamed, and not retried once it reached a backend.
     pub retry_buffer: u64,
+    /// Bytes the response cache may hold, across all rules (`--cache-size`).
+    pub cache_size: u64,
+    /// The OTLP/HTTP collector spans are sent to (`--otlp-endpoint`); none: no export.
+    pub otlp_endpoint: Option<String>,
+    /// Share of requests below 500 the access log records (`--access-log-sample`).
+    pub access_log_sample: f64,
+    /// The HTTPS port `httpsRedirect` sends clients to (`--https-redirect-port`).
+    pub https_redirect_port: u16,
 }
 
 impl Default for ProxyConfig {
@@ -69,6 +78,10 @@ impl Default for ProxyConfig {
             shared_store: None,
             limit_keys: 100_000,
             retry_buffer: 64 * 1024,
+            cache_size: 64 * 1024 * 1024,
+            otlp_endpoint: None,
+            access_log_sample: 1.0,
+            https_redirect_port: 443,
         }
     }
 }
@@ -93,11 +106,34 @@ fn server_builder(config: &ProxyConfig) -> auto::Builder<TokioExecutor> {
 }
 
 /// Accepts connections on `listener` until `shutdown` completes, then stops accepting and waits
-/// up to the drain timeout for in-flight requests and connections to finish.
+/// up to the drain timeout for in-flight requests and connections to finish; the access log
+/// is written out last.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
+) {
+    accept_loop(&gateway, listener, shutdown, None).await;
+    gateway.close_access_log();
+}
+
+/// Like [`serve`] for HTTPS: each connection's certificate is chosen by SNI among the live
+/// snapshot's, TLS 1.2 or 1.3, ALPN `h2` or `http/1.1`. The access log stays open (the plain
+/// listener closes it).
+pub async fn serve_tls(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(crate::tls::server_config(Arc::clone(&gateway.certificates)));
+    accept_loop(&gateway, listener, shutdown, Some(acceptor)).await;
+}
+
+async fn accept_loop(
+    gateway: &Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    tls: Option<TlsAcceptor>,
 ) {
     let builder = Arc::new(server_builder(&gateway.config));
     let graceful = GracefulShutdown::new();
@@ -116,17 +152,12 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gw = gateway.clone();
-        let client = Client::behind(remote, &gateway.config.trusted_proxies);
-        let service = service_fn(move |req: Request<Incoming>| {
-            let gw = gw.clone();
-            let client = client.clone();
-            async move { Ok::<_, Infallible>(gw.handle(req, &client).await) }
-        });
+        let gateway = gateway.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let first_byte_timeout = gateway.config.header_read_timeout;
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let first_byte_timeout = gateway.config.header_read_timeout;
             // hyper's header timeout starts once the protocol is known, and finding that out
             // waits for the client's first bytes: bound that wait, or idle sockets pile up.
             let mut probe = [0u8; 1];
@@ -137,9 +168,34 @@ pub async fn serve(
                     return;
                 }
             }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(error = %e, client = %remote, "connection ended with an error");
+            let mut client = Client::behind(remote, &gateway.config.trusted_proxies);
+            match tls {
+                None => connection(gateway, builder, watcher, client, TokioIo::new(stream)).await,
+                Some(acceptor) => {
+                    // The handshake shares the first-byte bound: a client that stalls in it
+                    // holds a socket as long as one that never sends.
+                    let stream = match tokio::time::timeout(
+                        first_byte_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    client.tls = Some(match stream.get_ref().1.protocol_version() {
+                        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                        _ => "TLSv1.2",
+                    });
+                    connection(gateway, builder, watcher, client, TokioIo::new(stream)).await;
+                }
             }
         });
     }
@@ -151,7 +207,28 @@ pub async fn serve(
             tracing::warn!("drain timeout reached; closing remaining connections");
         }
     }
-    gateway.close_access_log();
+}
+
+/// Serves the requests of one connection (plain or TLS).
+async fn connection<IO>(
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    client: Client,
+    io: TokioIo<IO>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = client.addr;
+    let service = service_fn(move |req: Request<Incoming>| {
+        let gw = gateway.clone();
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(gw.handle(req, &client).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, client = %remote, "connection ended with an error");
+    }
 }
 
 /// A `HeaderValue` for tests and tools that need a fixed request id.

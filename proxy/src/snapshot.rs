@@ -40,6 +40,8 @@ pub struct Snapshot {
     /// from every client request on every route, so no client can assert them.
     #[serde(serialize_with = "ser_names")]
     pub identity_headers: Box<[HeaderName]>,
+    /// Certificates for HTTPS by host, from the routes' `tls` Secrets.
+    pub tls: Arc<crate::tls::Certificates>,
 }
 
 impl Snapshot {
@@ -66,7 +68,7 @@ pub struct Rule {
 
 /// What a rule does with a request, apart from where it sends it: built once per compiled rule
 /// and shared, untouched, by an endpoint refresh.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct RulePolicy {
     /// `namespace/name` of the route, used as the metric and log label.
     pub route: Arc<str>,
@@ -80,6 +82,8 @@ pub struct RulePolicy {
     pub steps: Box<[Step]>,
     /// Balancing, retries, health checks and circuit limits.
     pub traffic: Traffic,
+    /// Plain HTTP requests get a 301 to HTTPS (the route's `httpsRedirect`).
+    pub https_redirect: bool,
 }
 
 /// How a rule's requests are spread over its endpoints and what happens when one fails.
@@ -184,7 +188,7 @@ impl HeaderFilter {
     }
 }
 
-fn ser_pairs<S: serde::Serializer>(
+pub(crate) fn ser_pairs<S: serde::Serializer>(
     pairs: &[(HeaderName, HeaderValue)],
     s: S,
 ) -> Result<S::Ok, S::Error> {
@@ -195,7 +199,10 @@ fn ser_pairs<S: serde::Serializer>(
     )
 }
 
-fn ser_names<S: serde::Serializer>(names: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_names<S: serde::Serializer>(
+    names: &[HeaderName],
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_seq(names.iter().map(HeaderName::as_str))
 }
 

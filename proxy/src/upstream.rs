@@ -158,6 +158,7 @@ impl Upstreams {
                         done: false,
                         reuse,
                         _in_flight: None,
+                        fill: None,
                     }));
                 }
                 Err(mut refused) => match refused.take_message() {
@@ -300,12 +301,19 @@ pub struct UpstreamBody {
     reuse: Option<Reuse>,
     /// Counts the request as in flight on its endpoint until the body ends.
     _in_flight: Option<InFlight>,
+    /// The response cache's copy of the body, when it is being stored.
+    fill: Option<Box<crate::cache::Filling>>,
 }
 
 impl UpstreamBody {
     /// Keeps `guard` (the request's in-flight count) until the body has been relayed.
     pub(crate) fn hold(&mut self, guard: InFlight) {
         self._in_flight = Some(guard);
+    }
+
+    /// Copies the body into `fill` as it is relayed; stored when it ends cleanly.
+    pub(crate) fn tee(&mut self, fill: Box<crate::cache::Filling>) {
+        self.fill = Some(fill);
     }
 }
 
@@ -318,8 +326,20 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.done = true;
+        match &polled {
+            Poll::Ready(None) => {
+                self.done = true;
+                if let Some(fill) = self.fill.as_mut() {
+                    fill.finish();
+                }
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(fill), Some(data)) = (self.fill.as_mut(), frame.data_ref()) {
+                    fill.data(data);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.fill = None,
+            Poll::Pending => {}
         }
         polled
     }
@@ -335,6 +355,15 @@ impl Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
+        // The server stops polling once `is_end_stream` says so, which may be before the
+        // final `None`: a complete body is stored here then.
+        if let Some(fill) = self
+            .fill
+            .as_mut()
+            .filter(|_| self.done || self.inner.is_end_stream())
+        {
+            fill.finish();
+        }
         if let Some(reuse) = self.reuse.take() {
             // A body dropped half-read leaves bytes on the connection: it cannot carry another
             // request, and dropping its sender closes it.

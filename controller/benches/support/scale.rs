@@ -69,6 +69,8 @@ pub fn inputs(routes: usize) -> Inputs {
             } else {
                 vec![]
             },
+            tls: vec![],
+            https_redirect: None,
             authentication: None,
             rules: vec![RouteRule {
                 name: Some("main".to_owned()),
@@ -92,6 +94,7 @@ pub fn inputs(routes: usize) -> Inputs {
                 retry: None,
                 health_check: None,
                 circuit_breaker: None,
+                cache: None,
             }],
         };
         if r % 100 == 0 {

@@ -69,6 +69,20 @@ impl<'a> SecretIndex<'a> {
         index.get(&(namespace, name)).copied()
     }
 
+    /// The Secret's `type`, when it exists (`None` inside: no type given).
+    pub(super) fn secret_type(&mut self, namespace: &str, name: &str) -> Option<Option<&'a str>> {
+        self.get(namespace, name).map(|s| s.type_.as_deref())
+    }
+
+    /// One key's bytes (`stringData` over `data`, as the API server merges them).
+    pub(super) fn value(&mut self, namespace: &str, name: &str, key: &str) -> Option<Vec<u8>> {
+        let secret = self.get(namespace, name)?;
+        if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
+            return Some(v.as_bytes().to_vec());
+        }
+        secret.data.as_ref()?.get(key).map(|v| v.0.clone())
+    }
+
     /// Every key of the Secret with its bytes: `data` (already base64-decoded), overlaid by
     /// `stringData` as the API server does.
     fn entries(&mut self, namespace: &str, name: &str) -> Option<Vec<(String, Vec<u8>)>> {

@@ -16,6 +16,7 @@ use sluice_proxy::snapshot::{
 };
 
 use super::auth::{self, SecretIndex};
+use super::edge::{self, ServedCertificate};
 use super::endpoints::EndpointIndex;
 use super::policies::PolicyIndex;
 use super::traffic;
@@ -56,6 +57,8 @@ pub(super) struct RouteOutput {
     pub candidates: Box<[(HostPattern, Candidate)]>,
     pub status: Arc<StatusReport>,
     pub diagnostics: Box<[Diagnostic]>,
+    /// Certificates of the route's `tls`, by host.
+    pub certificates: Box<[ServedCertificate]>,
 }
 
 /// Appended to the problem of a rule kept only to refuse its requests.
@@ -105,6 +108,8 @@ pub(super) fn compile_route(
     let route_id: Arc<str> = format!("{}/{}", object.namespace, object.name).into();
     let GatewayRouteSpec {
         hostnames,
+        tls,
+        https_redirect,
         authentication,
         rules,
     } = &route.spec;
@@ -121,6 +126,16 @@ pub(super) fn compile_route(
         route_errors.push(err(
             "spec.rules",
             format!("must have 1 to {MAX_RULES} rules"),
+        ));
+    }
+    let fingerprint = edge::route_fingerprint(route);
+    let (certificates, tls_invalid, tls_unresolved) =
+        edge::compile_tls(tls, hostnames, &object.namespace, secrets);
+    route_errors.extend(tls_invalid);
+    if https_redirect == &Some(true) && tls.is_empty() {
+        route_errors.push(err(
+            "spec.httpsRedirect",
+            "needs spec.tls: without a certificate for the route's hosts the redirect leads nowhere",
         ));
     }
     if !route_errors.is_empty() {
@@ -141,6 +156,7 @@ pub(super) fn compile_route(
                 .into_iter()
                 .map(|e| diagnostic(&object, e))
                 .collect(),
+            certificates: Box::default(),
         };
     }
     let mut out_rules = Vec::new();
@@ -149,8 +165,9 @@ pub(super) fn compile_route(
     let mut accepted = 0;
     let mut invalid = Vec::new();
     let mut unresolved = Vec::new();
-    // Unresolved references of rules that still serve (failing closed), such as a Secret.
-    let mut unresolved_kept = Vec::new();
+    // Unresolved references of rules that still serve (failing closed), such as a Secret, and
+    // certificates that cannot be served (their hosts get none; plain HTTP still works).
+    let mut unresolved_kept = tls_unresolved;
     let mut names = HashSet::new();
     for (i, rule) in rules.iter().enumerate() {
         let name = rule.name.clone().unwrap_or_else(|| i.to_string());
@@ -169,6 +186,8 @@ pub(super) fn compile_route(
             route_auth: authentication.as_ref(),
             index: i,
             tiebreak: (i as u64) << 12,
+            cache_id: fingerprint ^ ((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            https_redirect: https_redirect == &Some(true),
         };
         match compile_rule(&ctx, name, rule, endpoints, regexes, secrets) {
             Ok((compiled, candidates, kept_unresolved, refused)) => {
@@ -271,6 +290,7 @@ pub(super) fn compile_route(
             conditions,
         }),
         diagnostics,
+        certificates: certificates.into_boxed_slice(),
     }
 }
 
@@ -363,6 +383,10 @@ struct RuleContext<'a> {
     route_auth: Option<&'a Authentication>,
     index: usize,
     tiebreak: u64,
+    /// The id of the rule's cache entries: changes with any change of the route.
+    cache_id: u64,
+    /// The route's `httpsRedirect`.
+    https_redirect: bool,
 }
 
 impl RuleContext<'_> {
@@ -397,6 +421,7 @@ fn compile_rule(
         retry: _,
         health_check: _,
         circuit_breaker: _,
+        cache: _,
     } = rule;
     if let Some(n) = declared_name
         && !is_dns_label(n)
@@ -445,6 +470,7 @@ fn compile_rule(
                 timeouts: Timeouts::default(),
                 steps: Box::new([Step::Refuse]),
                 traffic: Traffic::default(),
+                https_redirect: ctx.https_redirect,
             };
             Ok((
                 Rule::new(Arc::new(policy), Vec::new()),
@@ -476,13 +502,22 @@ fn compile_rule_body(
         retry,
         health_check,
         circuit_breaker,
+        cache,
         ..
     } = rule;
     let RouteFilters {
         url_rewrite,
         request_headers,
         response_headers,
+        cors,
+        security_headers,
     } = filters.clone().unwrap_or_default();
+    let cors = cors
+        .map(|c| edge::compile_cors(&ctx.field("filters.cors"), &c))
+        .transpose()?;
+    let security_headers = security_headers
+        .map(|s| edge::compile_security_headers(&ctx.field("filters.securityHeaders"), &s))
+        .transpose()?;
     let rewrite = url_rewrite
         .map(|r| compile_rewrite(ctx, &r, matches))
         .transpose()?;
@@ -532,7 +567,20 @@ fn compile_rule_body(
     }
     let backends = compile_backends(ctx, backend_refs, endpoints)?;
 
+    let cache = cache
+        .as_ref()
+        .map(|c| {
+            edge::compile_cache(
+                &ctx.field("cache"),
+                c,
+                ctx.cache_id,
+                auth.authenticate.is_some(),
+            )
+        })
+        .transpose()?;
+
     let mut steps = Vec::with_capacity(4);
+    steps.extend(cors.map(|c| Step::Cors(Box::new(c))));
     steps.extend(auth.authenticate.map(|a| Step::Authenticate(Box::new(a))));
     steps.extend(auth.authorize.map(|a| Step::Authorize(Box::new(a))));
     let limits = ctx.policies.limits_for(ctx.namespace, ctx.route_name, name);
@@ -545,6 +593,8 @@ fn compile_rule_body(
     if !response_headers.is_empty() {
         steps.push(Step::ResponseHeaders(response_headers));
     }
+    steps.extend(security_headers.map(|s| Step::SecurityHeaders(Box::new(s))));
+    steps.extend(cache.map(|c| Step::Cache(Box::new(c))));
     let policy = RulePolicy {
         route: ctx.route.clone(),
         name: Arc::clone(name),
@@ -552,6 +602,7 @@ fn compile_rule_body(
         timeouts,
         steps: steps.into_boxed_slice(),
         traffic,
+        https_redirect: ctx.https_redirect,
     };
     Ok((Rule::new(Arc::new(policy), backends), auth.unresolved))
 }

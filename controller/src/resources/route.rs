@@ -5,7 +5,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Authentication, Authorization, CircuitBreaker, HealthCheck, LoadBalancer, ObjectStatus, Retry,
+    Authentication, Authorization, Cache, CircuitBreaker, Cors, HealthCheck, LoadBalancer,
+    ObjectStatus, Retry, RouteTls, SecurityHeaders,
 };
 
 /// Where a request goes. Field names follow the Gateway API's HTTPRoute.
@@ -41,6 +42,13 @@ pub struct GatewayRouteSpec {
         )
     )]
     pub hostnames: Vec<String>,
+    /// Certificates served over HTTPS (`--listen-tls`), chosen by SNI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub tls: Vec<RouteTls>,
+    /// Answer plain HTTP requests with a 301 to the same URL over HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<bool>,
     /// Default authentication of every rule; a rule's own replaces it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<Authentication>,
@@ -91,6 +99,9 @@ pub struct RouteRule {
     /// Limits of each backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// A response cache for `GET` and `HEAD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<Cache>,
 }
 
 /// Conditions a request must all meet.
@@ -209,6 +220,12 @@ pub struct RouteFilters {
     /// Header changes on the response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<HeaderModifier>,
+    /// Cross-origin resource sharing, preflights answered by the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+    /// Browser security headers on every response (`{}`: the defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_headers: Option<SecurityHeaders>,
 }
 
 /// A URL rewrite.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
-use crate::snapshot::{Backend, Endpoint, Rule, RulePolicy, Timeouts, Traffic};
+use crate::snapshot::{Backend, Endpoint, Rule, RulePolicy, Traffic};
 
 fn addr(backend: usize, i: usize) -> SocketAddr {
     SocketAddr::from(([10, backend as u8, (i / 250) as u8, (i % 250) as u8], 8080))
@@ -28,13 +28,11 @@ fn rule(balancing: Balancing, backends: Vec<Backend>) -> Rule {
     let policy = RulePolicy {
         route: "ns/r".into(),
         name: "0".into(),
-        rewrite: None,
-        timeouts: Timeouts::default(),
-        steps: Box::new([]),
         traffic: Traffic {
             balancing,
             ..Traffic::default()
         },
+        ..RulePolicy::default()
     };
     Rule::new(Arc::new(policy), backends)
 }

@@ -181,6 +181,50 @@ impl SharedStore {
         }
         result
     }
+
+    /// `GET key` for the shared response cache, bounded by the store's timeout.
+    pub async fn get_bytes(&self, key: &[u8]) -> Result<Option<bytes::Bytes>, StoreError> {
+        let mut connection = self.connection.clone();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        let call = cmd.query_async::<Option<Vec<u8>>>(&mut connection);
+        bounded(self.timeout, call)
+            .await
+            .map(|v| v.map(bytes::Bytes::from))
+    }
+
+    /// `SET key value PX ttl` for the shared response cache, bounded by the store's timeout.
+    pub async fn set_bytes(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis().max(1)).unwrap_or(u64::MAX));
+        let call = cmd.query_async::<()>(&mut connection);
+        bounded(self.timeout, call).await
+    }
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(StoreError::Timeout),
+        Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout),
+        Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => Err(StoreError::Connection),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "redis cache call failed");
+            Err(StoreError::Reply)
+        }
+        Ok(Ok(v)) => Ok(v),
+    }
 }
 
 fn micros(us: i64) -> Duration {

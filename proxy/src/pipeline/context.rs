@@ -17,6 +17,8 @@ pub struct Client {
     pub addr: SocketAddr,
     /// The peer's IP as an `X-Forwarded-For` entry.
     pub ip_header: HeaderValue,
+    /// The TLS version, when the connection is HTTPS (`TLSv1.3`, `TLSv1.2`).
+    pub tls: Option<&'static str>,
     /// The trusted proxies, when the peer is one: then `X-Forwarded-For` names the client.
     proxies: Option<Arc<TrustedProxies>>,
 }
@@ -27,6 +29,7 @@ impl Client {
         Client {
             addr,
             ip_header: crate::headers::client_ip_header(&addr),
+            tls: None,
             proxies: None,
         }
     }
@@ -58,6 +61,10 @@ pub struct RequestCtx<'a> {
     pub request_id: HeaderValue,
     /// Who sent it.
     pub client: &'a Client,
+    /// Its place in a trace (the client's, continued, or a new one).
+    pub trace: crate::trace::TraceContext,
+    /// When the rule's `request` timeout runs out.
+    pub deadline: Option<Instant>,
     /// When it arrived.
     pub started: Instant,
     /// The rule it matched, once routed.
@@ -80,14 +87,32 @@ pub struct RequestCtx<'a> {
     pub attempts: u32,
     /// A consistent-hash cookie the gateway made for a client that had none.
     pub affinity_cookie: Option<HeaderValue>,
+    /// The request's `Origin`, kept by a `Cors` step for the response phase.
+    pub origin: Option<HeaderValue>,
+    /// A `Cors` step answered the request as a preflight.
+    pub preflight: bool,
+    /// What the response cache did.
+    pub cache: Option<crate::cache::CacheState>,
 }
 
 impl<'a> RequestCtx<'a> {
     /// The context of a request that just arrived.
     pub fn new(request_id: HeaderValue, started: Instant, client: &'a Client) -> Self {
+        Self::traced(request_id, started, client, &HeaderMap::new())
+    }
+
+    /// The context of a request that just arrived with `headers` (its trace headers read).
+    pub fn traced(
+        request_id: HeaderValue,
+        started: Instant,
+        client: &'a Client,
+        headers: &HeaderMap,
+    ) -> Self {
         RequestCtx {
             request_id,
             client,
+            trace: crate::trace::TraceContext::from_request(headers),
+            deadline: None,
             started,
             rule: None,
             identity: None,
@@ -99,6 +124,15 @@ impl<'a> RequestCtx<'a> {
             limit: None,
             attempts: 0,
             affinity_cookie: None,
+            origin: None,
+            preflight: false,
+            cache: None,
         }
+    }
+
+    /// Time left before the rule's `request` timeout, when it has one.
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 }
