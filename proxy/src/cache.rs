@@ -41,6 +41,8 @@ static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// Longest a request waits for another request's fill of the same key.
 const COALESCE_WAIT: Duration = Duration::from_secs(5);
+/// Most fills a request waits for before it goes upstream itself.
+const MAX_WAITS: u32 = 2;
 
 /// A rule's compiled `cache`.
 #[derive(Debug, Serialize)]
@@ -168,7 +170,7 @@ impl CachePolicy {
         if control::request_wants_fresh(headers) {
             store.count("bypass");
         } else {
-            let mut waited = false;
+            let mut waits = 0;
             loop {
                 let names = store.vary_of(primary);
                 let full = key::full(primary, names.as_deref().unwrap_or(&[]), headers);
@@ -186,7 +188,7 @@ impl CachePolicy {
                         .insert(X_CACHE.clone(), HeaderValue::from_static("HIT"));
                     return Lookup::Hit(response);
                 }
-                if head || waited {
+                if head {
                     break;
                 }
                 match store.fill(full) {
@@ -194,16 +196,19 @@ impl CachePolicy {
                         guard = Some(g);
                         break;
                     }
+                    // A leader failed and another took the fill: wait for that one too, but
+                    // not for a third (each wait is bounded; so is their number).
+                    Err(_) if waits == MAX_WAITS => break,
                     Err(mut done) => {
                         // Another request is fetching this key: wait for it, then look again;
                         // if it stored nothing (it failed, or the response was not storable)
-                        // go upstream as if alone.
+                        // one of the waiters fills in its place.
                         store.count("coalesced");
                         let wait = ctx
                             .remaining()
                             .map_or(COALESCE_WAIT, |left| left.min(COALESCE_WAIT));
                         let _ = tokio::time::timeout(wait, done.wait_for(|d| *d)).await;
-                        waited = true;
+                        waits += 1;
                     }
                 }
             }

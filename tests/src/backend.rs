@@ -296,7 +296,50 @@ async fn handle(name: &str, mut req: Request<Incoming>) -> Response<AnyBody> {
         "content-type",
         http::HeaderValue::from_static("application/json"),
     );
+    // `?set=name:value` (repeatable, %-encoded) adds response headers: a test says what the
+    // backend answers with (Cache-Control, ETag, Set-Cookie, ...).
+    for (k, v) in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        if k != "set" {
+            continue;
+        }
+        let decoded = percent_decode(v);
+        if let Some((n, v)) = decoded.split_once(':')
+            && let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(n.as_bytes()),
+                http::HeaderValue::from_str(v.trim()),
+            )
+        {
+            response.headers_mut().append(n, v);
+        }
+    }
     response
+}
+
+/// `%XX` decoding of a query value (`+` is a plus: tests write `%20` for spaces).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(b) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn websocket(req: &mut Request<Incoming>) -> Response<AnyBody> {

@@ -11,8 +11,10 @@ pub mod fake_api;
 pub mod harness;
 pub mod jwks;
 pub mod manifests;
+pub mod otlp;
 pub mod process;
 pub mod redis;
+pub mod tls;
 pub mod tokens;
 
 use std::future::Future;
