@@ -190,14 +190,20 @@ async fn request_phases<'a>(
         })
         .flatten()
         .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
-    let view = RequestView {
+    let mut view = RequestView {
         host: &host,
         path: &path,
         query: parts.uri.query(),
         method: preflight_of.as_ref().unwrap_or(&parts.method),
         headers: &parts.headers,
     };
-    let candidate = snapshot.router.find(&view).ok_or(ProxyError::NoRoute)?;
+    let mut found = snapshot.router.find(&view);
+    if found.is_none() && preflight_of.is_some() {
+        // No rule serves the asked method: a rule matching `OPTIONS` itself may still answer.
+        view.method = &parts.method;
+        found = snapshot.router.find(&view);
+    }
+    let candidate = found.ok_or(ProxyError::NoRoute)?;
     ctx.rule = Some(candidate.rule);
     let rule = snapshot.rule(candidate.rule);
     ctx.deadline = rule.policy.timeouts.request.map(|t| ctx.started + t);

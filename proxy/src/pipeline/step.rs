@@ -72,11 +72,16 @@ impl Step {
         match self {
             Step::Cors(cors) => {
                 ctx.origin = req.headers.get(http::header::ORIGIN).cloned();
-                match cors.on_request(req.method, req.headers)? {
-                    Preflight::No => Ok(Flow::Next),
-                    Preflight::Allowed(response) => {
+                match cors.on_request(req.method, req.headers) {
+                    Ok(Preflight::No) => Ok(Flow::Next),
+                    Ok(Preflight::Allowed(response)) => {
                         ctx.preflight = true;
                         Ok(Flow::Answer(response))
+                    }
+                    // A refused preflight gets no allow headers in the response phase.
+                    Err(e) => {
+                        ctx.preflight = true;
+                        Err(e)
                     }
                 }
             }
