@@ -179,6 +179,19 @@ impl TestGateway {
         write(&self.dir, name, content);
     }
 
+    /// Serves HTTPS (the snapshot's certificates) on a new ephemeral port, until the gateway
+    /// stops; returns its address.
+    pub async fn serve_tls(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+        let addr = listener.local_addr().expect("https addr");
+        tokio::spawn(sluice_proxy::server::serve_tls(
+            self.gateway.clone(),
+            listener,
+            stopped(self.stop.subscribe()),
+        ));
+        addr
+    }
+
     /// Generation of the snapshot being served.
     pub fn generation(&self) -> u64 {
         self.gateway.snapshot().generation

@@ -1,4 +1,4 @@
-//! Certificates made by a real `openssl`, Secrets holding them, and a rustls client that says
+//! Certificates issued by a real `openssl` CA, Secrets holding them, and a rustls client that says
 //! which certificate a server presented.
 
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-/// A self-signed certificate and its key, PEM.
+/// A certificate and its key, PEM.
 #[derive(Debug, Clone)]
 pub struct Certificate {
     /// `tls.crt`
@@ -22,41 +22,121 @@ pub struct Certificate {
     pub key_pem: String,
 }
 
-impl Certificate {
-    /// A new EC P-256 certificate for `names` (the first is the subject), made by `openssl` in
-    /// `dir`.
-    pub fn generate(dir: &Path, names: &[&str]) -> Self {
-        let tag = format!("{}-{}", names[0].replace('*', "star"), fastrand_suffix());
-        let key = dir.join(format!("{tag}.key"));
-        let cert = dir.join(format!("{tag}.crt"));
+/// A certificate authority made by `openssl`, to issue server certificates that a client
+/// trusting it accepts (webpki refuses a self-signed certificate as a server's).
+pub struct Ca {
+    /// The CA's own certificate: the root a client trusts.
+    pub root: Certificate,
+    dir: std::path::PathBuf,
+    key: std::path::PathBuf,
+    cert: std::path::PathBuf,
+}
+
+fn openssl(args: &[&std::ffi::OsStr]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl not found: install the Debian package openssl (scripts/test.sh does)");
+    assert!(status.success(), "openssl {args:?} failed");
+}
+
+impl Ca {
+    /// A new EC P-256 CA in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        let tag = unique();
+        let key = dir.join(format!("ca-{tag}.key"));
+        let cert = dir.join(format!("ca-{tag}.crt"));
+        openssl(&[
+            "req".as_ref(),
+            "-x509".as_ref(),
+            "-newkey".as_ref(),
+            "ec".as_ref(),
+            "-pkeyopt".as_ref(),
+            "ec_paramgen_curve:P-256".as_ref(),
+            "-nodes".as_ref(),
+            "-days".as_ref(),
+            "2".as_ref(),
+            "-subj".as_ref(),
+            "/CN=Sluice Test CA".as_ref(),
+            "-addext".as_ref(),
+            "basicConstraints=critical,CA:TRUE".as_ref(),
+            "-addext".as_ref(),
+            "keyUsage=critical,keyCertSign,cRLSign".as_ref(),
+            "-keyout".as_ref(),
+            key.as_os_str(),
+            "-out".as_ref(),
+            cert.as_os_str(),
+        ]);
+        Ca {
+            root: Certificate {
+                cert_pem: std::fs::read_to_string(&cert).expect("read CA cert"),
+                key_pem: std::fs::read_to_string(&key).expect("read CA key"),
+            },
+            dir: dir.to_owned(),
+            key,
+            cert,
+        }
+    }
+
+    /// A server certificate for `names` (the first is the subject), signed by this CA.
+    pub fn issue(&self, names: &[&str]) -> Certificate {
+        let tag = unique();
+        let key = self.dir.join(format!("leaf-{tag}.key"));
+        let csr = self.dir.join(format!("leaf-{tag}.csr"));
+        let cert = self.dir.join(format!("leaf-{tag}.crt"));
+        let ext = self.dir.join(format!("leaf-{tag}.ext"));
         let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
-        let status = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ])
-            .args(["-nodes", "-days", "2", "-subj"])
-            .arg(format!("/CN={}", names[0]))
-            .arg("-addext")
-            .arg(format!("subjectAltName={}", san.join(",")))
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl not found: install the Debian package openssl (scripts/test.sh does)");
-        assert!(status.success(), "openssl req failed");
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName={}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+                san.join(",")
+            ),
+        )
+        .expect("write extensions");
+        let subject = format!("/CN={}", names[0]);
+        openssl(&[
+            "req".as_ref(),
+            "-new".as_ref(),
+            "-newkey".as_ref(),
+            "ec".as_ref(),
+            "-pkeyopt".as_ref(),
+            "ec_paramgen_curve:P-256".as_ref(),
+            "-nodes".as_ref(),
+            "-subj".as_ref(),
+            subject.as_ref(),
+            "-keyout".as_ref(),
+            key.as_os_str(),
+            "-out".as_ref(),
+            csr.as_os_str(),
+        ]);
+        openssl(&[
+            "x509".as_ref(),
+            "-req".as_ref(),
+            "-in".as_ref(),
+            csr.as_os_str(),
+            "-CA".as_ref(),
+            self.cert.as_os_str(),
+            "-CAkey".as_ref(),
+            self.key.as_os_str(),
+            "-set_serial".as_ref(),
+            tag.to_string().as_ref(),
+            "-days".as_ref(),
+            "2".as_ref(),
+            "-extfile".as_ref(),
+            ext.as_os_str(),
+            "-out".as_ref(),
+            cert.as_os_str(),
+        ]);
         Certificate {
             cert_pem: std::fs::read_to_string(cert).expect("read cert"),
             key_pem: std::fs::read_to_string(key).expect("read key"),
         }
     }
+}
 
+impl Certificate {
     /// The certificate's DER, to compare with what a server presented.
     pub fn der(&self) -> Vec<u8> {
         CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
@@ -75,10 +155,10 @@ impl Certificate {
     }
 }
 
-fn fastrand_suffix() -> u64 {
+fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed) * 1000 + u64::from(std::process::id())
+    static N: AtomicU64 = AtomicU64::new(1);
+    N.fetch_add(1, Ordering::Relaxed) * 100_000 + u64::from(std::process::id() % 100_000)
 }
 
 /// A TLS connection to `addr` with SNI `name`, trusting `roots`, offering `alpn`.

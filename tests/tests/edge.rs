@@ -90,7 +90,10 @@ async fn an_allowed_preflight_is_answered_by_the_gateway_alone() {
         gw.addr,
         "OPTIONS",
         "/get/x",
-        &[("origin", "https://app.example.com"), ("access-control-request-method", "GET")],
+        &[
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "GET"),
+        ],
     )
     .await;
     assert_eq!(r.status, 204);
@@ -105,17 +108,34 @@ async fn preflights_outside_the_policy_are_refused_without_reaching_the_backend(
     for (origin, method, headers, why) in [
         ("https://evil.example.net", "GET", "", "origin not allowed"),
         ("https://example.org", "GET", "", "origin not allowed"),
-        ("https://app.example.com", "DELETE", "", "method not allowed"),
-        ("https://app.example.com", "GET", "x-secret", "request header not allowed"),
+        (
+            "https://app.example.com",
+            "DELETE",
+            "",
+            "method not allowed",
+        ),
+        (
+            "https://app.example.com",
+            "GET",
+            "x-secret",
+            "request header not allowed",
+        ),
     ] {
-        let mut h = vec![("origin", origin), ("access-control-request-method", method)];
+        let mut h = vec![
+            ("origin", origin),
+            ("access-control-request-method", method),
+        ];
         if !headers.is_empty() {
             h.push(("access-control-request-headers", headers));
         }
         let r = request(&c, gw.addr, "OPTIONS", "/api/users", &h).await;
         assert_eq!(r.status, 403, "{origin} {method} {headers}");
         assert!(r.header("access-control-allow-origin").is_none());
-        assert!(r.json()["error"].as_str().is_some_and(|e| e.contains(why)), "{:?}", r.body);
+        assert!(
+            r.json()["error"].as_str().is_some_and(|e| e.contains(why)),
+            "{:?}",
+            r.body
+        );
     }
     assert_eq!(b.hits(), 0);
 }
@@ -125,14 +145,37 @@ async fn actual_requests_get_the_allow_headers_for_allowed_origins_only() {
     let b = TestBackend::start("b").await;
     let gw = gateway(&b, CORS).await;
     let c = client::http1();
-    let r = request(&c, gw.addr, "GET", "/api/x", &[("origin", "https://app.example.com")]).await;
+    let r = request(
+        &c,
+        gw.addr,
+        "GET",
+        "/api/x",
+        &[("origin", "https://app.example.com")],
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
     assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
-    assert_eq!(r.header("access-control-expose-headers"), Some("X-Request-Id"));
+    assert_eq!(
+        r.header("access-control-expose-headers"),
+        Some("X-Request-Id")
+    );
     assert_eq!(r.header("vary"), Some("Origin"));
-    let r = request(&c, gw.addr, "GET", "/api/x", &[("origin", "https://evil.example.net")]).await;
-    assert_eq!(r.status, 200, "CORS is the browser's check; the gateway serves the request");
+    let r = request(
+        &c,
+        gw.addr,
+        "GET",
+        "/api/x",
+        &[("origin", "https://evil.example.net")],
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "CORS is the browser's check; the gateway serves the request"
+    );
     assert!(r.header("access-control-allow-origin").is_none());
     assert_eq!(r.header("vary"), Some("Origin"));
 }
@@ -147,9 +190,19 @@ async fn security_headers_have_defaults_keep_the_backends_and_leave_hsts_to_http
     assert_eq!(r.header("x-frame-options"), Some("DENY"));
     assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
     assert_eq!(r.header("cross-origin-opener-policy"), Some("same-origin"));
-    assert!(r.header("strict-transport-security").is_none(), "no HSTS over plain HTTP");
+    assert!(
+        r.header("strict-transport-security").is_none(),
+        "no HSTS over plain HTTP"
+    );
     // The backend's own value is kept.
-    let r = request(&c, gw.addr, "GET", "/api/x?set=x-frame-options:SAMEORIGIN", &[]).await;
+    let r = request(
+        &c,
+        gw.addr,
+        "GET",
+        "/api/x?set=x-frame-options:SAMEORIGIN",
+        &[],
+    )
+    .await;
     assert_eq!(r.header("x-frame-options"), Some("SAMEORIGIN"));
 
     let gw = gateway(
@@ -157,10 +210,24 @@ async fn security_headers_have_defaults_keep_the_backends_and_leave_hsts_to_http
         "{securityHeaders: {frameOptions: SAMEORIGIN, remove: [Referrer-Policy], override: true, contentSecurityPolicy: \"default-src 'none'\"}}",
     )
     .await;
-    let r = request(&c, gw.addr, "GET", "/api/x?set=x-frame-options:ALLOW-FROM%20x", &[]).await;
-    assert_eq!(r.header("x-frame-options"), Some("SAMEORIGIN"), "override replaces the backend's");
+    let r = request(
+        &c,
+        gw.addr,
+        "GET",
+        "/api/x?set=x-frame-options:ALLOW-FROM%20x",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        r.header("x-frame-options"),
+        Some("SAMEORIGIN"),
+        "override replaces the backend's"
+    );
     assert!(r.header("referrer-policy").is_none());
-    assert_eq!(r.header("content-security-policy"), Some("default-src 'none'"));
+    assert_eq!(
+        r.header("content-security-policy"),
+        Some("default-src 'none'")
+    );
 }
 
 #[tokio::test]
@@ -184,11 +251,21 @@ async fn a_valid_traceparent_is_continued_and_a_missing_one_started() {
         &[("traceparent", incoming), ("tracestate", "vendor=a")],
     )
     .await;
-    let sent = r.json()["headers"]["traceparent"].as_str().unwrap_or("").to_owned();
+    let sent = r.json()["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     assert_eq!(sent.len(), 55, "{sent}");
-    assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{sent}");
+    assert!(
+        sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{sent}"
+    );
     assert!(sent.ends_with("-01"));
-    assert_ne!(&sent[36..52], "00f067aa0ba902b7", "the gateway's span is the backend's parent");
+    assert_ne!(
+        &sent[36..52],
+        "00f067aa0ba902b7",
+        "the gateway's span is the backend's parent"
+    );
     assert_eq!(r.json()["headers"]["tracestate"], "vendor=a");
 
     // None sent, or a malformed one: a new trace, well-formed, tracestate dropped with it.
@@ -198,7 +275,10 @@ async fn a_valid_traceparent_is_continued_and_a_missing_one_started() {
             h.push(("traceparent", tp));
         }
         let r = request(&c, gw.addr, "GET", "/api/t", &h).await;
-        let tp = r.json()["headers"]["traceparent"].as_str().unwrap_or("").to_owned();
+        let tp = r.json()["headers"]["traceparent"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
         let parts: Vec<&str> = tp.split('-').collect();
         assert_eq!(parts.len(), 4, "{tp}");
         assert_eq!(parts[0], "00");
@@ -210,7 +290,8 @@ async fn a_valid_traceparent_is_continued_and_a_missing_one_started() {
     }
     assert!(
         eventually(Duration::from_secs(2), || async {
-            log.text().contains("\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"")
+            log.text()
+                .contains("\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"")
         })
         .await,
         "the access log names the trace: {}",
@@ -242,11 +323,18 @@ async fn spans_are_exported_to_an_otlp_collector() {
     let r = request(&c, gw.addr, "GET", "/nowhere", &[]).await;
     assert_eq!(r.status, 404);
     assert!(
-        eventually(Duration::from_secs(5), || async { collector.spans().len() >= 6 }).await,
+        eventually(Duration::from_secs(5), || async {
+            collector.spans().len() >= 6
+        })
+        .await,
         "spans received: {}",
         collector.spans().len()
     );
-    assert!(collector.batches() <= 2, "spans are batched ({} exports)", collector.batches());
+    assert!(
+        collector.batches() <= 2,
+        "spans are batched ({} exports)",
+        collector.batches()
+    );
     let spans = collector.spans();
     let continued: Vec<_> = spans
         .iter()
@@ -258,11 +346,21 @@ async fn spans_are_exported_to_an_otlp_collector() {
         assert_eq!(s["name"], "GET default/r/main");
         assert_eq!(s["kind"], 2);
         assert!(s["spanId"].as_str().is_some_and(|id| id.len() == 16));
-        let start: u128 = s["startTimeUnixNano"].as_str().and_then(|t| t.parse().ok()).expect("start");
-        let end: u128 = s["endTimeUnixNano"].as_str().and_then(|t| t.parse().ok()).expect("end");
+        let start: u128 = s["startTimeUnixNano"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .expect("start");
+        let end: u128 = s["endTimeUnixNano"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .expect("end");
         assert!(end >= start);
     }
     let ids: std::collections::HashSet<_> = continued.iter().map(|s| s["spanId"].clone()).collect();
     assert_eq!(ids.len(), 5, "one span per request");
-    assert!(spans.iter().any(|s| s["name"] == "GET" && s.get("parentSpanId").is_none()));
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "GET" && s.get("parentSpanId").is_none())
+    );
 }
