@@ -181,3 +181,36 @@ fn check_fails_on_a_misspelt_kind_and_on_ingress_that_run_would_skip() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("2 problem(s)"), "{stderr}");
 }
+
+#[test]
+fn check_names_the_edge_mistakes_a_browser_or_a_tls_client_would_find_later() {
+    let d = dir("edge");
+    std::fs::write(d.join("svc.yaml"), SERVICE).expect("write");
+    std::fs::write(
+        d.join("tls.yaml"),
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: broken-tls, namespace: default}\ntype: kubernetes.io/tls\nstringData: {tls.crt: not a certificate, tls.key: nor a key}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        d.join("routes.yaml"),
+        "apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: shop, namespace: default}\nspec:\n  hostnames: [shop.test]\n  tls: [{secretName: broken-tls}, {hosts: [other.test], secretName: missing-tls}]\n  rules:\n  - name: wild\n    filters: {cors: {allowOrigins: [\"*\"], allowCredentials: true}}\n    backendRefs: [{name: web, port: 80}]\n  - name: origin\n    filters: {cors: {allowOrigins: [\"https://app.example.com/\"]}}\n    backendRefs: [{name: web, port: 80}]\n  - name: cached\n    cache: {maxEntrySize: 1Ti}\n    backendRefs: [{name: web, port: 80}]\n  - name: headers\n    filters: {securityHeaders: {remove: [X-Powered-By]}}\n    backendRefs: [{name: web, port: 80}]\n",
+    )
+    .expect("write");
+    let out = sluice_check(&d);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for expected in [
+        "spec.rules[0].filters.cors.allowCredentials: cannot be true with allowOrigins \"*\"",
+        "spec.rules[1].filters.cors.allowOrigins[0]: \"https://app.example.com/\" is not an origin",
+        "spec.rules[2].cache.maxEntrySize: \"1Ti\" is not a size",
+        "spec.rules[3].filters.securityHeaders.remove[0]: \"X-Powered-By\" is not one of the security headers",
+        "spec.tls[0].secretName: Secret default/broken-tls: tls.crt",
+        "spec.tls[1].secretName: Secret default/missing-tls not found",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -63,6 +63,7 @@ fn render(input: &Path) -> String {
         .collect();
     let out = json!({
         "rules": rules,
+        "certificates": compiled.snapshot.tls,
         "identityHeaders": identity_headers,
         "statuses": statuses,
         "diagnostics": diagnostics,

@@ -109,7 +109,7 @@ pub(crate) enum Lookup {
     /// Not cacheable, or a miss: go upstream.
     Upstream,
     /// A hit.
-    Hit(Response<ProxyBody>),
+    Hit(Box<Response<ProxyBody>>),
 }
 
 impl CachePolicy {
@@ -186,7 +186,7 @@ impl CachePolicy {
                     response
                         .headers_mut()
                         .insert(X_CACHE.clone(), HeaderValue::from_static("HIT"));
-                    return Lookup::Hit(response);
+                    return Lookup::Hit(Box::new(response));
                 }
                 if head {
                     break;

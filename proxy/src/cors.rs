@@ -188,7 +188,7 @@ pub(crate) enum Preflight {
     /// Not a preflight: an actual request.
     No,
     /// Allowed: the gateway's 204.
-    Allowed(Response<ProxyBody>),
+    Allowed(Box<Response<ProxyBody>>),
 }
 
 static VARY_PREFLIGHT: HeaderValue = HeaderValue::from_static(
@@ -321,7 +321,7 @@ impl Cors {
             out.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age.as_secs()));
         }
         out.insert(VARY, VARY_PREFLIGHT.clone());
-        Ok(Preflight::Allowed(response))
+        Ok(Preflight::Allowed(Box::new(response)))
     }
 
     /// The response phase of an actual request (and of a refused preflight): the allow headers

@@ -231,7 +231,7 @@ async fn request_phases<'a>(
     };
     for step in rule.policy.steps.iter() {
         if let Flow::Answer(response) = step.on_request(ctx, &mut head).await? {
-            return Ok(response);
+            return Ok(*response);
         }
     }
 

@@ -58,7 +58,7 @@ pub(crate) enum Flow {
     /// On to the next step (and, after the last, upstream).
     Next,
     /// This response answers the request instead of the backend.
-    Answer(Response<ProxyBody>),
+    Answer(Box<Response<ProxyBody>>),
 }
 
 impl Step {
