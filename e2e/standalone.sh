@@ -6,7 +6,7 @@
 #   SLUICE_BIN=target/release/sluice e2e/standalone.sh
 #
 # Ports: free ones, picked at start (so two runs never collide); E2E_PROXY_PORT, E2E_ADMIN_PORT,
-# E2E_ECHO_A_PORT, E2E_ECHO_B_PORT, E2E_USERS_PORT, E2E_REDIS_PORT fix them. The whole run is bounded by
+# E2E_ECHO_A_PORT, E2E_ECHO_B_PORT, E2E_USERS_PORT, E2E_REDIS_PORT, E2E_TLS_PORT fix them. The whole run is bounded by
 # E2E_TIMEOUT seconds (120). Prints `ok - name` / `not ok - name` per check and finally
 # `N passed, M failed`; exits 1 if any check failed. Needs bash 4+, curl, python3, openssl and GNU date.
 set -uo pipefail
@@ -40,7 +40,7 @@ fi
 # machine, never collide), unless E2E_*_PORT names them.
 read -r -a free <<<"$(python3 - <<'EOF'
 import socket
-socks = [socket.socket() for _ in range(10)]
+socks = [socket.socket() for _ in range(11)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))
@@ -54,6 +54,7 @@ users_port="${E2E_USERS_PORT:-${free[4]}}"
 redis_port="${E2E_REDIS_PORT:-${free[5]}}"
 global_proxy=("${free[6]}" "${free[7]}")   # the two gateways sharing Redis
 global_admin=("${free[8]}" "${free[9]}")
+tls_port="${E2E_TLS_PORT:-${free[10]}}"
 proxy="http://127.0.0.1:$proxy_port"
 admin="http://127.0.0.1:$admin_port"
 
@@ -139,7 +140,7 @@ backends_seen() {
 # ---------------------------------------------------------------------------------------------
 # Setup: the quick-start manifests, copied and moved to our ports; the backends; sluice.
 
-for port in "$proxy_port" "$admin_port" "$echo_a_port" "$echo_b_port" "$users_port"; do
+for port in "$proxy_port" "$admin_port" "$echo_a_port" "$echo_b_port" "$users_port" "$tls_port"; do
   if port_open "$port"; then
     echo "e2e: port $port is already in use; set the E2E_*_PORT variables" >&2
     exit 1
@@ -172,7 +173,8 @@ for port in "$echo_a_port" "$echo_b_port" "$users_port"; do
 done
 
 "$bin" run --manifests "$manifests" --listen "127.0.0.1:$proxy_port" \
-  --admin-listen "127.0.0.1:$admin_port" --log-format plain >"$log" 2>&1 &
+  --admin-listen "127.0.0.1:$admin_port" --listen-tls "127.0.0.1:$tls_port" \
+  --https-redirect-port "$tls_port" --log-format plain >"$log" 2>&1 &
 sluice_pid=$!
 
 # Bound the whole run: past the limit, stop what we started so that every remaining check
@@ -334,6 +336,48 @@ check "the old API key is refused after the rotation (401)" test "$code" == 401 
 check "credentials never reach the log" \
   bash -c "! grep -qF -e '$token' -e 'acme-demo-key' -e 'acme-rotated-key' '$log'" \
   -- "a credential was logged"
+
+# The edge (examples/quickstart/edge.yaml): HTTPS by SNI with the demo certificate, the
+# redirect from plain HTTP, the response cache, CORS and security headers, trace context.
+shop=(--resolve "shop.example.local:$tls_port:127.0.0.1" --cacert examples/quickstart/keys/shop-demo.crt)
+shop_url="https://shop.example.local:$tls_port"
+h2="$(curl -sS --max-time 10 -o /dev/null -w '%{http_code} %{http_version}' "${shop[@]}" --http2 "$shop_url/catalog/h2" 2>&1)"
+check "HTTPS: curl trusts the demo certificate for shop.example.local (SNI) and gets 200 over h2" \
+  test "$h2" == "200 2" -- "got '$h2'"
+fetch "$shop_url/catalog/items?page=1" "${shop[@]}"
+check "HTTPS: the backend sees X-Forwarded-Proto: https" test "$(json headers.x-forwarded-proto)" == https \
+  -- "$(head -c 300 "$body")"
+check "HTTPS: security headers, HSTS included" \
+  test "$(header x-content-type-options):$(header x-frame-options):$(header strict-transport-security)" == \
+  "nosniff:DENY:max-age=31536000; includeSubDomains" -- "$(tr -d '\r' <"$hdrs")"
+check "cache: the first GET is a MISS" test "$(header x-cache)" == MISS -- "$(tr -d '\r' <"$hdrs")"
+first_body="$(cat "$body")"
+fetch "$shop_url/catalog/items?page=1" "${shop[@]}"
+check "cache: the second GET is a HIT with Age, the same body" \
+  test "$(header x-cache):$(header age | grep -c '^[0-9]')" == "HIT:1" -- "$(tr -d '\r' <"$hdrs")"
+check "cache: the hit's body is the stored one" test "$(cat "$body")" == "$first_body"
+fetch "$proxy/catalog/items?x=1" -H 'Host: shop.example.local'
+check "httpsRedirect: plain HTTP gets 301 to https, path and query kept" \
+  test "$code $(header location)" == "301 https://shop.example.local:$tls_port/catalog/items?x=1" \
+  -- "got $code $(header location)"
+fetch "$shop_url/catalog/items" "${shop[@]}" -X OPTIONS -H 'Origin: https://app.example.local' \
+  -H 'Access-Control-Request-Method: POST' -H 'Access-Control-Request-Headers: content-type'
+check "CORS: the gateway answers an allowed preflight (204 with the allow headers)" \
+  test "$code:$(header access-control-allow-origin):$(header access-control-allow-credentials)" == \
+  "204:https://app.example.local:true" -- "got $code: $(tr -d '\r' <"$hdrs")"
+check "CORS: the preflight never reached the backend (no x-backend header)" test -z "$(header x-backend)"
+fetch "$shop_url/catalog/items" "${shop[@]}" -X OPTIONS -H 'Origin: https://evil.example' \
+  -H 'Access-Control-Request-Method: GET'
+check "CORS: a preflight from another origin is refused (403)" test "$code" == 403 -- "got $code"
+fetch "$proxy/echo/trace" -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+check "tracing: the backend gets the client's trace id with the gateway's span as parent" \
+  bash -c "[[ '$(json headers.traceparent)' == 00-4bf92f3577b34da6a3ce929d0e0e4736-* && '$(json headers.traceparent)' != *00f067aa0ba902b7* ]]" \
+  -- "traceparent: $(json headers.traceparent)"
+traced() { grep -q '"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"' "$log"; }
+check "tracing: the access log line carries the trace id" wait_until 3 traced
+cached_line() { grep -q '"cache":"HIT".*"tls":"TLSv1.3"' "$log"; }
+check "access log: cache status and TLS version" wait_until 3 cached_line \
+  -- "$(grep -m1 catalog "$log")"
 
 # Traffic management (examples/quickstart/echo.yaml): echo-a dies with SIGKILL; with retries
 # on, no GET to /echo fails, and echo-a is ejected after three failures in a row.
