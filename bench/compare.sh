@@ -17,7 +17,12 @@
 # through RoundRobin, LeastRequest, Random and ConsistentHash, and LeastRequest with retries,
 # passive health checks and circuit limits all on, alternating), failover (sluice alone: under
 # load, one upstream is killed with SIGKILL; measured: the time from the kill to the endpoint's
-# ejection, and the failed requests the client saw, with retries on).
+# ejection, and the failed requests the client saw, with retries on), cache (sluice alone: a
+# proxied route, one with CORS and security headers, and a cached one answered from the cache,
+# alternating), tls (HTTPS with the same
+# EC P-256 certificate on both: keep-alive requests over TLS 1.3, and full handshakes per second
+# with one request per connection; needs bench.sluice.test in /etc/hosts for SNI, which the
+# script adds when it may write the file).
 #
 # BALANCERS="rr lr" limits the balancers scenario to those variants (more rounds of an A/B in
 # the same time).
@@ -42,7 +47,8 @@ CONNECTIONS=${CONNECTIONS:-50}
 RATE=${RATE:-5000}
 BASE_PORT=${BASE_PORT:-18100}
 NGINX_PORT=$((BASE_PORT)) SLUICE_PORT=$((BASE_PORT + 1)) ADMIN_PORT=$((BASE_PORT + 2))
-NGINX_H2_PORT=$((BASE_PORT + 3)) REDIS_PORT=$((BASE_PORT + 20)) UP_PORTS=($((BASE_PORT + 11)) $((BASE_PORT + 12)) $((BASE_PORT + 13)))
+NGINX_H2_PORT=$((BASE_PORT + 3)) NGINX_TLS_PORT=$((BASE_PORT + 4)) SLUICE_TLS_PORT=$((BASE_PORT + 5))
+REDIS_PORT=$((BASE_PORT + 20)) UP_PORTS=($((BASE_PORT + 11)) $((BASE_PORT + 12)) $((BASE_PORT + 13)))
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
@@ -59,6 +65,15 @@ if [ -z "${OHA:-}" ]; then
 fi
 cargo build --release --locked -p sluice-controller --bin sluice >&2
 SLUICE=$PWD/target/release/sluice
+
+# The tls scenario's certificate, the same for both proxies; SNI needs a name, resolved here.
+TLS_HOST=bench.sluice.test
+mkdir -p "$work/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=$TLS_HOST" \
+  -addext "subjectAltName=DNS:$TLS_HOST" -keyout "$work/tls/key.pem" -out "$work/tls/cert.pem" 2>/dev/null
+if ! getent hosts "$TLS_HOST" >/dev/null && [ -w /etc/hosts ]; then
+  echo "127.0.0.1 $TLS_HOST" >>/etc/hosts
+fi
 
 # Anything still running when the time budget is spent is stopped by the trap.
 # (The sleep must not hold our stdout open, or a pipeline reading it waits for the sleep.)
@@ -120,6 +135,21 @@ $(upstream_servers "$@")
 CONF
     for ((r = 0; r < routes; r++)); do printf '    location /r%d/ { proxy_pass http://up; }\n' "$r"; done
     echo "  }"
+    # HTTPS as sluice serves it: TLS 1.2 and 1.3, no session tickets (rustls issues none by
+    # default), so every new connection is a full handshake on both.
+    cat <<CONF
+  server {
+    listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
+    ssl_certificate $work/tls/cert.pem;
+    ssl_certificate_key $work/tls/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_tickets off;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host \$host;
+    location / { proxy_pass http://up; }
+  }
+CONF
     echo "}"
   } >"$d/nginx.conf.tmp"
   mv "$d/nginx.conf.tmp" "$d/nginx.conf"
@@ -148,6 +178,52 @@ write_sluice_manifests() { # ROUTES [READY...] (one ready flag per upstream, def
   write_auth_manifests "$d"
   write_limit_manifests "$d"
   write_balancer_manifests "$d"
+  write_edge_manifests "$d"
+}
+
+# The cache and tls scenarios' routes: /cached/ answered from the cache (one key, stored by
+# the first request), and the HTTPS host with the bench certificate.
+write_edge_manifests() { # DIR
+  local cert key
+  cert=$(sed 's/^/    /' "$work/tls/cert.pem")
+  key=$(sed 's/^/    /' "$work/tls/key.pem")
+  cat >"$1/edge.yaml.tmp" <<EOF
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-tls, namespace: default}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+$cert
+  tls.key: |
+$key
+---
+apiVersion: sluice.dev/v1alpha1
+kind: GatewayRoute
+metadata: {name: edge, namespace: default}
+spec:
+  rules:
+  - name: cached
+    matches: [{path: {type: PathPrefix, value: /cached/}}]
+    cache: {ttl: 1h}
+    backendRefs: [{name: up, port: 80}]
+  - name: filters
+    matches: [{path: {type: PathPrefix, value: /filters/}}]
+    filters:
+      cors: {allowOrigins: ["https://app.example.com"]}
+      securityHeaders: {}
+    backendRefs: [{name: up, port: 80}]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: GatewayRoute
+metadata: {name: tls, namespace: default}
+spec:
+  hostnames: [$TLS_HOST]
+  tls: [{secretName: bench-tls}]
+  rules:
+  - backendRefs: [{name: up, port: 80}]
+EOF
+  mv "$1/edge.yaml.tmp" "$1/edge.yaml"
 }
 
 # The balancers and failover scenarios' routes: one rule per balancer, one with every traffic
@@ -279,7 +355,7 @@ start_proxies() { # ROUTES
   [ "${ACCESS_LOG:-off}" = on ] && access=json
   SLUICE_LOG=warn taskset -c 0 "$SLUICE" run --manifests "$work/manifests" --workers 1 \
     --access-log "$access" --listen "127.0.0.1:$SLUICE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-    --redis "redis://127.0.0.1:$REDIS_PORT/0" \
+    --redis "redis://127.0.0.1:$REDIS_PORT/0" --listen-tls "127.0.0.1:$SLUICE_TLS_PORT" \
     >"$work/sluice-access.log" 2>>"$work/sluice.log" &
   sluice_pid=$!
   pids+=("$sluice_pid")
@@ -487,6 +563,36 @@ limits_rounds() {
   done
 }
 
+cache_rounds() {
+  local round
+  for round in $(seq "$ROUNDS"); do
+    log "  round $round/$ROUNDS"
+    wrk_run cache-proxied /r0/x sluice
+    wrk_run cache-filters /filters/x sluice -H "Origin: https://app.example.com"
+    wrk_run cache-hit /cached/x sluice
+  done
+}
+
+# tls_run TARGET: keep-alive requests over HTTPS, then one request per connection (a full
+# handshake each: requests/s is handshakes/s).
+tls_port_of() { [ "$1" = nginx ] && echo "$NGINX_TLS_PORT" || echo "$SLUICE_TLS_PORT"; }
+tls_run() {
+  local target=$1 url out before after total cpu
+  url="https://$TLS_HOST:$(tls_port_of "$target")/r0/x"
+  before=$(cpu_ticks "$target")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")
+  after=$(cpu_ticks "$target")
+  total=$(awk '/requests in/ {print $1}' <<<"$out")
+  cpu=$(awk -v t=$((after - before)) -v hz="$clk" -v n="$total" 'BEGIN {printf "%.2f", t / hz / n * 100000}')
+  echo "$(wrk_summary "$out") $cpu $(peak_rss_mib "$target")" >>"$work/res/tls-keepalive-$target"
+  before=$(cpu_ticks "$target")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Connection: close" "$url")
+  after=$(cpu_ticks "$target")
+  total=$(awk '/requests in/ {print $1}' <<<"$out")
+  cpu=$(awk -v t=$((after - before)) -v hz="$clk" -v n="$total" 'BEGIN {printf "%.2f", t / hz / n * 100000}')
+  echo "$(wrk_summary "$out") $cpu $(peak_rss_mib "$target")" >>"$work/res/tls-handshake-$target"
+}
+
 # balancers_rounds: each balancer's route of sluice, and the one with every feature on,
 # alternating; each round starts one variant later, so that no variant always runs first.
 balancers_rounds() {
@@ -578,6 +684,19 @@ for scenario in $SCENARIOS; do
       done
       warm /r0/x; limits_rounds ;;
     balancers) start_proxies 1; warm /rr/x; balancers_rounds ;;
+    cache)
+      start_proxies 1
+      curl -s -o /dev/null "http://127.0.0.1:$SLUICE_PORT/cached/x"
+      [ "$(curl -s -D - -o /dev/null "http://127.0.0.1:$SLUICE_PORT/cached/x" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache" {print $2}')" = HIT ] ||
+        { log "  /cached/x is not answered from the cache"; exit 1; }
+      warm /r0/x; cache_rounds ;;
+    tls)
+      start_proxies 1
+      for t in nginx sluice; do
+        curl -fsS -o /dev/null --cacert "$work/tls/cert.pem" "https://$TLS_HOST:$(tls_port_of $t)/r0/x" ||
+          { log "  $t does not serve https://$TLS_HOST:$(tls_port_of $t)/ (is $TLS_HOST in /etc/hosts?)"; exit 1; }
+      done
+      alternate tls_run ;;
     failover)
       for round in $(seq "$ROUNDS"); do log "  round $round/$ROUNDS"; failover_run; done ;;
     *) log "unknown scenario $scenario"; exit 64 ;;
@@ -620,6 +739,32 @@ for scenario in $SCENARIOS; do
       awk -v v="$v" -v a="$(col $f 1)" -v b="$(col balancers-rr-sluice 1)" -v c="$(col $f 6)" -v d="$(col balancers-rr-sluice 6)" \
         -v p50="$(col $f 2)" -v p99="$(col $f 3)" -v bad="$(col $f 4)" \
         'BEGIN {printf "| %s | %s | %s | %s | %s | %s | %.3fx | %.3fx |\n", v, a, p50, p99, bad, c, a / b, c / d}'
+    done
+    continue
+  fi
+  if [ "$scenario" = cache ] && [ -s "$work/res/cache-proxied-sluice" ]; then
+    printf '\n### cache (sluice: a proxied request; the same with CORS and security headers; a cache hit)\n\n'
+    printf '| route | requests/s | p50 ms | p99 ms | non-2xx | CPU s / 100k | vs proxied: throughput | CPU |\n|---|---|---|---|---|---|---|---|\n'
+    for v in proxied filters hit; do
+      f=cache-$v-sluice
+      awk -v v="$v" -v a="$(col $f 1)" -v b="$(col cache-proxied-sluice 1)" -v c="$(col $f 6)" -v d="$(col cache-proxied-sluice 6)" \
+        -v p50="$(col $f 2)" -v p99="$(col $f 3)" -v bad="$(col $f 4)" \
+        'BEGIN {printf "| %s | %s | %s | %s | %s | %s | %.2fx | %.2fx |\n", v, a, p50, p99, bad, c, a / b, c / d}'
+    done
+    continue
+  fi
+  if [ "$scenario" = tls ] && [ -s "$work/res/tls-keepalive-nginx" ]; then
+    for kind in keepalive handshake; do
+      printf '\n### tls-%s (%s)\n\n' "$kind" \
+        "$([ $kind = keepalive ] && echo 'keep-alive requests over HTTPS' || echo 'a new TLS connection per request: requests/s = full handshakes/s')"
+      printf '| target | requests/s | p50 ms | p99 ms | non-2xx | socket errors | CPU s / 100k | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n'
+      for t in nginx sluice; do
+        f=tls-$kind-$t
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$(col $f 1)" "$(col $f 2)" "$(col $f 3)" \
+          "$(col $f 4)" "$(col $f 5)" "$(col $f 6)" "$(col $f 7)"
+      done
+      awk -v a="$(col tls-$kind-sluice 1)" -v b="$(col tls-$kind-nginx 1)" -v c="$(col tls-$kind-sluice 6)" -v d="$(col tls-$kind-nginx 6)" \
+        'BEGIN {if (b > 0 && d > 0) printf "\nsluice / nginx: throughput %.2fx, CPU per request %.2fx\n", a / b, c / d}'
     done
     continue
   fi

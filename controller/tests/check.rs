@@ -214,3 +214,29 @@ fn check_names_the_edge_mistakes_a_browser_or_a_tls_client_would_find_later() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_yaml_syntax_error_names_its_line_once() {
+    let d = dir("yaml-syntax");
+    std::fs::write(
+        d.join("bad.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a\nspec: [\n",
+    )
+    .expect("write");
+    let out = sluice_check(&d);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("invalid YAML"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("bad.yaml:4: invalid YAML: did not find expected ',' or '}'"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("at line"),
+        "the line is given once, in the prefix: {line}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -153,7 +153,8 @@ impl CachePolicy {
         headers: &mut HeaderMap,
     ) -> Lookup {
         let head = method == Method::HEAD;
-        if !(head || method == Method::GET) {
+        // A WebSocket handshake is a GET too, and must reach the backend.
+        if !(head || method == Method::GET) || headers.contains_key(http::header::UPGRADE) {
             return Lookup::Upstream;
         }
         let Some(store) = self.store.get() else {

@@ -440,12 +440,15 @@ fn document_start(text: &str, index: usize) -> Option<usize> {
 }
 
 /// serde_yaml appends " at line L column C"; the line is reported separately.
+/// The error without the positions libyaml writes into it (the problem's and its context's):
+/// the line is already in the `file:line:` prefix, and saying it again (or a second line, the
+/// context's) reads as two places to look.
 fn strip_location(e: &serde_yaml::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" at line ") {
-        Some(i) => s[..i].to_owned(),
-        None => s,
-    }
+    static POSITION: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let position = POSITION.get_or_init(|| {
+        regex::Regex::new(r" at line [0-9]+ column [0-9]+").expect("a valid pattern")
+    });
+    position.replace_all(&e.to_string(), "").into_owned()
 }
 
 fn digest(text: &str) -> u64 {

@@ -47,6 +47,18 @@ impl moka::Expiry<Key, Arc<Entry>> for StaleAt {
     fn expire_after_create(&self, _: &Key, entry: &Arc<Entry>, _: Instant) -> Option<Duration> {
         Some(entry.remaining(SystemTime::now()))
     }
+
+    // A refreshed entry (a client's `no-cache`) lives as long as the new response says, not
+    // what was left of the old one's time.
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        entry: &Arc<Entry>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.remaining(SystemTime::now()))
+    }
 }
 
 impl CacheStore {
@@ -210,5 +222,52 @@ impl Drop for FillGuard {
         }
         drop(fills);
         self.tx.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+
+    fn entry(fresh_for: Duration) -> Entry {
+        Entry {
+            rule: 1,
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"x"),
+            stored_at: SystemTime::now(),
+            fresh_for,
+            initial_age: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refreshed_entry_lives_as_long_as_its_new_response_says() {
+        let store = CacheStore::new(1 << 20, None, &Registry::new());
+        store.put_local(7, entry(Duration::from_millis(50)));
+        store.put_local(7, entry(Duration::from_secs(60)));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(
+            store.get(7, 1, false).await.is_some(),
+            "expired on the old entry's clock"
+        );
+        assert!(
+            store.get(7, 2, false).await.is_none(),
+            "another rule's id never matches"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_filler_waits_and_is_woken_when_the_first_gives_up() {
+        let store = Arc::new(CacheStore::new(1 << 20, None, &Registry::new()));
+        let first = store.fill(9).expect("the first request fills");
+        let Err(mut done) = store.fill(9) else {
+            panic!("a second filler was let in");
+        };
+        drop(first);
+        assert!(done.wait_for(|d| *d).await.is_ok());
+        assert!(store.fill(9).is_ok(), "the key is free again");
     }
 }
