@@ -24,6 +24,9 @@
 # with one request per connection; needs bench.sluice.test in /etc/hosts for SNI, which the
 # script adds when it may write the file).
 #
+# SLUICE_B=/path/to/another/sluice with SCENARIOS=ab: that build and this one side by side on
+# the plain route (one at a time on core 0, alternating), to measure a change's cost in one run.
+#
 # BALANCERS="rr lr" limits the balancers scenario to those variants (more rounds of an A/B in
 # the same time).
 #
@@ -365,16 +368,40 @@ start_proxies() { # ROUTES
   wait_for "http://127.0.0.1:$SLUICE_PORT/r$last/x"
 }
 stop_proxies() {
+  [ -n "$sluice_b_pid" ] && kill "$sluice_b_pid" 2>/dev/null && wait "$sluice_b_pid" 2>/dev/null || true
+  sluice_b_pid=""
   [ -n "$nginx_pid" ] && kill "$nginx_pid" 2>/dev/null && wait "$nginx_pid" 2>/dev/null || true
   [ -n "$sluice_pid" ] && kill "$sluice_pid" 2>/dev/null && wait "$sluice_pid" 2>/dev/null || true
   nginx_pid="" sluice_pid=""
 }
 
 # Every process of a proxy: nginx's master and its worker(s), or sluice.
-proxy_pids() { [ "$1" = nginx ] && echo "$nginx_pid $(pgrep -P "$nginx_pid" | tr '\n' ' ')" || echo "$sluice_pid"; }
+proxy_pids() {
+  case $1 in
+    nginx) echo "$nginx_pid $(pgrep -P "$nginx_pid" | tr '\n' ' ')" ;;
+    sluiceb) echo "$sluice_b_pid" ;;
+    *) echo "$sluice_pid" ;;
+  esac
+}
 cpu_ticks() { local t=0 p; for p in $(proxy_pids "$1"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo $t; }
 peak_rss_mib() { local k=0 p; for p in $(proxy_pids "$1"); do k=$((k + $(awk '/VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo $((k / 1024)); }
-port_of() { [ "$1" = nginx ] && echo "$NGINX_PORT" || echo "$SLUICE_PORT"; }
+port_of() {
+  case $1 in
+    nginx) echo "$NGINX_PORT" ;;
+    sluiceb) echo "$((BASE_PORT + 6))" ;;
+    *) echo "$SLUICE_PORT" ;;
+  esac
+}
+sluice_b_pid=
+start_sluice_b() {
+  SLUICE_LOG=warn taskset -c 0 "$SLUICE_B" run --manifests "$work/manifests" --workers 1 \
+    --access-log "$([ "${ACCESS_LOG:-off}" = on ] && echo json || echo off)" \
+    --listen "127.0.0.1:$((BASE_PORT + 6))" --admin-listen "127.0.0.1:$((BASE_PORT + 7))" \
+    >"$work/sluice-b-access.log" 2>>"$work/sluice-b.log" &
+  sluice_b_pid=$!
+  pids+=("$sluice_b_pid")
+  wait_for "http://127.0.0.1:$((BASE_PORT + 6))/r0/x"
+}
 clk=$(getconf CLK_TCK)
 to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) {sub(/us$/, "", v); printf "%.3f", v / 1000} else if (v ~ /ms$/) {sub(/ms$/, "", v); printf "%.3f", v} else {sub(/s$/, "", v); printf "%.3f", v * 1000} }'; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
@@ -684,6 +711,14 @@ for scenario in $SCENARIOS; do
       done
       warm /r0/x; limits_rounds ;;
     balancers) start_proxies 1; warm /rr/x; balancers_rounds ;;
+    ab)
+      if [ -z "${SLUICE_B:-}" ]; then log "  skipped: set SLUICE_B to the other build"; continue; fi
+      start_proxies 1; start_sluice_b; warm /r0/x
+      for round in $(seq "$ROUNDS"); do
+        log "  round $round/$ROUNDS"
+        wrk_run ab-b /r0/x sluiceb
+        wrk_run ab-a /r0/x sluice
+      done ;;
     cache)
       start_proxies 1
       curl -s -o /dev/null "http://127.0.0.1:$SLUICE_PORT/cached/x"
@@ -740,6 +775,15 @@ for scenario in $SCENARIOS; do
         -v p50="$(col $f 2)" -v p99="$(col $f 3)" -v bad="$(col $f 4)" \
         'BEGIN {printf "| %s | %s | %s | %s | %s | %s | %.3fx | %.3fx |\n", v, a, p50, p99, bad, c, a / b, c / d}'
     done
+    continue
+  fi
+  if [ "$scenario" = ab ] && [ -s "$work/res/ab-a-sluice" ]; then
+    printf '\n### ab (plain route: this build against SLUICE_B=%s)\n\n' "$SLUICE_B"
+    printf '| build | requests/s | p50 ms | p99 ms | non-2xx | CPU s / 100k |\n|---|---|---|---|---|---|\n'
+    printf '| SLUICE_B | %s | %s | %s | %s | %s |\n' "$(col ab-b-sluiceb 1)" "$(col ab-b-sluiceb 2)" "$(col ab-b-sluiceb 3)" "$(col ab-b-sluiceb 4)" "$(col ab-b-sluiceb 6)"
+    printf '| this | %s | %s | %s | %s | %s |\n' "$(col ab-a-sluice 1)" "$(col ab-a-sluice 2)" "$(col ab-a-sluice 3)" "$(col ab-a-sluice 4)" "$(col ab-a-sluice 6)"
+    awk -v a="$(col ab-a-sluice 1)" -v b="$(col ab-b-sluiceb 1)" -v c="$(col ab-a-sluice 6)" -v d="$(col ab-b-sluiceb 6)" \
+      'BEGIN {if (b > 0 && d > 0) printf "\nthis / SLUICE_B: throughput %.3fx, CPU per request %.3fx\n", a / b, c / d}'
     continue
   fi
   if [ "$scenario" = cache ] && [ -s "$work/res/cache-proxied-sluice" ]; then
