@@ -87,6 +87,11 @@ MUST_REFUSE = [
     ("limitKeys 0", {"limitKeys": 0}, "limitKeys"),
     ("retryBuffer with a space and a non-Kubernetes unit", {"retryBuffer": "64 KB"}, "retryBuffer"),
     ("retryBuffer as a decimal", {"retryBuffer": "1.5Mi"}, "retryBuffer"),
+    ("cacheSize with a space", {"cacheSize": "64 MB"}, "cacheSize"),
+    ("otlpEndpoint without a scheme", {"otlpEndpoint": "otel-collector:4318"}, "otlpEndpoint"),
+    ("accessLogSample above 1", {"accessLogSample": 5}, "accessLogSample"),
+    ("containerPorts.https equal to http", {"containerPorts": {"https": 8080}},
+     "containerPorts.https must differ"),
 ]
 
 # The env the Redis, trusted-proxy, key-limit and retry-buffer values render, restated: (label,
@@ -282,6 +287,17 @@ def check_contract(objs: list[Any], values: dict[str, Any], res: Result) -> None
          plain("SLUICE_LIMIT_KEYS", None if limit is None else str(int(limit)))),
         ("SLUICE_RETRY_BUFFER = retryBuffer",
          plain("SLUICE_RETRY_BUFFER", values.get("retryBuffer"))),
+        ("SLUICE_CACHE_SIZE = cacheSize", plain("SLUICE_CACHE_SIZE", values.get("cacheSize"))),
+        ("SLUICE_OTLP_ENDPOINT = otlpEndpoint",
+         plain("SLUICE_OTLP_ENDPOINT", values.get("otlpEndpoint"))),
+        ("SLUICE_ACCESS_LOG_SAMPLE = accessLogSample",
+         plain("SLUICE_ACCESS_LOG_SAMPLE",
+               None if values.get("accessLogSample") is None else str(values["accessLogSample"]))),
+        ("SLUICE_LISTEN_TLS on the https port",
+         env.get("SLUICE_LISTEN_TLS", {}).get("value") == f"0.0.0.0:{ports.get('https')}"),
+        ("SLUICE_HTTPS_REDIRECT_PORT = service.httpsPort when not 443",
+         plain("SLUICE_HTTPS_REDIRECT_PORT",
+               None if values["service"]["httpsPort"] == 443 else str(values["service"]["httpsPort"]))),
     ] if not good]
     res.check(not rl_problems,
               "env: Redis, trusted proxies, limit keys, retry buffer as the values say",
@@ -315,8 +331,10 @@ def check_contract(objs: list[Any], values: dict[str, Any], res: Result) -> None
     gw = svcs.get("gateway")
     res.check(gw is not None and gw["spec"]["type"] == values["service"]["type"] and
               subset(gw["spec"]["selector"], pod_labels) and
-              [p["targetPort"] for p in gw["spec"]["ports"]] == ["http"],
-              "gateway Service selects the pods and exposes only the proxy port")
+              [p["targetPort"] for p in gw["spec"]["ports"]] == ["http", "https"] and
+              [p["port"] for p in gw["spec"]["ports"]] ==
+              [values["service"]["port"], values["service"]["httpsPort"]],
+              "gateway Service selects the pods and exposes only the proxy's HTTP and HTTPS ports")
     admin = svcs.get("admin")
     want_admin = values["adminService"]["enabled"] or values["serviceMonitor"]["enabled"]
     res.check((admin is not None) == bool(want_admin) and

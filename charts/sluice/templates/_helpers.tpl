@@ -97,6 +97,12 @@ scripts/chart_check.py (EXPECTED_WATCH_RULES) and the README's RBAC section. */}
 {{- if eq (int .Values.containerPorts.http) (int .Values.containerPorts.admin) -}}
 {{- fail "containerPorts.http and containerPorts.admin must differ" -}}
 {{- end -}}
+{{- if or (eq (int .Values.containerPorts.https) (int .Values.containerPorts.http)) (eq (int .Values.containerPorts.https) (int .Values.containerPorts.admin)) -}}
+{{- fail "containerPorts.https must differ from containerPorts.http and containerPorts.admin" -}}
+{{- end -}}
+{{- if eq (int .Values.service.port) (int .Values.service.httpsPort) -}}
+{{- fail "service.port and service.httpsPort must differ" -}}
+{{- end -}}
 {{- if and (eq .Values.service.type "ClusterIP") .Values.service.externalTrafficPolicy -}}
 {{- fail "service.externalTrafficPolicy applies only to service.type NodePort or LoadBalancer" -}}
 {{- end -}}
