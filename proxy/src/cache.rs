@@ -1,6 +1,6 @@
 //! The `Cache` step: a response cache for a rule's `GET` and `HEAD` requests.
 //!
-//! A key is the rule's cache id (a new one for every change of its route), the host, the
+//! A key is the rule's cache id (a new one for every change of its route), the scheme, the host, the
 //! normalised path, the query, the rule's `vary` request headers and, on a rule that
 //! authenticates, the verified identity as the backend sees it; then the request headers the
 //! stored response's `Vary` names. A hit is answered in the request phase; a miss goes
@@ -166,7 +166,10 @@ impl CachePolicy {
         } else {
             None
         };
-        let primary = key::primary(self.id, host, path, query, &self.vary, headers, identity);
+        let https = ctx.client.tls.is_some();
+        let primary = key::primary(
+            self.id, https, host, path, query, &self.vary, headers, identity,
+        );
         let mut guard = None;
         if control::request_wants_fresh(headers) {
             store.count("bypass");

@@ -32,9 +32,13 @@ fn finish(ctx: Context) -> Key {
     u128::from_be_bytes(first)
 }
 
-/// The key of a request before the response's `Vary` is known.
+/// The key of a request before the response's `Vary` is known. `https` keeps the two schemes
+/// apart: a backend that writes absolute links from `X-Forwarded-Proto` answers them
+/// differently.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn primary(
     rule: u64,
+    https: bool,
     host: &str,
     path: &str,
     query: Option<&str>,
@@ -44,6 +48,7 @@ pub(super) fn primary(
 ) -> Key {
     let mut ctx = Context::new(&SHA256);
     ctx.update(&rule.to_be_bytes());
+    ctx.update(if https { b"s" } else { b"p" });
     part(&mut ctx, host.as_bytes());
     part(&mut ctx, path.as_bytes());
     match query {
@@ -90,21 +95,42 @@ mod tests {
     #[test]
     fn keys_separate_what_they_must() {
         let h = HeaderMap::new();
-        let base = primary(1, "a.test", "/x", Some("q=1"), &[], &h, None);
-        assert_eq!(base, primary(1, "a.test", "/x", Some("q=1"), &[], &h, None));
-        assert_ne!(base, primary(2, "a.test", "/x", Some("q=1"), &[], &h, None));
-        assert_ne!(base, primary(1, "b.test", "/x", Some("q=1"), &[], &h, None));
-        assert_ne!(base, primary(1, "a.test", "/x", None, &[], &h, None));
-        assert_ne!(base, primary(1, "a.test", "/x", Some(""), &[], &h, None));
+        let base = primary(1, false, "a.test", "/x", Some("q=1"), &[], &h, None);
+        assert_eq!(
+            base,
+            primary(1, false, "a.test", "/x", Some("q=1"), &[], &h, None)
+        );
+        assert_ne!(
+            base,
+            primary(2, false, "a.test", "/x", Some("q=1"), &[], &h, None)
+        );
+        assert_ne!(
+            base,
+            primary(1, false, "b.test", "/x", Some("q=1"), &[], &h, None)
+        );
+        assert_ne!(base, primary(1, false, "a.test", "/x", None, &[], &h, None));
+        assert_ne!(
+            base,
+            primary(1, false, "a.test", "/x", Some(""), &[], &h, None)
+        );
         // Parts are length-prefixed: moving bytes between them changes the key.
         assert_ne!(
-            primary(1, "a.test/", "x", None, &[], &h, None),
-            primary(1, "a.test", "/x", None, &[], &h, None)
+            primary(1, false, "a.test/", "x", None, &[], &h, None),
+            primary(1, false, "a.test", "/x", None, &[], &h, None)
         );
         let consumer = Identity::ApiKey("alice".into());
         assert_ne!(
             base,
-            primary(1, "a.test", "/x", Some("q=1"), &[], &h, Some(&consumer))
+            primary(
+                1,
+                false,
+                "a.test",
+                "/x",
+                Some("q=1"),
+                &[],
+                &h,
+                Some(&consumer)
+            )
         );
         let lang = HeaderName::from_static("accept-language");
         let mut fr = HeaderMap::new();
@@ -112,5 +138,9 @@ mod tests {
         let names = [lang];
         assert_ne!(full(base, &names, &fr), full(base, &names, &h));
         assert_eq!(full(base, &[], &fr), base);
+        assert_ne!(
+            base,
+            primary(1, true, "a.test", "/x", Some("q=1"), &[], &h, None)
+        );
     }
 }
