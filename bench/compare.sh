@@ -740,43 +740,35 @@ done
 stop_proxies
 
 # --- report -----------------------------------------------------------------------------------
+# ratio_table TITLE COLUMN PREFIX BASELINE FORMAT VARIANTS...: sluice's variants of one scenario
+# (results in PREFIX-VARIANT-sluice), each against BASELINE's throughput and CPU per request.
+ratio_table() {
+  local title=$1 column=$2 prefix=$3 base=$4 fmt=$5 v f
+  shift 5
+  [ -s "$work/res/$prefix-$base-sluice" ] || return 0
+  printf '\n### %s\n\n' "$title"
+  printf '| %s | requests/s | p50 ms | p99 ms | non-2xx | CPU s / 100k | vs %s: throughput | CPU |\n|---|---|---|---|---|---|---|---|\n' \
+    "$column" "$base"
+  for v in "$@"; do
+    f=$prefix-$v-sluice
+    awk -v v="$v" -v a="$(col "$f" 1)" -v b="$(col "$prefix-$base-sluice" 1)" -v c="$(col "$f" 6)" \
+      -v d="$(col "$prefix-$base-sluice" 6)" -v p50="$(col "$f" 2)" -v p99="$(col "$f" 3)" -v bad="$(col "$f" 4)" \
+      -v fmt="$fmt" 'BEGIN {printf "| %s | %s | %s | %s | %s | %s | " fmt "x | " fmt "x |\n", v, a, p50, p99, bad, c, a / b, c / d}'
+  done
+}
 printf '\n%s; %s rounds x %ss per target, alternating; %s connections; medians\n' \
   "$(date -u +%Y-%m-%d) $(nproc) cores" "$ROUNDS" "$DURATION" "$CONNECTIONS"
 printf 'access logs: %s\n' "${ACCESS_LOG:-off}"
 for scenario in $SCENARIOS; do
-  if [ "$scenario" = auth ] && [ -s "$work/res/auth-open-sluice" ]; then
-    printf '\n### auth (sluice: the same credential on every request)\n\n'
-    printf '| route | requests/s | p50 ms | p99 ms | non-2xx | CPU s / 100k | vs open: throughput | CPU |\n|---|---|---|---|---|---|---|---|\n'
-    for v in open jwt apikey; do
-      f=auth-$v-sluice
-      awk -v v="$v" -v a="$(col $f 1)" -v b="$(col auth-open-sluice 1)" -v c="$(col $f 6)" -v d="$(col auth-open-sluice 6)" \
-        -v p50="$(col $f 2)" -v p99="$(col $f 3)" -v bad="$(col $f 4)" \
-        'BEGIN {printf "| %s | %s | %s | %s | %s | %s | %.2fx | %.2fx |\n", v, a, p50, p99, bad, c, a / b, c / d}'
-    done
-    continue
-  fi
-  if [ "$scenario" = limits ] && [ -s "$work/res/limits-none-sluice" ]; then
-    printf '\n### limits (sluice: one rate limit per client address, never reached)\n\n'
-    printf '| route | requests/s | p50 ms | p99 ms | non-2xx | CPU s / 100k | vs none: throughput | CPU |\n|---|---|---|---|---|---|---|---|\n'
-    for v in none local global; do
-      f=limits-$v-sluice
-      awk -v v="$v" -v a="$(col $f 1)" -v b="$(col limits-none-sluice 1)" -v c="$(col $f 6)" -v d="$(col limits-none-sluice 6)" \
-        -v p50="$(col $f 2)" -v p99="$(col $f 3)" -v bad="$(col $f 4)" \
-        'BEGIN {printf "| %s | %s | %s | %s | %s | %s | %.2fx | %.2fx |\n", v, a, p50, p99, bad, c, a / b, c / d}'
-    done
-    continue
-  fi
-  if [ "$scenario" = balancers ] && [ -s "$work/res/balancers-rr-sluice" ]; then
-    printf '\n### balancers (sluice: three upstreams; full = LeastRequest + retries + passive health + circuit limits)\n\n'
-    printf '| balancer | requests/s | p50 ms | p99 ms | non-2xx | CPU s / 100k | vs RoundRobin: throughput | CPU |\n|---|---|---|---|---|---|---|---|\n'
-    for v in ${BALANCERS:-rr lr random hash full}; do
-      f=balancers-$v-sluice
-      awk -v v="$v" -v a="$(col $f 1)" -v b="$(col balancers-rr-sluice 1)" -v c="$(col $f 6)" -v d="$(col balancers-rr-sluice 6)" \
-        -v p50="$(col $f 2)" -v p99="$(col $f 3)" -v bad="$(col $f 4)" \
-        'BEGIN {printf "| %s | %s | %s | %s | %s | %s | %.3fx | %.3fx |\n", v, a, p50, p99, bad, c, a / b, c / d}'
-    done
-    continue
-  fi
+  case $scenario in
+    auth) ratio_table "auth (sluice: the same credential on every request)" route auth open %.2f open jwt apikey ;;
+    limits) ratio_table "limits (sluice: one rate limit per client address, never reached)" route limits none %.2f none local global ;;
+    balancers) ratio_table "balancers (sluice: three upstreams; full = LeastRequest + retries + passive health + circuit limits)" \
+      balancer balancers rr %.3f ${BALANCERS:-rr lr random hash full} ;;
+    cache) ratio_table "cache (sluice: a proxied request; the same with CORS and security headers; a cache hit)" \
+      route cache proxied %.2f proxied filters hit ;;
+  esac
+  case $scenario in auth | limits | balancers | cache) continue ;; esac
   if [ "$scenario" = ab ] && [ -s "$work/res/ab-a-sluice" ]; then
     printf '\n### ab (plain route: this build against SLUICE_B=%s)\n\n' "$SLUICE_B"
     printf '| build | requests/s | p50 ms | p99 ms | non-2xx | CPU s / 100k |\n|---|---|---|---|---|---|\n'
@@ -784,17 +776,6 @@ for scenario in $SCENARIOS; do
     printf '| this | %s | %s | %s | %s | %s |\n' "$(col ab-a-sluice 1)" "$(col ab-a-sluice 2)" "$(col ab-a-sluice 3)" "$(col ab-a-sluice 4)" "$(col ab-a-sluice 6)"
     awk -v a="$(col ab-a-sluice 1)" -v b="$(col ab-b-sluiceb 1)" -v c="$(col ab-a-sluice 6)" -v d="$(col ab-b-sluiceb 6)" \
       'BEGIN {if (b > 0 && d > 0) printf "\nthis / SLUICE_B: throughput %.3fx, CPU per request %.3fx\n", a / b, c / d}'
-    continue
-  fi
-  if [ "$scenario" = cache ] && [ -s "$work/res/cache-proxied-sluice" ]; then
-    printf '\n### cache (sluice: a proxied request; the same with CORS and security headers; a cache hit)\n\n'
-    printf '| route | requests/s | p50 ms | p99 ms | non-2xx | CPU s / 100k | vs proxied: throughput | CPU |\n|---|---|---|---|---|---|---|---|\n'
-    for v in proxied filters hit; do
-      f=cache-$v-sluice
-      awk -v v="$v" -v a="$(col $f 1)" -v b="$(col cache-proxied-sluice 1)" -v c="$(col $f 6)" -v d="$(col cache-proxied-sluice 6)" \
-        -v p50="$(col $f 2)" -v p99="$(col $f 3)" -v bad="$(col $f 4)" \
-        'BEGIN {printf "| %s | %s | %s | %s | %s | %s | %.2fx | %.2fx |\n", v, a, p50, p99, bad, c, a / b, c / d}'
-    done
     continue
   fi
   if [ "$scenario" = tls ] && [ -s "$work/res/tls-keepalive-nginx" ]; then

@@ -92,6 +92,15 @@ MUST_REFUSE = [
     ("accessLogSample above 1", {"accessLogSample": 5}, "accessLogSample"),
     ("containerPorts.https equal to http", {"containerPorts": {"https": 8080}},
      "containerPorts.https must differ"),
+    ("containerPorts.https equal to admin", {"containerPorts": {"https": 9901}},
+     "containerPorts.https must differ"),
+    ("service.httpsPort equal to service.port", {"service": {"httpsPort": 80}},
+     "service.port and service.httpsPort must differ"),
+    ("httpsNodePort on ClusterIP", {"service": {"type": "ClusterIP", "httpsNodePort": 30443}},
+     "service.httpsNodePort applies only"),
+    ("httpsNodePort equal to nodePort",
+     {"service": {"type": "NodePort", "nodePort": 30080, "httpsNodePort": 30080}},
+     "service.nodePort and service.httpsNodePort must differ"),
 ]
 
 # The env the Redis, trusted-proxy, key-limit and retry-buffer values render, restated: (label,
@@ -290,9 +299,12 @@ def check_contract(objs: list[Any], values: dict[str, Any], res: Result) -> None
         ("SLUICE_CACHE_SIZE = cacheSize", plain("SLUICE_CACHE_SIZE", values.get("cacheSize"))),
         ("SLUICE_OTLP_ENDPOINT = otlpEndpoint",
          plain("SLUICE_OTLP_ENDPOINT", values.get("otlpEndpoint"))),
+        # Compared as numbers: Helm prints 1.0 as "1" and 0.00001 as "1e-05" (both parse in sluice).
         ("SLUICE_ACCESS_LOG_SAMPLE = accessLogSample",
-         plain("SLUICE_ACCESS_LOG_SAMPLE",
-               None if values.get("accessLogSample") is None else str(values["accessLogSample"]))),
+         "SLUICE_ACCESS_LOG_SAMPLE" not in env if values.get("accessLogSample") is None
+         else set(env["SLUICE_ACCESS_LOG_SAMPLE"]) == {"name", "value"} and
+         float(env["SLUICE_ACCESS_LOG_SAMPLE"]["value"]) == float(values["accessLogSample"])
+         if "SLUICE_ACCESS_LOG_SAMPLE" in env else False),
         ("SLUICE_LISTEN_TLS on the https port",
          env.get("SLUICE_LISTEN_TLS", {}).get("value") == f"0.0.0.0:{ports.get('https')}"),
         ("SLUICE_HTTPS_REDIRECT_PORT = service.httpsPort when not 443",
@@ -300,7 +312,8 @@ def check_contract(objs: list[Any], values: dict[str, Any], res: Result) -> None
                None if values["service"]["httpsPort"] == 443 else str(values["service"]["httpsPort"]))),
     ] if not good]
     res.check(not rl_problems,
-              "env: Redis, trusted proxies, limit keys, retry buffer as the values say",
+              "env: Redis, trusted proxies, limit keys, retry buffer, cache, OTLP, access-log "
+              "sample, TLS listener and redirect port as the values say",
               f"wrong: {rl_problems}")
     extra = [f"{k}/{o['metadata']['name']}" for k in NOT_RENDERED_WORKLOADS for o in kinds(k)]
     extra += [f"{o['kind']}/{o['metadata']['name']}" for o in objs

@@ -109,6 +109,12 @@ scripts/chart_check.py (EXPECTED_WATCH_RULES) and the README's RBAC section. */}
 {{- if and (eq .Values.service.type "ClusterIP") (not (kindIs "invalid" .Values.service.nodePort)) -}}
 {{- fail "service.nodePort applies only to service.type NodePort or LoadBalancer" -}}
 {{- end -}}
+{{- if and (eq .Values.service.type "ClusterIP") (not (kindIs "invalid" .Values.service.httpsNodePort)) -}}
+{{- fail "service.httpsNodePort applies only to service.type NodePort or LoadBalancer" -}}
+{{- end -}}
+{{- if and (not (kindIs "invalid" .Values.service.nodePort)) (not (kindIs "invalid" .Values.service.httpsNodePort)) (eq (int .Values.service.nodePort) (int .Values.service.httpsNodePort)) -}}
+{{- fail "service.nodePort and service.httpsNodePort must differ" -}}
+{{- end -}}
 {{- if regexMatch "^[^/]*//[^/@]*:[^/@]*@" .Values.redis.url -}}
 {{- fail "redis.url must not carry a password (anyone who can read the Deployment would see it): put it in a Secret and set redis.passwordSecret" -}}
 {{- end -}}
