@@ -281,6 +281,7 @@ def check_contract(objs: list[Any], values: dict[str, Any], res: Result) -> None
     secret = redis.get("passwordSecret") or {}
     limit = values.get("limitKeys")
     plain = lambda n, v: env.get(n) == {"name": n, "value": v} if v else n not in env  # noqa: E731
+    sample = env.get("SLUICE_ACCESS_LOG_SAMPLE") or {}
     rl_problems = [name for name, good in [
         ("SLUICE_REDIS = redis.url", plain("SLUICE_REDIS", redis.get("url"))),
         ("SLUICE_REDIS_TIMEOUT = redis.timeout",
@@ -302,9 +303,8 @@ def check_contract(objs: list[Any], values: dict[str, Any], res: Result) -> None
         # Compared as numbers: Helm prints 1.0 as "1" and 0.00001 as "1e-05" (both parse in sluice).
         ("SLUICE_ACCESS_LOG_SAMPLE = accessLogSample",
          "SLUICE_ACCESS_LOG_SAMPLE" not in env if values.get("accessLogSample") is None
-         else set(env["SLUICE_ACCESS_LOG_SAMPLE"]) == {"name", "value"} and
-         float(env["SLUICE_ACCESS_LOG_SAMPLE"]["value"]) == float(values["accessLogSample"])
-         if "SLUICE_ACCESS_LOG_SAMPLE" in env else False),
+         else set(sample) == {"name", "value"} and
+         float(sample["value"]) == float(values["accessLogSample"])),
         ("SLUICE_LISTEN_TLS on the https port",
          env.get("SLUICE_LISTEN_TLS", {}).get("value") == f"0.0.0.0:{ports.get('https')}"),
         ("SLUICE_HTTPS_REDIRECT_PORT = service.httpsPort when not 443",
