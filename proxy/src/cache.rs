@@ -167,10 +167,22 @@ impl CachePolicy {
             None
         };
         let https = ctx.client.tls.is_some();
+        // The host as the backend receives it (port and spelling included), not the routed form.
+        let upstream_host = headers
+            .get(http::header::HOST)
+            .map_or(host.as_bytes(), HeaderValue::as_bytes);
         let primary = key::primary(
-            self.id, https, host, path, query, &self.vary, headers, identity,
+            self.id,
+            https,
+            upstream_host,
+            path,
+            query,
+            &self.vary,
+            headers,
+            identity,
         );
         let mut guard = None;
+        let no_store = control::Directives::of(headers).no_store;
         if control::request_wants_fresh(headers) {
             store.count("bypass");
         } else {
@@ -185,7 +197,9 @@ impl CachePolicy {
                         pending: None,
                     });
                     let now = SystemTime::now();
-                    let fresh = control::not_modified(headers, entry.etag(), entry.last_modified());
+                    // Conditionals apply to 2xx only (RFC 9110 section 13.2.2).
+                    let fresh = entry.status.is_success()
+                        && control::not_modified(headers, entry.etag(), entry.last_modified());
                     let mut response = entry.to_response(now, head, fresh);
                     response
                         .headers_mut()
@@ -218,7 +232,8 @@ impl CachePolicy {
             }
             store.count("miss");
         }
-        let pending = (!head).then(|| {
+        // A client's `no-store`: fetched afresh and not stored (RFC 9111 section 5.2.1.5).
+        let pending = (!head && !no_store).then(|| {
             // The backend is asked for the whole response, to store; a conditional the client
             // sent would make it answer 304 with nothing to keep.
             let request = headers.clone();
@@ -291,8 +306,10 @@ impl CachePolicy {
         let mut headers = response.headers().clone();
         let initial_age = headers
             .remove(AGE)
-            .and_then(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()))
-            .map_or(Duration::ZERO, Duration::from_secs);
+            .and_then(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()))
+            .map_or(Duration::ZERO, |s| {
+                Duration::from_secs(s.min(control::MAX_AGE_SECS))
+            });
         let entry = Entry {
             rule: self.id,
             status: response.status(),

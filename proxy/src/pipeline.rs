@@ -198,6 +198,19 @@ async fn request_phases<'a>(
         headers: &parts.headers,
     };
     let mut found = snapshot.router.find(&view);
+    // Only a rule that answers preflights takes one routed as its announced method; any other
+    // gets the OPTIONS request as sent, through whatever rule matches OPTIONS.
+    if found.is_some_and(|c| {
+        preflight_of.is_some()
+            && !snapshot
+                .rule(c.rule)
+                .policy
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::Cors(_)))
+    }) {
+        found = None;
+    }
     if found.is_none() && preflight_of.is_some() {
         // No rule serves the asked method: a rule matching `OPTIONS` itself may still answer.
         view.method = &parts.method;

@@ -214,6 +214,10 @@ async fn no_store_private_no_cache_set_cookie_and_authorised_responses_are_not_s
         // The rule does not authenticate: a request carrying Authorization is personal unless
         // the backend says a shared cache may keep it.
         ("/f", &[("authorization", "Bearer t")][..]),
+        // A cookie is a credential the backend may check itself: the same holds.
+        ("/h", &[("cookie", "sid=alice")][..]),
+        // The client said not to store it.
+        ("/i", &[("cache-control", "no-store")][..]),
     ]
     .into_iter()
     .enumerate()

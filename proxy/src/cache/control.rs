@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use http::header::{
-    AUTHORIZATION, CACHE_CONTROL, EXPIRES, HeaderMap, HeaderName, HeaderValue, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, PRAGMA, SET_COOKIE, VARY,
+    AUTHORIZATION, CACHE_CONTROL, COOKIE, EXPIRES, HeaderMap, HeaderName, HeaderValue,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, PRAGMA, SET_COOKIE, VARY,
 };
 
 use crate::headers::list_items;
@@ -71,7 +71,8 @@ impl Directives {
 /// or `max-age=0`, or `Pragma: no-cache` without a `Cache-Control`.
 pub fn request_wants_fresh(headers: &HeaderMap) -> bool {
     let d = Directives::of(headers);
-    d.no_cache
+    d.no_store
+        || d.no_cache
         || d.max_age == Some(0)
         || (!headers.contains_key(CACHE_CONTROL)
             && list_items(headers, &PRAGMA, ',').any(|p| p.eq_ignore_ascii_case("no-cache")))
@@ -130,13 +131,24 @@ pub fn freshness(
     // RFC 9111 section 3.5: a shared cache keeps a response to an authorised request only when
     // the response says so. On a rule that authenticates, the verified identity is part of
     // the key instead.
+    // A cookie is a credential the backend may check itself: the same rule, without the
+    // backend's leave, as for `Authorization`.
     if !authenticated_rule
-        && request.contains_key(AUTHORIZATION)
+        && (request.contains_key(AUTHORIZATION) || request.contains_key(COOKIE))
         && !(d.public || d.s_maxage.is_some() || d.must_revalidate)
     {
         return Err(NotStored::Authorization);
     }
-    let fresh = match (d.s_maxage, d.max_age) {
+    // The response's `Age` (clamped, RFC 9111 section 1.2.2) is time already spent.
+    let age = Duration::from_secs(
+        response
+            .get(http::header::AGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            .min(MAX_AGE_SECS),
+    );
+    let lifetime = match (d.s_maxage, d.max_age) {
         (Some(s), _) => Duration::from_secs(s),
         (None, Some(m)) => Duration::from_secs(m),
         (None, None) => match response.get(EXPIRES) {
@@ -150,11 +162,15 @@ pub fn freshness(
             None => default_ttl,
         },
     };
+    let fresh = lifetime.saturating_sub(age);
     if fresh.is_zero() {
         return Err(NotStored::NoFreshness);
     }
     Ok(fresh)
 }
+
+/// Largest `Age` taken at its word (2^31 seconds, as RFC 9111 section 1.2.2 allows).
+pub const MAX_AGE_SECS: u64 = 1 << 31;
 
 /// Most header names a response's `Vary` may name before the cache gives up on it.
 const MAX_VARY: usize = 8;
@@ -257,6 +273,20 @@ mod tests {
             Err(NotStored::NoFreshness)
         );
         assert_eq!(fresh(&[("expires", "0")]), Err(NotStored::NoFreshness));
+        // Time the response already spent upstream counts against its lifetime.
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=60"), ("age", "50")]),
+            Ok(Duration::from_secs(10))
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=60"), ("age", "120")]),
+            Err(NotStored::NoFreshness)
+        );
+        assert_eq!(
+            fresh(&[("age", "18446744073709551615")]),
+            Err(NotStored::NoFreshness),
+            "a huge Age is clamped, not overflowed"
+        );
     }
 
     #[test]

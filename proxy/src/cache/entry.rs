@@ -42,7 +42,8 @@ impl Entry {
 
     /// Its age now (RFC 9111 section 4.2.3, simplified: the gateway is next to the backend).
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.initial_age + now.duration_since(self.stored_at).unwrap_or_default()
+        self.initial_age
+            .saturating_add(now.duration_since(self.stored_at).unwrap_or_default())
     }
 
     /// True while it may be served without asking the backend.

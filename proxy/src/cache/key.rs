@@ -39,7 +39,7 @@ fn finish(ctx: Context) -> Key {
 pub(super) fn primary(
     rule: u64,
     https: bool,
-    host: &str,
+    host: &[u8],
     path: &str,
     query: Option<&str>,
     vary: &[HeaderName],
@@ -49,7 +49,7 @@ pub(super) fn primary(
     let mut ctx = Context::new(&SHA256);
     ctx.update(&rule.to_be_bytes());
     ctx.update(if https { b"s" } else { b"p" });
-    part(&mut ctx, host.as_bytes());
+    part(&mut ctx, host);
     part(&mut ctx, path.as_bytes());
     match query {
         Some(q) => part(&mut ctx, q.as_bytes()),
@@ -66,6 +66,12 @@ pub(super) fn primary(
         Some(Identity::Token(verified)) => {
             ctx.update(b"token");
             part(&mut ctx, verified.provider_header.as_bytes());
+            // The subject and issuer even when no claim is mapped to a header: the backend may
+            // read the forwarded token itself.
+            for claim in ["iss", "sub"] {
+                let value = verified.claims.get(claim).map(ToString::to_string);
+                part(&mut ctx, value.as_deref().unwrap_or("").as_bytes());
+            }
             for (name, value) in verified.headers.iter() {
                 part(&mut ctx, name.as_str().as_bytes());
                 part(&mut ctx, value.as_bytes());
@@ -95,28 +101,31 @@ mod tests {
     #[test]
     fn keys_separate_what_they_must() {
         let h = HeaderMap::new();
-        let base = primary(1, false, "a.test", "/x", Some("q=1"), &[], &h, None);
+        let base = primary(1, false, b"a.test", "/x", Some("q=1"), &[], &h, None);
         assert_eq!(
             base,
-            primary(1, false, "a.test", "/x", Some("q=1"), &[], &h, None)
+            primary(1, false, b"a.test", "/x", Some("q=1"), &[], &h, None)
         );
         assert_ne!(
             base,
-            primary(2, false, "a.test", "/x", Some("q=1"), &[], &h, None)
+            primary(2, false, b"a.test", "/x", Some("q=1"), &[], &h, None)
         );
         assert_ne!(
             base,
-            primary(1, false, "b.test", "/x", Some("q=1"), &[], &h, None)
+            primary(1, false, b"b.test", "/x", Some("q=1"), &[], &h, None)
         );
-        assert_ne!(base, primary(1, false, "a.test", "/x", None, &[], &h, None));
         assert_ne!(
             base,
-            primary(1, false, "a.test", "/x", Some(""), &[], &h, None)
+            primary(1, false, b"a.test", "/x", None, &[], &h, None)
+        );
+        assert_ne!(
+            base,
+            primary(1, false, b"a.test", "/x", Some(""), &[], &h, None)
         );
         // Parts are length-prefixed: moving bytes between them changes the key.
         assert_ne!(
-            primary(1, false, "a.test/", "x", None, &[], &h, None),
-            primary(1, false, "a.test", "/x", None, &[], &h, None)
+            primary(1, false, b"a.test/", "x", None, &[], &h, None),
+            primary(1, false, b"a.test", "/x", None, &[], &h, None)
         );
         let consumer = Identity::ApiKey("alice".into());
         assert_ne!(
@@ -124,7 +133,7 @@ mod tests {
             primary(
                 1,
                 false,
-                "a.test",
+                b"a.test",
                 "/x",
                 Some("q=1"),
                 &[],
@@ -140,7 +149,7 @@ mod tests {
         assert_eq!(full(base, &[], &fr), base);
         assert_ne!(
             base,
-            primary(1, true, "a.test", "/x", Some("q=1"), &[], &h, None)
+            primary(1, true, b"a.test", "/x", Some("q=1"), &[], &h, None)
         );
     }
 }

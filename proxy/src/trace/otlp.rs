@@ -79,8 +79,12 @@ impl Exporter {
         Ok(Exporter { queue, dropped })
     }
 
-    /// Queues a finished span; drops it (counted) when the queue is full.
+    /// Queues a finished span of a sampled trace (others are not exported); drops it
+    /// (counted) when the queue is full.
     pub fn record(&self, span: Span) {
+        if span.trace.flags & 1 == 0 {
+            return;
+        }
         if self.queue.try_send(span).is_err() {
             self.dropped.inc();
         }
@@ -152,13 +156,19 @@ async fn send_batches(
             .body(Full::new(body));
         let outcome = match request {
             Ok(request) => {
-                match tokio::time::timeout(EXPORT_TIMEOUT, client.request(request)).await {
-                    Ok(Ok(response)) if response.status().is_success() => {
-                        let _ = response.into_body().collect().await;
-                        "sent"
-                    }
-                    Ok(Ok(response)) => {
-                        tracing::debug!(status = %response.status(), "OTLP collector refused spans");
+                let exchange = async {
+                    let response = client.request(request).await?;
+                    let ok = response.status().is_success();
+                    let status = response.status();
+                    // The body is read within the same bound: a collector that stalls it must
+                    // not hold the one sender.
+                    let _ = response.into_body().collect().await;
+                    Ok::<_, hyper_util::client::legacy::Error>((ok, status))
+                };
+                match tokio::time::timeout(EXPORT_TIMEOUT, exchange).await {
+                    Ok(Ok((true, _))) => "sent",
+                    Ok(Ok((false, status))) => {
+                        tracing::debug!(%status, "OTLP collector refused spans");
                         "failed"
                     }
                     Ok(Err(e)) => {
