@@ -75,6 +75,27 @@ pub fn get(addr: SocketAddr, host: &str, path: &str) -> Request<Full<Bytes>> {
         .expect("valid request")
 }
 
+/// `METHOD http://addr{path}` with `Host: h` and `headers`, read whole; panics on transport
+/// errors.
+pub async fn call(
+    client: &HttpClient,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("host", "h");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(client, req.body(Full::default()).expect("valid request"))
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
 /// `GET` and read, panicking on transport errors.
 pub async fn fetch(client: &HttpClient, addr: SocketAddr, host: &str, path: &str) -> Reply {
     send(client, get(addr, host, path))

@@ -6,12 +6,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::Request;
-use http_body_util::Full;
 use sluice_proxy::ProxyConfig;
 use sluice_proxy::limit::SharedStoreConfig;
 use sluice_tests::backend::TestBackend;
-use sluice_tests::client::{self, HttpClient, Reply, send};
+use sluice_tests::client::{self, HttpClient, Reply, call};
 use sluice_tests::eventually;
 use sluice_tests::harness::TestGateway;
 use sluice_tests::manifests::{route, service};
@@ -50,25 +48,6 @@ async fn gateway(backend: &TestBackend, cache: &str) -> TestGateway {
 
 async fn get(c: &HttpClient, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
     call(c, addr, "GET", path, headers).await
-}
-
-async fn call(
-    c: &HttpClient,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .header("host", "h");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    send(c, req.body(Full::default()).expect("request"))
-        .await
-        .expect("response")
 }
 
 fn x_cache(r: &Reply) -> &str {

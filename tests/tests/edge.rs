@@ -1,13 +1,10 @@
 //! CORS, security headers and tracing as browsers, backends and a collector see them.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::Request;
-use http_body_util::Full;
 use sluice_proxy::ProxyConfig;
 use sluice_tests::backend::TestBackend;
-use sluice_tests::client::{self, HttpClient, Reply, send};
+use sluice_tests::client::{self, call};
 use sluice_tests::eventually;
 use sluice_tests::harness::TestGateway;
 use sluice_tests::manifests::{route, service};
@@ -32,25 +29,6 @@ async fn gateway(backend: &TestBackend, filters: &str) -> TestGateway {
     .await
 }
 
-async fn request(
-    c: &HttpClient,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .header("host", "h");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    send(c, req.body(Full::default()).expect("request"))
-        .await
-        .expect("response")
-}
-
 const CORS: &str = "{cors: {allowOrigins: [\"https://app.example.com\", \"https://*.example.org\"], allowMethods: [GET, POST], allowHeaders: [Authorization, Content-Type], exposeHeaders: [X-Request-Id], allowCredentials: true, maxAge: 10m}}";
 
 #[tokio::test]
@@ -59,7 +37,7 @@ async fn an_allowed_preflight_is_answered_by_the_gateway_alone() {
     let gw = gateway(&b, CORS).await;
     let c = client::http1();
     for origin in ["https://app.example.com", "https://eu.shop.example.org"] {
-        let r = request(
+        let r = call(
             &c,
             gw.addr,
             "OPTIONS",
@@ -85,7 +63,7 @@ async fn an_allowed_preflight_is_answered_by_the_gateway_alone() {
     }
     // A rule matching only GET answers the preflight of its GETs: a preflight is routed as
     // the request it asks about.
-    let r = request(
+    let r = call(
         &c,
         gw.addr,
         "OPTIONS",
@@ -128,7 +106,7 @@ async fn preflights_outside_the_policy_are_refused_without_reaching_the_backend(
         if !headers.is_empty() {
             h.push(("access-control-request-headers", headers));
         }
-        let r = request(&c, gw.addr, "OPTIONS", "/api/users", &h).await;
+        let r = call(&c, gw.addr, "OPTIONS", "/api/users", &h).await;
         assert_eq!(r.status, 403, "{origin} {method} {headers}");
         assert!(r.header("access-control-allow-origin").is_none());
         assert!(
@@ -145,7 +123,7 @@ async fn actual_requests_get_the_allow_headers_for_allowed_origins_only() {
     let b = TestBackend::start("b").await;
     let gw = gateway(&b, CORS).await;
     let c = client::http1();
-    let r = request(
+    let r = call(
         &c,
         gw.addr,
         "GET",
@@ -164,7 +142,7 @@ async fn actual_requests_get_the_allow_headers_for_allowed_origins_only() {
         Some("X-Request-Id")
     );
     assert_eq!(r.header("vary"), Some("Origin"));
-    let r = request(
+    let r = call(
         &c,
         gw.addr,
         "GET",
@@ -185,7 +163,7 @@ async fn security_headers_have_defaults_keep_the_backends_and_leave_hsts_to_http
     let b = TestBackend::start("b").await;
     let gw = gateway(&b, "{securityHeaders: {}}").await;
     let c = client::http1();
-    let r = request(&c, gw.addr, "GET", "/api/x", &[]).await;
+    let r = call(&c, gw.addr, "GET", "/api/x", &[]).await;
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(r.header("x-frame-options"), Some("DENY"));
     assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
@@ -195,7 +173,7 @@ async fn security_headers_have_defaults_keep_the_backends_and_leave_hsts_to_http
         "no HSTS over plain HTTP"
     );
     // The backend's own value is kept.
-    let r = request(
+    let r = call(
         &c,
         gw.addr,
         "GET",
@@ -210,7 +188,7 @@ async fn security_headers_have_defaults_keep_the_backends_and_leave_hsts_to_http
         "{securityHeaders: {frameOptions: SAMEORIGIN, remove: [Referrer-Policy], override: true, contentSecurityPolicy: \"default-src 'none'\"}}",
     )
     .await;
-    let r = request(
+    let r = call(
         &c,
         gw.addr,
         "GET",
@@ -243,7 +221,7 @@ async fn a_valid_traceparent_is_continued_and_a_missing_one_started() {
     .await;
     let c = client::http1();
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let r = request(
+    let r = call(
         &c,
         gw.addr,
         "GET",
@@ -274,7 +252,7 @@ async fn a_valid_traceparent_is_continued_and_a_missing_one_started() {
         if let Some(tp) = sent_header {
             h.push(("traceparent", tp));
         }
-        let r = request(&c, gw.addr, "GET", "/api/t", &h).await;
+        let r = call(&c, gw.addr, "GET", "/api/t", &h).await;
         let tp = r.json()["headers"]["traceparent"]
             .as_str()
             .unwrap_or("")
@@ -317,10 +295,10 @@ async fn spans_are_exported_to_an_otlp_collector() {
     let c = client::http1();
     let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     for _ in 0..5 {
-        let r = request(&c, gw.addr, "GET", "/api/s", &[("traceparent", incoming)]).await;
+        let r = call(&c, gw.addr, "GET", "/api/s", &[("traceparent", incoming)]).await;
         assert_eq!(r.status, 200);
     }
-    let r = request(&c, gw.addr, "GET", "/nowhere", &[]).await;
+    let r = call(&c, gw.addr, "GET", "/nowhere", &[]).await;
     assert_eq!(r.status, 404);
     assert!(
         eventually(Duration::from_secs(5), || async {
