@@ -5,6 +5,7 @@
 //! alone with a diagnostic naming the field; every other rule keeps serving.
 
 mod auth;
+mod cache;
 mod edge;
 mod endpoints;
 mod policies;
@@ -21,9 +22,9 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use regex::Regex;
 use sluice_proxy::Snapshot;
-use sluice_proxy::router::RouterBuilder;
 
 use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Secret, Service};
+pub use cache::{RouteCache, RuleChanges};
 pub use status::{Condition, StatusReport};
 
 /// Everything compile reads.
@@ -112,144 +113,18 @@ pub struct Compiled {
     pub diagnostics: Vec<Diagnostic>,
     /// `namespace/name` of the Services some backend reference failed to resolve against.
     pub unresolved_services: HashSet<String>,
+    /// Rules added, removed and compiled anew since the last compile with the same cache.
+    pub changes: RuleChanges,
 }
 
 /// Compiles `inputs` into snapshot `generation`. Regular expressions already compiled in `prev`
 /// are reused, so a recompile pays only for what changed.
 pub fn compile(inputs: &Inputs, generation: u64, prev: Option<&Snapshot>) -> Compiled {
-    compile_routes(inputs, generation, prev, None)
-}
-
-/// Route outputs of the last compile, by route object (see [`compile_cached`]).
-#[derive(Default)]
-pub struct RouteCache {
-    /// Keyed by the address of the route object; the entry holds the object, so the address
-    /// cannot be reused by another while the entry lives.
-    routes: FastMap<usize, CachedRoute>,
-    /// Counts compiles; entries not used by the latest are dropped.
-    stamp: u64,
-    /// The Services, EndpointSlices and Secrets of the last compile, kept alive so that no new
-    /// object can be allocated at an address recorded in `services` or a route's `secrets`.
-    held: Held,
-    /// Per Service (`namespace/name`): the addresses of its object and its slices at the last
-    /// compile, and a version that changes whenever that list does. Exact, not a hash: a
-    /// collision would serve stale endpoints.
-    services: FastMap<String, ServiceVersion>,
-    /// Last version handed out; versions are never reused.
-    version: u64,
-}
-
-/// Objects of the last compile whose addresses the cache recorded.
-#[derive(Default)]
-struct Held {
-    _services: Vec<Arc<Service>>,
-    _slices: Vec<Arc<EndpointSlice>>,
-    _secrets: Vec<Arc<Secret>>,
-    _policies: Vec<Arc<RateLimitPolicy>>,
-}
-
-struct ServiceVersion {
-    objects: Box<[usize]>,
-    version: u64,
-    used: u64,
+    compile_cached(inputs, generation, prev, &mut RouteCache::default())
 }
 
 /// Maps keyed by configuration, never by request data: a fast hash is safe.
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-struct CachedRoute {
-    source: Arc<GatewayRoute>,
-    /// The version of every distinct Service the route names, in order of first reference
-    /// (0: the Service did not exist), as compiled.
-    services: Box<[u64]>,
-    /// `namespace/name` of the Services among those that did not resolve.
-    failed: Box<[String]>,
-    /// The address of every Secret object the route references, in reference order (0: it
-    /// did not exist), as compiled.
-    secrets: Box<[usize]>,
-    /// The address of every RateLimitPolicy object targeting the route, as compiled.
-    policies: Box<[usize]>,
-    output: routes::RouteOutput,
-    /// The compile that last used this entry.
-    used: u64,
-}
-
-impl RouteCache {
-    /// The current version of every Service in `inputs`: unchanged when the Service object and
-    /// its EndpointSlice objects are the same objects as at the last compile. Objects are
-    /// shared, unchanged, from one set of inputs to the next, and the cache holds the previous
-    /// ones while a compile runs, so an address cannot be taken by a replacement.
-    fn service_versions<'a>(&mut self, inputs: &'a Inputs) -> FastMap<(&'a str, &'a str), u64> {
-        let mut objects: FastMap<(&str, &str), Vec<usize>> =
-            FastMap::with_capacity_and_hasher(inputs.services.len(), Default::default());
-        for s in &inputs.services {
-            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-            if let Some(name) = s.metadata.name.as_deref() {
-                objects
-                    .entry((ns, name))
-                    .or_default()
-                    .push(Arc::as_ptr(s) as usize);
-            }
-        }
-        for slice in &inputs.slices {
-            let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
-            if let Some(service) = slice.labels().get(endpoints::SERVICE_NAME_LABEL) {
-                // Slices of a Service that does not exist count too: they give it a version.
-                objects
-                    .entry((ns, service.as_str()))
-                    .or_default()
-                    .push(Arc::as_ptr(slice) as usize);
-            }
-        }
-        let stamp = self.stamp;
-        let mut versions = FastMap::with_capacity_and_hasher(objects.len(), Default::default());
-        let mut id = String::new();
-        for ((ns, name), mut list) in objects {
-            list.sort_unstable();
-            id.clear();
-            id.push_str(ns);
-            id.push('/');
-            id.push_str(name);
-            let version = match self.services.get_mut(id.as_str()) {
-                Some(known) if *known.objects == *list => {
-                    known.used = stamp;
-                    known.version
-                }
-                _ => {
-                    self.version += 1;
-                    self.services.insert(
-                        id.clone(),
-                        ServiceVersion {
-                            objects: list.into_boxed_slice(),
-                            version: self.version,
-                            used: stamp,
-                        },
-                    );
-                    self.version
-                }
-            };
-            versions.insert((ns, name), version);
-        }
-        self.services.retain(|_, s| s.used == stamp);
-        versions
-    }
-}
-
-/// The versions of the distinct Services `route` names, in order of first reference; 0 for one
-/// that does not exist.
-fn route_service_versions<'a>(
-    route: &'a GatewayRoute,
-    versions: &'a FastMap<(&str, &str), u64>,
-) -> impl Iterator<Item = u64> + 'a {
-    let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
-    let refs = move || route.spec.rules.iter().flat_map(|r| &r.backend_refs);
-    refs()
-        .enumerate()
-        // References are few (at most 64 rules of 16): a scan of the earlier ones beats a set.
-        .filter(move |(i, b)| !refs().take(*i).any(|earlier| earlier.name == b.name))
-        .map(|(_, b)| b.name.as_str())
-        .map(move |name| versions.get(&(namespace, name)).copied().unwrap_or(0))
-}
 
 /// The names of the Secrets `route` references (route-level and per-rule authentication), in
 /// order, repeats included.
@@ -279,133 +154,42 @@ pub fn route_secret_names(route: &GatewayRoute) -> impl Iterator<Item = &str> {
         .chain(tls)
 }
 
-/// The addresses of the Secret objects `route` references (0 for one that does not exist).
-fn route_secret_addresses<'a>(
-    route: &'a GatewayRoute,
-    secrets: &'a FastMap<(&str, &str), usize>,
-) -> impl Iterator<Item = usize> + 'a {
-    let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
-    route_secret_names(route).map(move |name| secrets.get(&(namespace, name)).copied().unwrap_or(0))
-}
-
 /// [`compile`], reusing from `cache` the output of every route that is the same object as last
-/// time and whose Services (and their EndpointSlices) are the same objects too; the cache is
-/// updated for the next call. In a large configuration a one-route change then costs about
-/// what that route costs, plus placing the others and building the router.
+/// time and whose Services (and their EndpointSlices), Secrets and RateLimitPolicies are the
+/// same objects too, and patching the routes compiled anew into the last compile's router; the
+/// cache is updated for the next call. In a large configuration a one-route change then costs
+/// about what that route costs, plus what its host and path buckets hold.
 pub fn compile_cached(
     inputs: &Inputs,
     generation: u64,
     prev: Option<&Snapshot>,
     cache: &mut RouteCache,
 ) -> Compiled {
-    compile_routes(inputs, generation, prev, Some(cache))
-}
-
-fn compile_routes(
-    inputs: &Inputs,
-    generation: u64,
-    prev: Option<&Snapshot>,
-    cache: Option<&mut RouteCache>,
-) -> Compiled {
     let mut regexes = RegexCache::from_snapshot(prev);
     let mut endpoints = endpoints::EndpointIndex::new(&inputs.services, &inputs.slices, prev);
     let mut secrets = auth::SecretIndex::new(&inputs.secrets);
     let policies = policies::PolicyIndex::new(&inputs.policies);
-    let policy_addresses = |route: &GatewayRoute| {
-        let ns = route.metadata.namespace.as_deref().unwrap_or("default");
-        let name = route.metadata.name.as_deref().unwrap_or("");
-        policies.addresses_targeting(ns, name)
-    };
-    let mut order: Vec<&Arc<GatewayRoute>> = inputs.routes.iter().collect();
-    // Gateway API tie-break: the oldest route wins, then `namespace/name`.
-    order.sort_unstable_by_key(|r| {
-        let m = &r.metadata;
-        (
-            m.creation_timestamp.as_ref().map(|t| t.0),
-            m.namespace.as_deref(),
-            m.name.as_deref(),
-        )
+    let update = cache.update(inputs, &policies, |route| {
+        let output =
+            routes::compile_route(route, &mut endpoints, &mut regexes, &mut secrets, &policies);
+        (output, endpoints.take_recent_failures())
     });
+    let (router, changes) = cache.place(update);
 
     let mut out = Assembly {
         rules: Vec::new(),
-        router: RouterBuilder::default(),
-        statuses: Vec::with_capacity(order.len() + inputs.policies.len()),
+        rule_index: vec![u32::MAX; cache.id_bound()],
+        statuses: Vec::with_capacity(inputs.routes.len() + inputs.policies.len()),
         diagnostics: Vec::new(),
         failed: HashSet::new(),
         tls: sluice_proxy::tls::Certificates::default(),
     };
-    match cache {
-        None => {
-            for (rank, route) in order.iter().enumerate() {
-                let output = routes::compile_route(
-                    route,
-                    &mut endpoints,
-                    &mut regexes,
-                    &mut secrets,
-                    &policies,
-                );
-                out.place(&output, rank as u64, &[]);
-            }
-        }
-        Some(cache) => {
-            cache.stamp += 1;
-            let stamp = cache.stamp;
-            let versions = cache.service_versions(inputs);
-            let secret_addresses: FastMap<(&str, &str), usize> = inputs
-                .secrets
-                .iter()
-                .filter_map(|s| {
-                    let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-                    Some(((ns, s.metadata.name.as_deref()?), Arc::as_ptr(s) as usize))
-                })
-                .collect();
-            for (rank, route) in order.iter().enumerate() {
-                let key = Arc::as_ptr(route) as usize;
-                let reused = cache.routes.get_mut(&key).is_some_and(|entry| {
-                    entry.used = stamp;
-                    Arc::ptr_eq(&entry.source, route)
-                        && route_service_versions(route, &versions)
-                            .eq(entry.services.iter().copied())
-                        && route_secret_addresses(route, &secret_addresses)
-                            .eq(entry.secrets.iter().copied())
-                        && *policy_addresses(route) == *entry.policies
-                });
-                if !reused {
-                    let output = routes::compile_route(
-                        route,
-                        &mut endpoints,
-                        &mut regexes,
-                        &mut secrets,
-                        &policies,
-                    );
-                    let entry = CachedRoute {
-                        source: Arc::clone(route),
-                        services: route_service_versions(route, &versions).collect(),
-                        failed: endpoints.take_recent_failures().into_boxed_slice(),
-                        secrets: route_secret_addresses(route, &secret_addresses).collect(),
-                        policies: policy_addresses(route),
-                        output,
-                        used: stamp,
-                    };
-                    cache.routes.insert(key, entry);
-                }
-                let entry = &cache.routes[&key];
-                out.place(&entry.output, rank as u64, &entry.failed);
-            }
-            // Routes that are gone (or changed: their new object has a new key) leave the cache.
-            cache.routes.retain(|_, entry| entry.used == stamp);
-            cache.held = Held {
-                _services: inputs.services.clone(),
-                _slices: inputs.slices.clone(),
-                _secrets: inputs.secrets.clone(),
-                _policies: inputs.policies.clone(),
-            };
-        }
+    for route in cache.placed() {
+        out.place(route);
     }
     let Assembly {
         rules,
-        router,
+        rule_index,
         mut statuses,
         mut diagnostics,
         mut failed,
@@ -439,13 +223,15 @@ fn compile_routes(
         snapshot: Snapshot {
             generation,
             rules: rules.into_boxed_slice(),
-            router: Arc::new(router.build()),
+            rule_index: rule_index.into(),
+            router,
             identity_headers,
             tls: Arc::new(tls),
         },
         statuses,
         diagnostics,
         unresolved_services: failed,
+        changes,
     }
 }
 
@@ -492,7 +278,7 @@ fn identity_headers(rules: &[Arc<sluice_proxy::snapshot::Rule>]) -> Box<[http::H
 /// The snapshot's parts, filled route by route in precedence order.
 struct Assembly {
     rules: Vec<Arc<sluice_proxy::snapshot::Rule>>,
-    router: RouterBuilder,
+    rule_index: Vec<u32>,
     statuses: Vec<Arc<StatusReport>>,
     diagnostics: Vec<Diagnostic>,
     failed: HashSet<String>,
@@ -500,15 +286,12 @@ struct Assembly {
 }
 
 impl Assembly {
-    /// Appends one route's rules, router candidates, status and problems at its `rank`.
-    fn place(&mut self, output: &routes::RouteOutput, rank: u64, failed: &[String]) {
-        let base = u32::try_from(self.rules.len()).unwrap_or(u32::MAX);
-        self.rules.extend(output.rules.iter().cloned());
-        for (host, candidate) in &output.candidates {
-            let mut candidate = candidate.clone();
-            candidate.rule = base.saturating_add(candidate.rule);
-            candidate.tiebreak |= rank << routes::RANK_SHIFT;
-            self.router.add(host.clone(), candidate);
+    /// Appends one placed route's rules, status and problems.
+    fn place(&mut self, route: &cache::CachedRoute) {
+        let output = &route.output;
+        for (rule, id) in output.rules.iter().zip(route.ids.iter()) {
+            self.rule_index[*id as usize] = u32::try_from(self.rules.len()).unwrap_or(u32::MAX);
+            self.rules.push(Arc::clone(rule));
         }
         self.statuses.push(Arc::clone(&output.status));
         self.diagnostics.extend(output.diagnostics.iter().cloned());
@@ -529,7 +312,7 @@ impl Assembly {
                 });
             }
         }
-        self.failed.extend(failed.iter().cloned());
+        self.failed.extend(route.failed.iter().cloned());
     }
 }
 
@@ -599,6 +382,7 @@ pub fn refresh_endpoints(
     Some(Snapshot {
         generation,
         rules: rules.into_boxed_slice(),
+        rule_index: Arc::clone(&prev.rule_index),
         router: Arc::clone(&prev.router),
         identity_headers: prev.identity_headers.clone(),
         tls: Arc::clone(&prev.tls),

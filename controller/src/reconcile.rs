@@ -184,9 +184,9 @@ impl Reconciler {
             statuses,
             diagnostics,
             unresolved_services,
+            changes,
         } = compiled;
         let rules = snapshot.rules.len();
-        let changes = describe_changes(&previous, &snapshot);
         self.referenced = snapshot
             .rules
             .iter()
@@ -201,12 +201,12 @@ impl Reconciler {
             generation,
             routes = inputs.routes.len(),
             rules,
-            added = changes.added,
-            removed = changes.removed,
-            changed = changes.changed,
-            added_rules = %changes.names(&changes.added_names, changes.added),
-            removed_rules = %changes.names(&changes.removed_names, changes.removed),
-            changed_rules = %changes.names(&changes.changed_names, changes.changed),
+            added = changes.added.len(),
+            removed = changes.removed.len(),
+            changed = changes.changed.len(),
+            added_rules = %names(&changes.added),
+            removed_rules = %names(&changes.removed),
+            changed_rules = %names(&changes.changed),
             problems = diagnostics.len(),
             new_problems = new,
             fixed_problems = fixed,
@@ -293,78 +293,22 @@ impl Reconciler {
     }
 }
 
-/// Rules added, removed and changed between two snapshots, by `route/rule`, with the first
-/// few names of each for the log.
-struct Changes {
-    added: usize,
-    removed: usize,
-    changed: usize,
-    added_names: Vec<String>,
-    removed_names: Vec<String>,
-    changed_names: Vec<String>,
-}
-
 /// Names logged per kind of change; a reload of thousands of routes says how many more.
 const NAMED: usize = 10;
 
-impl Changes {
-    /// `ns/route:rule, …` (and how many more), or `-` for none.
-    fn names(&self, names: &[String], count: usize) -> String {
-        if names.is_empty() {
-            return "-".to_owned();
-        }
-        let mut out = names.join(", ");
-        if count > names.len() {
-            out.push_str(&format!(" and {} more", count - names.len()));
-        }
-        out
+/// `ns/route:rule, …` (and how many more), or `-` for none.
+fn names(rules: &[(Arc<str>, Arc<str>)]) -> String {
+    if rules.is_empty() {
+        return "-".to_owned();
     }
-}
-
-fn note(names: &mut Vec<String>, route: &str, rule: &str) {
-    if names.len() < NAMED {
-        names.push(format!("{route}:{rule}"));
-    }
-}
-
-fn describe_changes(before: &sluice_proxy::Snapshot, after: &sluice_proxy::Snapshot) -> Changes {
-    let key = |r: &sluice_proxy::snapshot::Rule| (Arc::clone(r.route()), Arc::clone(r.name()));
-    let old: std::collections::HashMap<_, _> = before
-        .rules
+    let mut out = rules
         .iter()
-        .map(|r| (key(r), Arc::as_ptr(&r.policy)))
-        .collect();
-    let mut changes = Changes {
-        added: 0,
-        removed: 0,
-        changed: 0,
-        added_names: Vec::new(),
-        removed_names: Vec::new(),
-        changed_names: Vec::new(),
-    };
-    let mut seen = 0;
-    for r in after.rules.iter() {
-        match old.get(&key(r)) {
-            None => {
-                changes.added += 1;
-                note(&mut changes.added_names, r.route(), r.name());
-            }
-            Some(policy) => {
-                seen += 1;
-                if *policy != Arc::as_ptr(&r.policy) {
-                    changes.changed += 1;
-                    note(&mut changes.changed_names, r.route(), r.name());
-                }
-            }
-        }
+        .take(NAMED)
+        .map(|(route, rule)| format!("{route}:{rule}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if rules.len() > NAMED {
+        out.push_str(&format!(" and {} more", rules.len() - NAMED));
     }
-    changes.removed = old.len() - seen;
-    // The names of removed rules need the new keys; only a reload that removed some pays for them.
-    if changes.removed > 0 {
-        let kept: std::collections::HashSet<_> = after.rules.iter().map(|r| key(r)).collect();
-        for r in before.rules.iter().filter(|r| !kept.contains(&key(r))) {
-            note(&mut changes.removed_names, r.route(), r.name());
-        }
-    }
-    changes
+    out
 }

@@ -16,7 +16,7 @@ use crate::cache::CacheStore;
 use crate::limit::SharedStore;
 use crate::metrics::{Metrics, RuleStats};
 use crate::pipeline::Step;
-use crate::pipeline::{self, Client, Env, Live};
+use crate::pipeline::{self, Client, Env};
 use crate::server::ProxyConfig;
 use crate::snapshot::Snapshot;
 use crate::state::{Limits, State};
@@ -26,7 +26,7 @@ use crate::upstream::Upstreams;
 
 /// The running data plane.
 pub struct Gateway {
-    live: ArcSwap<Live>,
+    live: ArcSwap<Snapshot>,
     upstreams: Upstreams,
     metrics: Metrics,
     unmatched: RuleStats,
@@ -102,10 +102,7 @@ impl Gateway {
             Some(endpoint) => Exporter::start(endpoint, metrics.registry()).map(Some),
         };
         Arc::new(Gateway {
-            live: ArcSwap::from_pointee(Live {
-                snapshot: Arc::new(Snapshot::default()),
-                stats: Box::default(),
-            }),
+            live: ArcSwap::from_pointee(Snapshot::default()),
             upstreams,
             metrics,
             unmatched,
@@ -125,16 +122,13 @@ impl Gateway {
     /// loaded. Metric handles and long-lived state are bound to its rules first. The gateway
     /// counts as ready from the first install on.
     pub fn install(&self, snapshot: Snapshot) {
-        let stats = self.metrics.bind(&snapshot);
+        self.metrics.bind(&snapshot);
         self.state.bind(&snapshot);
         self.bind_cache(&snapshot);
         self.certificates.store(Arc::clone(&snapshot.tls));
         self.has_certificates
             .send_if_modified(|had| std::mem::replace(had, !snapshot.tls.is_empty()) != *had);
-        self.live.store(Arc::new(Live {
-            snapshot: Arc::new(snapshot),
-            stats,
-        }));
+        self.live.store(Arc::new(snapshot));
         self.ready.store(true, Ordering::Release);
     }
 
@@ -177,7 +171,7 @@ impl Gateway {
 
     /// The snapshot being served.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.live.load().snapshot.clone()
+        self.live.load_full()
     }
 
     /// True when `Global` rate limits have a Redis to count in.

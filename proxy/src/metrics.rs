@@ -2,6 +2,10 @@
 //! client. Handles are bound to a snapshot's rules at install time and a series is created the
 //! first time it is used, so a request only increments atomics it already holds and the series
 //! count follows the traffic a rule actually saw, not the size of the configuration.
+//!
+//! A rule keeps its handles in its [`RulePolicy`](crate::snapshot::RulePolicy), so an install
+//! binds only the rules that are new to it; a rule's series go once no installed snapshot holds
+//! the rule any more (checked at each install and each scrape).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -29,7 +33,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     generation: IntGauge,
-    /// Keyed by configured names, not request data: a fast hash is safe.
+    /// Keyed by configured names, not request data: a fast hash is safe. A handle held only
+    /// here belongs to rules no snapshot has any more.
     bound: Mutex<HashMap<RuleKey, Arc<RuleStats>, foldhash::fast::RandomState>>,
 }
 
@@ -41,6 +46,12 @@ pub struct RuleStats {
     durations: HistogramVec,
     by_class: [OnceLock<IntCounter>; 5],
     duration: OnceLock<Histogram>,
+}
+
+impl std::fmt::Debug for RuleStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RuleStats({}:{})", self.route, self.rule)
+    }
 }
 
 impl RuleStats {
@@ -110,33 +121,41 @@ impl Metrics {
         }
     }
 
-    /// Handles for every rule of `snapshot`, in rule order; series of rules that left the
-    /// configuration are dropped so the label set stays bounded by what is configured.
-    pub fn bind(&self, snapshot: &Snapshot) -> Box<[Arc<RuleStats>]> {
+    /// Gives every rule of `snapshot` without handles its handles (those of its predecessor
+    /// under the same route and rule name, so its series go on), and drops the series of rules
+    /// no snapshot holds any more.
+    pub fn bind(&self, snapshot: &Snapshot) {
         let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = HashMap::with_capacity_and_hasher(snapshot.rules.len(), Default::default());
-        let stats = snapshot
-            .rules
-            .iter()
-            .map(|r| {
-                let key = (r.route().clone(), r.name().clone());
-                let stats = bound
-                    .remove(&key)
-                    .unwrap_or_else(|| Arc::new(self.stats_for(r.route(), r.name())));
-                next.insert(key, stats.clone());
-                stats
-            })
-            .collect();
-        for ((route, rule), _) in bound.drain() {
-            for class in CLASSES {
-                let _ = self.requests.remove_label_values(&[&route, &rule, class]);
-            }
-            let _ = self.duration.remove_label_values(&[&route, &rule]);
+        for rule in snapshot.rules.iter() {
+            rule.policy.stats.get_or_init(|| {
+                let key = (rule.route().clone(), rule.name().clone());
+                Arc::clone(
+                    bound
+                        .entry(key)
+                        .or_insert_with(|| Arc::new(self.stats_for(rule.route(), rule.name()))),
+                )
+            });
         }
-        *bound = next;
+        self.forget_unused(&mut bound);
         self.generation
             .set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
-        stats
+    }
+
+    /// Drops the handles and series of rules that no rule policy holds any more.
+    fn forget_unused(
+        &self,
+        bound: &mut HashMap<RuleKey, Arc<RuleStats>, foldhash::fast::RandomState>,
+    ) {
+        bound.retain(|(route, rule), stats| {
+            if Arc::strong_count(stats) > 1 {
+                return true;
+            }
+            for class in CLASSES {
+                let _ = self.requests.remove_label_values(&[route, rule, class]);
+            }
+            let _ = self.duration.remove_label_values(&[route, rule]);
+            false
+        });
     }
 
     /// Handles for requests no rule matched (route and rule labels empty).
@@ -162,6 +181,7 @@ impl Metrics {
 
     /// Prometheus text exposition of every registered family.
     pub fn render(&self) -> Vec<u8> {
+        self.forget_unused(&mut self.bound.lock().unwrap_or_else(|e| e.into_inner()));
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "encoding metrics failed");

@@ -41,12 +41,6 @@ use crate::trace::otlp::{Exporter, Span};
 use crate::upstream::Upstreams;
 use crate::{forward, headers::is_websocket_upgrade};
 
-/// A snapshot with the metric handles bound to its rules: what one request loads.
-pub(crate) struct Live {
-    pub snapshot: Arc<Snapshot>,
-    pub stats: Box<[Arc<RuleStats>]>,
-}
-
 /// What the pipeline uses besides the snapshot: parts of the gateway that outlive snapshots.
 pub(crate) struct Env<'g> {
     pub upstreams: &'g Upstreams,
@@ -63,7 +57,7 @@ pub(crate) struct Env<'g> {
 /// Serves one request on `live`, start to finish.
 pub(crate) async fn handle(
     env: &Env<'_>,
-    live: &Live,
+    live: &Snapshot,
     req: Request<Incoming>,
     client: &Client,
 ) -> Response<ProxyBody> {
@@ -94,7 +88,7 @@ pub(crate) async fn handle(
             e.to_response(&ctx.request_id)
         }
     };
-    let rule = ctx.rule.map(|id| live.snapshot.rule(id));
+    let rule = ctx.rule.map(|id| live.rule(id));
     if let Some(rule) = rule {
         for step in rule.policy.steps.iter().rev() {
             step.on_response(&mut ctx, &mut response);
@@ -119,7 +113,7 @@ pub(crate) async fn handle(
     // Log phase.
     let status = response.status().as_u16();
     let elapsed = ctx.started.elapsed();
-    match ctx.rule.and_then(|id| live.stats.get(id as usize)) {
+    match rule.and_then(|r| r.policy.stats.get()) {
         Some(stats) => stats.observe(status, elapsed.as_secs_f64()),
         None => env.unmatched.observe(status, elapsed.as_secs_f64()),
     }
@@ -154,7 +148,7 @@ pub(crate) async fn handle(
 /// Route, request phases and upstream; an `Err` is answered by the gateway.
 async fn request_phases<'a>(
     env: &Env<'_>,
-    live: &'a Live,
+    live: &'a Snapshot,
     ctx: &mut RequestCtx<'a>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -179,7 +173,7 @@ async fn request_phases<'a>(
         .as_ref()
         .map(host::RoutedHost::for_matching)
         .unwrap_or(Cow::Borrowed(""));
-    let snapshot = &*live.snapshot;
+    let snapshot = live;
     // A CORS preflight asks about the request it precedes: it is routed as that request, so
     // that a rule matching only `GET` still answers the preflight of its `GET`s.
     let preflight_of = cors::is_preflight(&parts.method, &parts.headers)

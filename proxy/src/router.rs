@@ -11,14 +11,21 @@
 //! Lookup cost grows with the number of path segments, not with the number of routes: exact
 //! paths and every segment-boundary prefix are hash lookups. Only regular expressions are
 //! scanned, and only after no exact or prefix candidate matched.
+//!
+//! Tables and buckets are shared (`Arc`), so that a change to a few routes
+//! ([`Router::patched`]) copies only the host tables it touches, shallowly, and rebuilds only
+//! the buckets it touches; everything else is shared with the router it was patched from.
 
 mod matching;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
+
+use crate::snapshot::RuleId;
 
 /// The router's tables are built from configuration, never from request data, so a fast
 /// non-cryptographic hash is safe here and saves a SipHash of the path on every request.
@@ -28,25 +35,28 @@ pub use matching::{Candidate, HeaderMatch, PathMatch, QueryMatch, RequestView, V
 pub(crate) use matching::{percent_decode, query_value};
 
 /// Routes grouped by hostname.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Router {
-    exact_hosts: Map<Box<str>, MatchTable>,
+    exact_hosts: Map<Arc<str>, Arc<MatchTable>>,
     /// Keyed by the suffix after `*.` (`*.example.com` → `example.com`).
-    wildcard_hosts: Map<Box<str>, MatchTable>,
-    any_host: MatchTable,
+    wildcard_hosts: Map<Arc<str>, Arc<MatchTable>>,
+    any_host: Arc<MatchTable>,
 }
 
+/// A bucket of candidates, in precedence order.
+type Bucket = Arc<[Candidate]>;
+
 /// The candidates of one host group, indexed by path.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 struct MatchTable {
-    exact: Map<Box<str>, Box<[Candidate]>>,
+    exact: Map<Arc<str>, Bucket>,
     /// Keyed by the prefix without its trailing `/` (the root prefix is `/`).
-    prefix: Map<Box<str>, Box<[Candidate]>>,
-    regex: Box<[Candidate]>,
+    prefix: Map<Arc<str>, Bucket>,
+    regex: Bucket,
     /// For each regex candidate, a literal every matching path starts with: a cheap test that
     /// spares running expressions that cannot match.
     #[serde(skip)]
-    regex_literals: Box<[Box<str>]>,
+    regex_literals: Arc<[Box<str>]>,
 }
 
 impl Router {
@@ -110,6 +120,109 @@ impl Router {
     /// Number of host groups (exact, wildcard, and the catch-all), for diagnostics.
     pub fn host_groups(&self) -> usize {
         self.exact_hosts.len() + self.wildcard_hosts.len() + 1
+    }
+
+    /// Every non-empty bucket, named by host group and path (`*.example.com prefix /api`), with
+    /// its candidates in precedence order: what tests compare routers by.
+    pub fn buckets(&self) -> Vec<(String, &[Candidate])> {
+        let tables = self
+            .exact_hosts
+            .iter()
+            .map(|(h, t)| (h.to_string(), t))
+            .chain(
+                self.wildcard_hosts
+                    .iter()
+                    .map(|(h, t)| (format!("*.{h}"), t)),
+            )
+            .chain(std::iter::once(("*".to_owned(), &self.any_host)));
+        let mut out = Vec::new();
+        for (host, table) in tables {
+            for (kind, map) in [("exact", &table.exact), ("prefix", &table.prefix)] {
+                out.extend(
+                    map.iter()
+                        .map(|(path, b)| (format!("{host} {kind} {path}"), &**b)),
+                );
+            }
+            if !table.regex.is_empty() {
+                out.push((format!("{host} regex"), &*table.regex));
+            }
+        }
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// This router with the candidates of the rules in `removed` taken out and `added` put in,
+    /// each bucket in precedence order: the router [`RouterBuilder`] would build from the
+    /// candidates that remain and the added ones. `removed` lists every candidate of the rules
+    /// that leave (their rule ids must not be reused by `added`). Host tables and buckets
+    /// nothing touches are shared with `self`.
+    pub fn patched(
+        &self,
+        removed: &[(HostPattern, Candidate)],
+        added: Vec<(HostPattern, Candidate)>,
+    ) -> Router {
+        let gone: HashSet<RuleId, foldhash::fast::RandomState> =
+            removed.iter().map(|(_, c)| c.rule).collect();
+        // Per touched host: the buckets touched and the candidates joining them.
+        let mut touched: HashMap<HostPattern, (Vec<BucketKey>, Vec<Candidate>)> = HashMap::new();
+        for (host, c) in removed {
+            touched
+                .entry(host.clone())
+                .or_default()
+                .0
+                .push(BucketKey::of(&c.path));
+        }
+        for (host, c) in added {
+            let entry = touched.entry(host).or_default();
+            entry.0.push(BucketKey::of(&c.path));
+            entry.1.push(c);
+        }
+        let mut router = self.clone();
+        for (host, (keys, joining)) in touched {
+            let old = match &host {
+                HostPattern::Any => Some(&self.any_host),
+                HostPattern::Exact(h) => self.exact_hosts.get(&**h),
+                HostPattern::Wildcard(h) => self.wildcard_hosts.get(&**h),
+            };
+            let empty = MatchTable::default();
+            let table = old.map_or(&empty, |t| &**t).patched(&gone, keys, joining);
+            let empty = table.is_empty();
+            let table = Arc::new(table);
+            match host {
+                HostPattern::Any => router.any_host = table,
+                HostPattern::Exact(h) if empty => {
+                    router.exact_hosts.remove(&*h);
+                }
+                HostPattern::Exact(h) => {
+                    router.exact_hosts.insert(h.into(), table);
+                }
+                HostPattern::Wildcard(h) if empty => {
+                    router.wildcard_hosts.remove(&*h);
+                }
+                HostPattern::Wildcard(h) => {
+                    router.wildcard_hosts.insert(h.into(), table);
+                }
+            }
+        }
+        router
+    }
+}
+
+/// Which bucket of a host table a candidate goes to.
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum BucketKey {
+    Exact(Box<str>),
+    Prefix(Box<str>),
+    Regex,
+}
+
+impl BucketKey {
+    fn of(path: &PathMatch) -> Self {
+        match path {
+            PathMatch::Exact(p) => BucketKey::Exact(p.clone()),
+            PathMatch::Prefix(p) => BucketKey::Prefix(p.clone()),
+            PathMatch::Regex(_) => BucketKey::Regex,
+        }
     }
 }
 
@@ -176,14 +289,14 @@ impl RouterBuilder {
     pub fn build(self) -> Router {
         let mut router = Router::default();
         for (host, candidates) in self.tables {
-            let table = MatchTable::build(candidates);
+            let table = Arc::new(MatchTable::build(candidates));
             match host {
                 HostPattern::Any => router.any_host = table,
                 HostPattern::Exact(h) => {
-                    router.exact_hosts.insert(h, table);
+                    router.exact_hosts.insert(h.into(), table);
                 }
                 HostPattern::Wildcard(h) => {
-                    router.wildcard_hosts.insert(h, table);
+                    router.wildcard_hosts.insert(h.into(), table);
                 }
             }
         }
@@ -207,20 +320,82 @@ impl MatchTable {
                 PathMatch::Regex(_) => regex.push(c),
             }
         }
-        let regex_literals = regex
-            .iter()
-            .map(|c: &Candidate| match &c.path {
-                PathMatch::Regex(r) => literal_prefix(r.as_str()).into(),
-                _ => Box::<str>::default(),
-            })
-            .collect();
         MatchTable {
-            exact: exact.into_iter().map(|(k, v)| (k, v.into())).collect(),
-            prefix: prefix.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            exact: exact
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            prefix: prefix
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            regex_literals: regex_literals(&regex),
             regex: regex.into(),
-            regex_literals,
         }
     }
+
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefix.is_empty() && self.regex.is_empty()
+    }
+
+    /// A copy sharing every bucket but those in `keys`, which lose the candidates of `gone`
+    /// rules and gain `joining` (each in its own bucket).
+    fn patched(
+        &self,
+        gone: &HashSet<RuleId, foldhash::fast::RandomState>,
+        mut keys: Vec<BucketKey>,
+        joining: Vec<Candidate>,
+    ) -> MatchTable {
+        let mut table = self.clone();
+        let mut joining: HashMap<BucketKey, Vec<Candidate>> =
+            joining.into_iter().fold(HashMap::new(), |mut m, c| {
+                m.entry(BucketKey::of(&c.path)).or_default().push(c);
+                m
+            });
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            let mut joins = joining.remove(&key).unwrap_or_default();
+            let old = match &key {
+                BucketKey::Exact(p) => self.exact.get(&**p),
+                BucketKey::Prefix(p) => self.prefix.get(&**p),
+                BucketKey::Regex => Some(&self.regex),
+            };
+            let mut bucket: Vec<Candidate> = old
+                .into_iter()
+                .flat_map(|b| b.iter())
+                .filter(|c| !gone.contains(&c.rule))
+                .cloned()
+                .collect();
+            bucket.append(&mut joins);
+            bucket.sort_by(Candidate::precedence);
+            let (map, path) = match key {
+                BucketKey::Regex => {
+                    table.regex_literals = regex_literals(&bucket);
+                    table.regex = bucket.into();
+                    continue;
+                }
+                BucketKey::Exact(p) => (&mut table.exact, p),
+                BucketKey::Prefix(p) => (&mut table.prefix, p),
+            };
+            if bucket.is_empty() {
+                map.remove(&*path);
+            } else {
+                map.insert(path.into(), bucket.into());
+            }
+        }
+        table
+    }
+}
+
+fn regex_literals(regex: &[Candidate]) -> Arc<[Box<str>]> {
+    regex
+        .iter()
+        .map(|c| match &c.path {
+            PathMatch::Regex(r) => literal_prefix(r.as_str()).into(),
+            _ => Box::<str>::default(),
+        })
+        .collect()
 }
 
 /// The literal text every match of an anchored pattern (`^(?:...)$`) must start with; empty when

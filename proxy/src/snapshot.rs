@@ -22,7 +22,8 @@ use crate::pipeline::Step;
 use crate::retry::RetryPolicy;
 use crate::router::Router;
 
-/// Index of a [`Rule`] in [`Snapshot::rules`].
+/// A rule's id, what router candidates point at: stable while the rule is unchanged, so that a
+/// change to other routes leaves its candidates alone. [`Snapshot::rule`] finds the rule.
 pub type RuleId = u32;
 
 /// One compiled routing configuration.
@@ -30,9 +31,12 @@ pub type RuleId = u32;
 pub struct Snapshot {
     /// Increases by one with every snapshot a source publishes.
     pub generation: u64,
-    /// Every accepted rule of every route; candidates in the router point here. Shared with
-    /// the next snapshot when an endpoint change leaves a rule alone.
+    /// Every accepted rule of every route, oldest route first. Shared with the next snapshot
+    /// when an endpoint change leaves a rule alone.
     pub rules: Box<[Arc<Rule>]>,
+    /// For each [`RuleId`], the rule's position in `rules` (`u32::MAX` for an id no rule has).
+    #[serde(skip)]
+    pub rule_index: Arc<[u32]>,
     /// Host and path tables leading to rules, shared by snapshots that differ only in
     /// endpoints.
     pub router: Arc<Router>,
@@ -47,7 +51,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// The rule a router candidate points at.
     pub fn rule(&self, id: RuleId) -> &Rule {
-        &self.rules[id as usize]
+        &self.rules[self.rule_index[id as usize] as usize]
     }
 }
 
@@ -84,6 +88,10 @@ pub struct RulePolicy {
     pub traffic: Traffic,
     /// Plain HTTP requests get a 301 to HTTPS (the route's `httpsRedirect`).
     pub https_redirect: bool,
+    /// The rule's metric handles, bound when a snapshot with it is first installed (a rule
+    /// unchanged across installs keeps them).
+    #[serde(skip)]
+    pub stats: OnceLock<Arc<crate::metrics::RuleStats>>,
 }
 
 /// How a rule's requests are spread over its endpoints and what happens when one fails.

@@ -471,6 +471,7 @@ fn compile_rule(
                 steps: Box::new([Step::Refuse]),
                 traffic: Traffic::default(),
                 https_redirect: ctx.https_redirect,
+                stats: Default::default(),
             };
             Ok((
                 Rule::new(Arc::new(policy), Vec::new()),
@@ -603,6 +604,7 @@ fn compile_rule_body(
         steps: steps.into_boxed_slice(),
         traffic,
         https_redirect: ctx.https_redirect,
+        stats: Default::default(),
     };
     Ok((Rule::new(Arc::new(policy), backends), auth.unresolved))
 }

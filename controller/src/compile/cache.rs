@@ -1,0 +1,501 @@
+//! The route cache: what the last compile produced per route, and where it placed it, so that a
+//! change recompiles only the routes it touched and patches their candidates into the previous
+//! router instead of placing every route again.
+//!
+//! Placement gives every route a rank (its precedence among routes: oldest first, then
+//! `namespace/name`) and every rule a [`RuleId`]. Both are stable: a rule keeps its id while
+//! it is unchanged, and ranks are spaced out so that a new route takes a rank between its
+//! neighbours' without renumbering them. Only when no rank is free between two neighbours, or
+//! when most routes changed, are all routes placed afresh; the result is the same router
+//! either way (buckets in the same order; only the ids and rank numbers differ).
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kube::ResourceExt;
+
+use sluice_proxy::router::{Candidate, HostPattern, Router, RouterBuilder};
+use sluice_proxy::snapshot::RuleId;
+
+use super::{FastMap, Inputs, endpoints, policies::PolicyIndex, route_secret_names, routes};
+use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Secret, Service};
+
+/// Bits of a rank: the candidate tie-break keeps the rule and match index below it.
+const RANK_BITS: u32 = 64 - routes::RANK_SHIFT;
+const MAX_RANK: u64 = (1 << RANK_BITS) - 1;
+/// Space between neighbouring routes when all are placed afresh: room for 24 routes inserted
+/// one after another between the same two, and for millions appended after the newest.
+#[cfg(not(test))]
+const RANK_GAP: u64 = 1 << 24;
+/// Small in tests, so that edit sequences run out of ranks and place everything afresh too.
+#[cfg(test)]
+const RANK_GAP: u64 = 4;
+
+/// Route outputs of the last compile, by route object, and their placement (see
+/// [`super::compile_cached`]).
+#[derive(Default)]
+pub struct RouteCache {
+    /// Keyed by the address of the route object; the entry holds the object, so the address
+    /// cannot be reused by another while the entry lives.
+    routes: FastMap<usize, CachedRoute>,
+    /// The placed routes in precedence order: their key in `routes` and their rank.
+    order: BTreeMap<RouteOrder, (usize, u64)>,
+    /// The router of the last compile, which the next one patches.
+    router: Option<Arc<Router>>,
+    /// Rule ids no placed rule has, and the next never handed out.
+    free_ids: Vec<RuleId>,
+    next_id: RuleId,
+    /// Counts compiles; entries not used by the latest are dropped.
+    stamp: u64,
+    /// The Services, EndpointSlices and Secrets of the last compile, kept alive so that no new
+    /// object can be allocated at an address recorded in `services` or a route's `secrets`.
+    held: Held,
+    /// Per Service (`namespace/name`): the addresses of its object and its slices at the last
+    /// compile, and a version that changes whenever that list does. Exact, not a hash: a
+    /// collision would serve stale endpoints.
+    services: FastMap<String, ServiceVersion>,
+    /// Last version handed out; versions are never reused.
+    version: u64,
+}
+
+/// Objects of the last compile whose addresses the cache recorded.
+#[derive(Default)]
+struct Held {
+    _services: Vec<Arc<Service>>,
+    _slices: Vec<Arc<EndpointSlice>>,
+    _secrets: Vec<Arc<Secret>>,
+    _policies: Vec<Arc<RateLimitPolicy>>,
+}
+
+struct ServiceVersion {
+    objects: Box<[usize]>,
+    version: u64,
+    used: u64,
+}
+
+/// One route's output and what it was compiled from.
+pub(super) struct CachedRoute {
+    source: Arc<GatewayRoute>,
+    /// The version of every distinct Service the route names, in order of first reference
+    /// (0: the Service did not exist), as compiled.
+    services: Box<[u64]>,
+    /// `namespace/name` of the Services among those that did not resolve.
+    pub failed: Box<[String]>,
+    /// The address of every Secret object the route references, in reference order (0: it
+    /// did not exist), as compiled.
+    secrets: Box<[usize]>,
+    /// The address of every RateLimitPolicy object targeting the route, as compiled.
+    policies: Box<[usize]>,
+    pub output: routes::RouteOutput,
+    /// The compile that last used this entry.
+    used: u64,
+    /// Precedence among routes (0 until placed).
+    rank: u64,
+    /// The id of each of the output's rules, once placed.
+    pub ids: Box<[RuleId]>,
+}
+
+impl CachedRoute {
+    /// The route's candidates as placed: rule ids and the rank in the tie-break.
+    fn placed_candidates(&self) -> impl Iterator<Item = (HostPattern, Candidate)> + '_ {
+        self.output.candidates.iter().map(|(host, c)| {
+            let mut c = c.clone();
+            c.rule = self.ids[c.rule as usize];
+            c.tiebreak |= self.rank << routes::RANK_SHIFT;
+            (host.clone(), c)
+        })
+    }
+}
+
+/// A route's place in precedence: the oldest first (Gateway API), then `namespace/name`.
+#[derive(Clone)]
+struct RouteOrder(Arc<GatewayRoute>);
+
+impl PartialEq for RouteOrder {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for RouteOrder {}
+impl PartialOrd for RouteOrder {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for RouteOrder {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let (a, b) = (&self.0.metadata, &other.0.metadata);
+        let created = |m: &'_ k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            m.creation_timestamp.as_ref().map(|t| t.0)
+        };
+        created(a)
+            .cmp(&created(b))
+            .then_with(|| {
+                let (x, y) = (a.namespace.as_deref(), b.namespace.as_deref());
+                x.unwrap_or("default").cmp(y.unwrap_or("default"))
+            })
+            .then_with(|| a.name.as_deref().cmp(&b.name.as_deref()))
+    }
+}
+
+/// What changed between two compiles, by rule (`route`, `rule` name).
+#[derive(Debug, Default)]
+pub struct RuleChanges {
+    /// Rules that are new.
+    pub added: Vec<(Arc<str>, Arc<str>)>,
+    /// Rules that are gone.
+    pub removed: Vec<(Arc<str>, Arc<str>)>,
+    /// Rules compiled anew under a name that was there before.
+    pub changed: Vec<(Arc<str>, Arc<str>)>,
+}
+
+/// What [`RouteCache::update`] found: the routes compiled anew (by key), and the entries of the
+/// routes that are gone or were compiled anew (taken out of the cache).
+pub(super) struct Update {
+    fresh: Vec<usize>,
+    gone: Vec<CachedRoute>,
+}
+
+impl RouteCache {
+    /// Brings the cache up to `inputs`: every route that is the same object as last time, with
+    /// the same Services (and EndpointSlices), Secrets and RateLimitPolicies, keeps its output;
+    /// every other is compiled with `compile_one` (which also returns the Services it failed to
+    /// resolve).
+    pub(super) fn update(
+        &mut self,
+        inputs: &Inputs,
+        policies: &PolicyIndex<'_>,
+        mut compile_one: impl FnMut(&GatewayRoute) -> (routes::RouteOutput, Vec<String>),
+    ) -> Update {
+        self.stamp += 1;
+        let stamp = self.stamp;
+        let versions = self.service_versions(inputs);
+        let secret_addresses: FastMap<(&str, &str), usize> = inputs
+            .secrets
+            .iter()
+            .filter_map(|s| {
+                let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+                Some(((ns, s.metadata.name.as_deref()?), Arc::as_ptr(s) as usize))
+            })
+            .collect();
+        let policy_addresses = |route: &GatewayRoute| {
+            let ns = route.metadata.namespace.as_deref().unwrap_or("default");
+            let name = route.metadata.name.as_deref().unwrap_or("");
+            policies.addresses_targeting(ns, name)
+        };
+        let mut fresh = Vec::new();
+        let mut gone = Vec::new();
+        for route in &inputs.routes {
+            let key = Arc::as_ptr(route) as usize;
+            let reused = self.routes.get_mut(&key).is_some_and(|entry| {
+                let same = entry.used == stamp
+                    || (route_service_versions(route, &versions)
+                        .eq(entry.services.iter().copied())
+                        && route_secret_addresses(route, &secret_addresses)
+                            .eq(entry.secrets.iter().copied())
+                        && *policy_addresses(route) == *entry.policies);
+                entry.used = stamp;
+                same
+            });
+            if reused {
+                continue;
+            }
+            let (output, failed) = compile_one(route);
+            let entry = CachedRoute {
+                source: Arc::clone(route),
+                services: route_service_versions(route, &versions).collect(),
+                failed: failed.into_boxed_slice(),
+                secrets: route_secret_addresses(route, &secret_addresses).collect(),
+                policies: policy_addresses(route),
+                output,
+                used: stamp,
+                rank: 0,
+                ids: Box::default(),
+            };
+            gone.extend(self.routes.insert(key, entry));
+            fresh.push(key);
+        }
+        // Routes that are gone (or changed: their new object has a new key) leave the cache.
+        let left: Vec<usize> = self
+            .routes
+            .iter()
+            .filter(|(_, e)| e.used != stamp)
+            .map(|(k, _)| *k)
+            .collect();
+        gone.extend(left.into_iter().filter_map(|k| self.routes.remove(&k)));
+        self.held = Held {
+            _services: inputs.services.clone(),
+            _slices: inputs.slices.clone(),
+            _secrets: inputs.secrets.clone(),
+            _policies: inputs.policies.clone(),
+        };
+        Update { fresh, gone }
+    }
+
+    /// Places the routes of `update` (ranks, rule ids) and returns the router of every cached
+    /// route, patched from the last one when that can be done, and what changed by rule.
+    pub(super) fn place(&mut self, update: Update) -> (Arc<Router>, RuleChanges) {
+        let changes = self.rule_changes(&update);
+        let Update { mut fresh, gone } = update;
+        // A patch costs what the touched buckets hold; placing everything, what all do.
+        let small = (fresh.len() + gone.len()) * 2 <= self.routes.len().max(64);
+        let patched = match &self.router {
+            Some(router) if small => self.patch(router.clone(), &mut fresh, &gone),
+            _ => None,
+        };
+        let router = match patched {
+            Some(router) => router,
+            None => self.place_all(),
+        };
+        let router = Arc::new(router);
+        self.router = Some(Arc::clone(&router));
+        (router, changes)
+    }
+
+    /// The placed routes in precedence order.
+    pub(super) fn placed(&self) -> impl Iterator<Item = &CachedRoute> {
+        self.order.values().map(|(k, _)| &self.routes[k])
+    }
+
+    /// Number of routes cached.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// One past the largest rule id handed out.
+    pub(super) fn id_bound(&self) -> usize {
+        self.next_id as usize
+    }
+
+    /// `fresh` patched into `router` in place of `gone`; `None` when some new route finds no
+    /// free rank (or shares its place with another route), which takes placing all afresh.
+    fn patch(
+        &mut self,
+        router: Arc<Router>,
+        fresh: &mut [usize],
+        gone: &[CachedRoute],
+    ) -> Option<Router> {
+        let gone_keys: FastMap<usize, ()> = gone
+            .iter()
+            .map(|e| (Arc::as_ptr(&e.source) as usize, ()))
+            .collect();
+        fresh.sort_by_cached_key(|k| RouteOrder(Arc::clone(&self.routes[k].source)));
+        let mut taken: FastMap<usize, ()> = FastMap::default();
+        for key in fresh.iter() {
+            let order = RouteOrder(Arc::clone(&self.routes[key].source));
+            let rank = match self.order.get(&order) {
+                // The route it replaces (same age and name) gives up its rank.
+                Some((holder, rank))
+                    if gone_keys.contains_key(holder) && !taken.contains_key(holder) =>
+                {
+                    *rank
+                }
+                // Another route of the same age and name.
+                Some(_) => return None,
+                None => {
+                    let low = self
+                        .order
+                        .range(..&order)
+                        .next_back()
+                        .map_or(0, |(_, (_, r))| *r);
+                    match self.order.range(&order..).next().map(|(_, (_, r))| *r) {
+                        None if MAX_RANK - low >= RANK_GAP => low + RANK_GAP,
+                        None if MAX_RANK - low >= 2 => low + (MAX_RANK - low) / 2,
+                        Some(high) if high - low >= 2 => low + (high - low) / 2,
+                        _ => return None,
+                    }
+                }
+            };
+            self.order.insert(order, (*key, rank));
+            taken.insert(*key, ());
+            self.routes.get_mut(key)?.rank = rank;
+        }
+        let mut removed = Vec::new();
+        for entry in gone.iter().filter(|e| e.rank != 0) {
+            removed.extend(entry.placed_candidates());
+            let order = RouteOrder(Arc::clone(&entry.source));
+            let holder = self.order.get(&order).map(|(k, _)| *k);
+            let own = Arc::as_ptr(&entry.source) as usize;
+            if holder.is_some_and(|k| k == own && !taken.contains_key(&k)) {
+                self.order.remove(&order);
+            }
+        }
+        let mut added = Vec::new();
+        for key in fresh.iter() {
+            let rules = self.routes[key].output.rules.len();
+            let ids: Box<[RuleId]> = (0..rules).map(|_| self.take_id()).collect();
+            let entry = self.routes.get_mut(key)?;
+            entry.ids = ids;
+            added.extend(entry.placed_candidates());
+        }
+        // Ids of gone rules are reused only from the next compile on: the patch tells removed
+        // candidates by their id.
+        for entry in gone {
+            self.free_ids.extend(entry.ids.iter().copied());
+        }
+        Some(router.patched(&removed, added))
+    }
+
+    fn take_id(&mut self) -> RuleId {
+        self.free_ids.pop().unwrap_or_else(|| {
+            self.next_id += 1;
+            self.next_id - 1
+        })
+    }
+
+    /// Every cached route placed afresh: ranks evenly spaced in precedence order, rule ids
+    /// counted from 0 in that order, the router built from scratch.
+    fn place_all(&mut self) -> Router {
+        let mut keys: Vec<(RouteOrder, usize)> = self
+            .routes
+            .iter()
+            .map(|(k, e)| (RouteOrder(Arc::clone(&e.source)), *k))
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        let gap = (MAX_RANK / (keys.len() as u64 + 1)).min(RANK_GAP);
+        self.order.clear();
+        self.free_ids.clear();
+        self.next_id = 0;
+        let mut builder = RouterBuilder::default();
+        for (i, (order, key)) in keys.into_iter().enumerate() {
+            let rank = (i as u64 + 1) * gap;
+            // Two routes of the same age and name (a caller's duplicate): the first keeps the
+            // place, the other is not served.
+            if self.order.contains_key(&order) {
+                continue;
+            }
+            self.order.insert(order, (key, rank));
+            let rules = self.routes[&key].output.rules.len();
+            let ids: Box<[RuleId]> = (0..rules).map(|_| self.take_id()).collect();
+            let Some(entry) = self.routes.get_mut(&key) else {
+                continue;
+            };
+            entry.rank = rank;
+            entry.ids = ids;
+            for (host, candidate) in entry.placed_candidates() {
+                builder.add(host, candidate);
+            }
+        }
+        builder.build()
+    }
+
+    /// Rules added, removed and compiled anew, from the routes compiled anew and those gone.
+    fn rule_changes(&self, update: &Update) -> RuleChanges {
+        let key =
+            |r: &Arc<sluice_proxy::snapshot::Rule>| (Arc::clone(r.route()), Arc::clone(r.name()));
+        let mut before: FastMap<(Arc<str>, Arc<str>), ()> = update
+            .gone
+            .iter()
+            .flat_map(|e| e.output.rules.iter().map(key))
+            .map(|k| (k, ()))
+            .collect();
+        let mut changes = RuleChanges::default();
+        for rule in update
+            .fresh
+            .iter()
+            .flat_map(|k| self.routes[k].output.rules.iter())
+        {
+            let k = key(rule);
+            if before.remove(&k).is_some() {
+                changes.changed.push(k);
+            } else {
+                changes.added.push(k);
+            }
+        }
+        changes.removed.extend(before.into_keys());
+        for list in [
+            &mut changes.added,
+            &mut changes.removed,
+            &mut changes.changed,
+        ] {
+            list.sort_unstable();
+        }
+        changes
+    }
+
+    /// The current version of every Service in `inputs`: unchanged when the Service object and
+    /// its EndpointSlice objects are the same objects as at the last compile. Objects are
+    /// shared, unchanged, from one set of inputs to the next, and the cache holds the previous
+    /// ones while a compile runs, so an address cannot be taken by a replacement.
+    fn service_versions<'a>(&mut self, inputs: &'a Inputs) -> FastMap<(&'a str, &'a str), u64> {
+        let mut objects: FastMap<(&str, &str), Vec<usize>> =
+            FastMap::with_capacity_and_hasher(inputs.services.len(), Default::default());
+        for s in &inputs.services {
+            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+            if let Some(name) = s.metadata.name.as_deref() {
+                objects
+                    .entry((ns, name))
+                    .or_default()
+                    .push(Arc::as_ptr(s) as usize);
+            }
+        }
+        for slice in &inputs.slices {
+            let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+            if let Some(service) = slice.labels().get(endpoints::SERVICE_NAME_LABEL) {
+                // Slices of a Service that does not exist count too: they give it a version.
+                objects
+                    .entry((ns, service.as_str()))
+                    .or_default()
+                    .push(Arc::as_ptr(slice) as usize);
+            }
+        }
+        let stamp = self.stamp;
+        let mut versions = FastMap::with_capacity_and_hasher(objects.len(), Default::default());
+        let mut id = String::new();
+        for ((ns, name), mut list) in objects {
+            list.sort_unstable();
+            id.clear();
+            id.push_str(ns);
+            id.push('/');
+            id.push_str(name);
+            let version = match self.services.get_mut(id.as_str()) {
+                Some(known) if *known.objects == *list => {
+                    known.used = stamp;
+                    known.version
+                }
+                _ => {
+                    self.version += 1;
+                    self.services.insert(
+                        id.clone(),
+                        ServiceVersion {
+                            objects: list.into_boxed_slice(),
+                            version: self.version,
+                            used: stamp,
+                        },
+                    );
+                    self.version
+                }
+            };
+            versions.insert((ns, name), version);
+        }
+        self.services.retain(|_, s| s.used == stamp);
+        versions
+    }
+}
+
+/// The versions of the distinct Services `route` names, in order of first reference; 0 for one
+/// that does not exist.
+fn route_service_versions<'a>(
+    route: &'a GatewayRoute,
+    versions: &'a FastMap<(&str, &str), u64>,
+) -> impl Iterator<Item = u64> + 'a {
+    let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
+    let refs = move || route.spec.rules.iter().flat_map(|r| &r.backend_refs);
+    refs()
+        .enumerate()
+        // References are few (at most 64 rules of 16): a scan of the earlier ones beats a set.
+        .filter(move |(i, b)| !refs().take(*i).any(|earlier| earlier.name == b.name))
+        .map(|(_, b)| b.name.as_str())
+        .map(move |name| versions.get(&(namespace, name)).copied().unwrap_or(0))
+}
+
+/// The addresses of the Secret objects `route` references (0 for one that does not exist).
+fn route_secret_addresses<'a>(
+    route: &'a GatewayRoute,
+    secrets: &'a FastMap<(&str, &str), usize>,
+) -> impl Iterator<Item = usize> + 'a {
+    let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
+    route_secret_names(route).map(move |name| secrets.get(&(namespace, name)).copied().unwrap_or(0))
+}
