@@ -499,16 +499,78 @@ pub fn yaml_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 #[derive(Debug)]
 struct FileState {
-    /// Hash of the file's bytes: modification times are too coarse to see two quick edits of
-    /// the same length, and reading a manifest costs far less than parsing it.
+    /// What `stat` said of the file just before it was last read.
+    stamp: Option<Stamp>,
+    /// The stamp proves the content unchanged: the file's last change was more than
+    /// [`RACY_MARGIN`] before it was read, so a later write of the same size cannot hide in the
+    /// same timestamp.
+    trusted: bool,
+    /// Hash of the file's bytes, for files read again: an edit that keeps every object as it
+    /// was (a rewrite with the same content) changes nothing.
     digest: u64,
     objects: Vec<(ObjectRef, Object)>,
 }
 
+/// Timestamps are only as fine as the file system's (ext4: a kernel tick; FAT and some network
+/// file systems: one or two seconds): a file changed this close to its last read is read again.
+const RACY_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A file's identity and last change, from `stat`: equal stamps mean an unchanged file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    #[cfg(unix)]
+    fn of(path: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        // Follows links, as the read does: a ConfigMap's files are links swapped on update.
+        let m = std::fs::metadata(path).ok()?;
+        Some(Stamp {
+            device: m.dev(),
+            inode: m.ino(),
+            size: m.size(),
+            modified: (m.mtime(), m.mtime_nsec()),
+            changed: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn of(_: &Path) -> Option<Stamp> {
+        None
+    }
+
+    /// True when the last change was more than `margin` before `read_at` (since the epoch).
+    fn settled_by(&self, read_at: std::time::Duration, margin: std::time::Duration) -> bool {
+        let newest = self.changed.max(self.modified);
+        let changed = std::time::Duration::new(
+            u64::try_from(newest.0).unwrap_or(0),
+            u32::try_from(newest.1).unwrap_or(0),
+        );
+        changed + margin < read_at
+    }
+}
+
 /// The objects of a set of files, file by file.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ManifestSet {
     files: BTreeMap<PathBuf, FileState>,
+    /// See [`RACY_MARGIN`].
+    margin: std::time::Duration,
+}
+
+impl Default for ManifestSet {
+    fn default() -> Self {
+        ManifestSet {
+            files: BTreeMap::new(),
+            margin: RACY_MARGIN,
+        }
+    }
 }
 
 /// What a refresh found.
@@ -521,11 +583,24 @@ pub struct Refresh {
     /// Skipped documents that look like mistakes, in the files read again (see
     /// [`parse_file_noting`]).
     pub notices: Vec<LoadError>,
+    /// Files read (the others were unchanged by their `stat`).
+    pub read: usize,
 }
 
 impl ManifestSet {
-    /// Re-parses the files under `roots` whose content changed, drops files
-    /// that disappeared, and keeps the previous objects of files that fail to load.
+    /// A set that trusts a `stat` once the file's last change is `margin` old.
+    #[cfg(test)]
+    fn with_margin(margin: std::time::Duration) -> Self {
+        ManifestSet {
+            files: BTreeMap::new(),
+            margin,
+        }
+    }
+
+    /// Re-parses the files under `roots` whose content changed, drops files that disappeared,
+    /// and keeps the previous objects of files that fail to load. A file whose `stat` (device,
+    /// inode, size, modification and change times) is what it was when it was last read, well
+    /// after its last change, is not read again.
     pub fn refresh(&mut self, roots: &[PathBuf]) -> Refresh {
         let mut refresh = Refresh::default();
         let mut present = Vec::new();
@@ -550,6 +625,16 @@ impl ManifestSet {
         refresh.changed |= self.files.len() != before;
 
         for path in present {
+            let stamp = Stamp::of(&path);
+            let known = self.files.get(&path);
+            if known.is_some_and(|f| f.trusted && f.stamp.is_some() && f.stamp == stamp) {
+                continue;
+            }
+            let read_at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let trusted = stamp.is_some_and(|s| s.settled_by(read_at, self.margin));
+            refresh.read += 1;
             let text = match std::fs::read_to_string(&path) {
                 Ok(text) => text,
                 Err(e) => {
@@ -563,15 +648,25 @@ impl ManifestSet {
                 }
             };
             let digest = digest(&text);
-            let known = self.files.get(&path);
-            if known.is_some_and(|f| f.digest == digest) {
+            if let Some(file) = self.files.get_mut(&path)
+                && file.digest == digest
+            {
+                file.stamp = stamp;
+                file.trusted = trusted;
                 continue;
             }
+            let known = self.files.get(&path);
             match parse_file_noting(&path, &text, &mut refresh.notices) {
                 Ok(objects) => {
                     let same = known.is_some_and(|f| f.objects == objects);
                     refresh.changed |= !same;
-                    self.files.insert(path, FileState { digest, objects });
+                    let state = FileState {
+                        stamp,
+                        trusted,
+                        digest,
+                        objects,
+                    };
+                    self.files.insert(path, state);
                 }
                 Err(e) => refresh.errors.push(e),
             }

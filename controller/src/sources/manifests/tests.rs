@@ -133,6 +133,65 @@ fn unchanged_files_are_not_reported_as_changes() {
 }
 
 #[test]
+fn a_file_unchanged_since_it_settled_is_not_read_again() {
+    let dir = temp_dir("settled");
+    fs::write(dir.join("a.yaml"), ROUTE).expect("write");
+    fs::write(dir.join("b.yaml"), ROUTE.replace("r1", "r2")).expect("write");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut set = ManifestSet::with_margin(std::time::Duration::from_millis(10));
+    let first = set.refresh(std::slice::from_ref(&dir));
+    assert_eq!((first.read, first.changed), (2, true));
+    let second = set.refresh(std::slice::from_ref(&dir));
+    assert_eq!(
+        (second.read, second.changed),
+        (0, false),
+        "neither file is read"
+    );
+    fs::write(dir.join("b.yaml"), ROUTE.replace("r1", "r3")).expect("write");
+    let third = set.refresh(std::slice::from_ref(&dir));
+    assert_eq!(
+        (third.read, third.changed),
+        (1, true),
+        "only the edited file is read"
+    );
+    let names: Vec<_> = set
+        .inputs(&[])
+        .0
+        .routes
+        .iter()
+        .map(|r| r.metadata.name.clone())
+        .collect();
+    assert_eq!(names, [Some("r1".to_owned()), Some("r3".to_owned())]);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_file_changed_just_before_it_was_read_is_read_again() {
+    let dir = temp_dir("racy");
+    fs::write(dir.join("a.yaml"), ROUTE).expect("write");
+    let mut set = ManifestSet::default();
+    assert_eq!(set.refresh(std::slice::from_ref(&dir)).read, 1);
+    // Its change is within the margin of the read: a same-size write could share the stamp.
+    let again = set.refresh(std::slice::from_ref(&dir));
+    assert_eq!((again.read, again.changed), (1, false));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_rewrite_with_the_same_content_changes_nothing() {
+    let dir = temp_dir("same-content");
+    fs::write(dir.join("a.yaml"), ROUTE).expect("write");
+    let mut set = ManifestSet::with_margin(std::time::Duration::ZERO);
+    assert!(set.refresh(std::slice::from_ref(&dir)).changed);
+    // A new file with the same bytes, renamed over the old one, as editors and kubectl do.
+    fs::write(dir.join(".a.yaml.tmp"), ROUTE).expect("write");
+    fs::rename(dir.join(".a.yaml.tmp"), dir.join("a.yaml")).expect("rename");
+    let refresh = set.refresh(std::slice::from_ref(&dir));
+    assert_eq!((refresh.read, refresh.changed), (1, false));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn duplicates_across_files_keep_the_first_and_are_reported() {
     let dir = temp_dir("dups");
     fs::write(dir.join("a.yaml"), ROUTE).expect("write");
