@@ -456,12 +456,12 @@ async fn run_standalone(args: RunArgs, manifests: PathBuf) -> anyhow::Result<()>
     let dir_watch = source
         .start_watching()
         .with_context(|| format!("cannot watch {}", manifests.display()))?;
-    let source = tokio::task::spawn_blocking(move || {
+    let source = crate::compile_thread::run(move || {
         source.reload();
         source
     })
     .await
-    .context("initial load failed")?;
+    .map_err(|e| anyhow::anyhow!("initial load failed: {e}"))?;
 
     let watch_stop = stopped(stop_rx.clone());
     tokio::spawn(source.run(dir_watch, Debounce::default(), watch_stop));

@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod compile;
+pub mod compile_thread;
 pub mod reconcile;
 pub mod resources;
 pub mod sources;

@@ -229,7 +229,7 @@ impl Compiler {
             .filter_map(|c| c.endpoints_of.clone())
             .collect();
         let changed_at: Vec<Instant> = pending.iter().map(|c| c.at).collect();
-        let done = tokio::task::spawn_blocking(move || {
+        let done = crate::compile_thread::run(move || {
             let installed = if endpoints_only {
                 reconciler.endpoints(&inputs, &services, &changed_at)
             } else {

@@ -110,8 +110,9 @@ impl DirSource {
                 () = &mut shutdown => return,
             };
             let first = batch.iter().min().copied();
-            // File reads and compile are blocking work; keep them off the request workers.
-            self = match tokio::task::spawn_blocking(move || {
+            // File reads and compile are blocking work: off the request workers, at a lower
+            // priority than theirs.
+            self = match crate::compile_thread::run(move || {
                 self.reload_changed_at(first);
                 self
             })
