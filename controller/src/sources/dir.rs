@@ -45,8 +45,10 @@ impl DirSource {
         if !refresh.changed && self.reconciler.generation() > 0 {
             return false;
         }
-        let (mut inputs, duplicates) = self.set.inputs(&self.namespaces);
+        let (mut inputs, duplicates) = self.set.take_inputs(&self.namespaces);
         inputs.shared_store = self.reconciler.shared_store();
+        // Standalone mode writes no status; problems go to the log as diagnostics.
+        inputs.skip_statuses = true;
         for e in &duplicates {
             tracing::warn!("{e}");
         }
@@ -54,6 +56,7 @@ impl DirSource {
         let origin = |o: &crate::compile::ObjectRef| set.origin(o).map(|p| p.display().to_string());
         self.reconciler
             .full(&inputs, changed_at.as_slice(), &origin);
+        self.set.keep_inputs(&self.namespaces, inputs);
         true
     }
 

@@ -562,14 +562,21 @@ pub struct ManifestSet {
     files: BTreeMap<PathBuf, FileState>,
     /// See [`RACY_MARGIN`].
     margin: std::time::Duration,
+    /// How many files define each object, and how many objects more than one defines: without
+    /// any such, [`ManifestSet::inputs`] need not look for them.
+    defined: crate::compile::FastMap<ObjectRef, u32>,
+    defined_twice: usize,
+    /// The inputs [`ManifestSet::take_inputs`] handed out last, for the namespaces it was
+    /// given, and the objects refreshes took out and put in since: the next call patches them
+    /// instead of listing every object again.
+    kept: Option<(Vec<String>, Inputs)>,
+    taken_out: Vec<Object>,
+    put_in: Vec<(ObjectRef, Object)>,
 }
 
 impl Default for ManifestSet {
     fn default() -> Self {
-        ManifestSet {
-            files: BTreeMap::new(),
-            margin: RACY_MARGIN,
-        }
+        Self::with_margin(RACY_MARGIN)
     }
 }
 
@@ -587,13 +594,59 @@ pub struct Refresh {
     pub read: usize,
 }
 
+impl Object {
+    /// Where the object lives: the same address, the same object.
+    fn address(&self) -> usize {
+        match self {
+            Object::Route(o) => Arc::as_ptr(o) as usize,
+            Object::Policy(o) => Arc::as_ptr(o) as usize,
+            Object::Service(o) => Arc::as_ptr(o) as usize,
+            Object::Slice(o) => Arc::as_ptr(o) as usize,
+            Object::Secret(o) => Arc::as_ptr(o) as usize,
+        }
+    }
+}
+
 impl ManifestSet {
     /// A set that trusts a `stat` once the file's last change is `margin` old.
-    #[cfg(test)]
     fn with_margin(margin: std::time::Duration) -> Self {
         ManifestSet {
             files: BTreeMap::new(),
             margin,
+            defined: crate::compile::FastMap::default(),
+            defined_twice: 0,
+            kept: None,
+            taken_out: Vec::new(),
+            put_in: Vec::new(),
+        }
+    }
+
+    /// Counts (`true`) or uncounts the objects of a file, and notes them for the inputs kept.
+    fn count(&mut self, objects: &[(ObjectRef, Object)], add: bool) {
+        if self.kept.is_some() {
+            if add {
+                self.put_in.extend(objects.iter().cloned());
+            } else {
+                self.taken_out
+                    .extend(objects.iter().map(|(_, o)| o.clone()));
+            }
+        }
+        for (o, _) in objects {
+            let n = self.defined.entry(o.clone()).or_insert(0);
+            let before = *n;
+            *n = if add {
+                before + 1
+            } else {
+                before.saturating_sub(1)
+            };
+            match (before, *n) {
+                (1, 2) => self.defined_twice += 1,
+                (2, 1) => self.defined_twice -= 1,
+                (_, 0) => {
+                    self.defined.remove(o);
+                }
+                _ => {}
+            }
         }
     }
 
@@ -619,10 +672,19 @@ impl ManifestSet {
                 }
             }
         }
-        let before = self.files.len();
         let wanted: std::collections::HashSet<&PathBuf> = present.iter().collect();
-        self.files.retain(|p, _| wanted.contains(p));
-        refresh.changed |= self.files.len() != before;
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !wanted.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            if let Some(file) = self.files.remove(&path) {
+                self.count(&file.objects, false);
+                refresh.changed = true;
+            }
+        }
 
         for path in present {
             let stamp = Stamp::of(&path);
@@ -660,13 +722,16 @@ impl ManifestSet {
                 Ok(objects) => {
                     let same = known.is_some_and(|f| f.objects == objects);
                     refresh.changed |= !same;
+                    self.count(&objects, true);
                     let state = FileState {
                         stamp,
                         trusted,
                         digest,
                         objects,
                     };
-                    self.files.insert(path, state);
+                    if let Some(old) = self.files.insert(path, state) {
+                        self.count(&old.objects, false);
+                    }
                 }
                 Err(e) => refresh.errors.push(e),
             }
@@ -674,17 +739,56 @@ impl ManifestSet {
         refresh
     }
 
+    /// [`ManifestSet::inputs`], patched from the ones handed out last when that is right (the
+    /// same namespaces, no object defined twice): a reload then costs what changed, not a
+    /// pass over every object. Give them back with [`ManifestSet::keep_inputs`].
+    pub fn take_inputs(&mut self, namespaces: &[String]) -> (Inputs, Vec<LoadError>) {
+        let taken_out = std::mem::take(&mut self.taken_out);
+        let put_in = std::mem::take(&mut self.put_in);
+        match self.kept.take() {
+            Some((kept_for, mut inputs)) if kept_for == namespaces && self.defined_twice == 0 => {
+                if !taken_out.is_empty() {
+                    let gone: crate::compile::FastMap<usize, ()> =
+                        taken_out.iter().map(|o| (o.address(), ())).collect();
+                    let keep = |a: usize| !gone.contains_key(&a);
+                    inputs.routes.retain(|o| keep(Arc::as_ptr(o) as usize));
+                    inputs.policies.retain(|o| keep(Arc::as_ptr(o) as usize));
+                    inputs.services.retain(|o| keep(Arc::as_ptr(o) as usize));
+                    inputs.slices.retain(|o| keep(Arc::as_ptr(o) as usize));
+                    inputs.secrets.retain(|o| keep(Arc::as_ptr(o) as usize));
+                }
+                for (object_ref, object) in &put_in {
+                    if namespaces.is_empty() || namespaces.contains(&object_ref.namespace) {
+                        inputs.push(object);
+                    }
+                }
+                (inputs, Vec::new())
+            }
+            _ => self.inputs(namespaces),
+        }
+    }
+
+    /// Keeps `inputs` (from [`ManifestSet::take_inputs`] for `namespaces`) for the next call.
+    pub fn keep_inputs(&mut self, namespaces: &[String], inputs: Inputs) {
+        self.kept = Some((namespaces.to_vec(), inputs));
+    }
+
     /// The compile inputs, restricted to `namespaces` when it is not empty. An object defined in
     /// two files is taken from the first (in path order) and the other is reported.
     pub fn inputs(&self, namespaces: &[String]) -> (Inputs, Vec<LoadError>) {
-        let objects = self.files.values().map(|f| f.objects.len()).sum();
         let mut seen: crate::compile::FastMap<&ObjectRef, &Path> =
-            crate::compile::FastMap::with_capacity_and_hasher(objects, Default::default());
+            crate::compile::FastMap::default();
         let mut duplicates = Vec::new();
         let mut inputs = Inputs::default();
+        // Only when some object is defined twice is it worth remembering what came first.
+        let dedup = self.defined_twice > 0;
         for (path, file) in &self.files {
             for (object_ref, object) in &file.objects {
                 if !namespaces.is_empty() && !namespaces.contains(&object_ref.namespace) {
+                    continue;
+                }
+                if !dedup {
+                    inputs.push(object);
                     continue;
                 }
                 if let Some(first) = seen.get(object_ref) {
@@ -700,13 +804,7 @@ impl ManifestSet {
                     continue;
                 }
                 seen.insert(object_ref, path);
-                match object {
-                    Object::Route(r) => inputs.routes.push(r.clone()),
-                    Object::Policy(p) => inputs.policies.push(p.clone()),
-                    Object::Service(s) => inputs.services.push(s.clone()),
-                    Object::Slice(s) => inputs.slices.push(s.clone()),
-                    Object::Secret(s) => inputs.secrets.push(s.clone()),
-                }
+                inputs.push(object);
             }
         }
         (inputs, duplicates)

@@ -192,6 +192,48 @@ fn a_rewrite_with_the_same_content_changes_nothing() {
 }
 
 #[test]
+fn patched_inputs_hold_the_objects_listed_afresh() {
+    let dir = temp_dir("patched-inputs");
+    let addresses = |inputs: &Inputs| {
+        let mut a: Vec<usize> = inputs
+            .routes
+            .iter()
+            .map(|r| Arc::as_ptr(r) as usize)
+            .collect();
+        a.sort_unstable();
+        a
+    };
+    for name in ["a", "b", "c"] {
+        fs::write(dir.join(format!("{name}.yaml")), ROUTE.replace("r1", name)).expect("write");
+    }
+    let mut set = ManifestSet::with_margin(std::time::Duration::ZERO);
+    set.refresh(std::slice::from_ref(&dir));
+    let (inputs, _) = set.take_inputs(&[]);
+    assert_eq!(inputs.routes.len(), 3);
+    set.keep_inputs(&[], inputs);
+    // One file edited, one removed, one added.
+    fs::write(
+        dir.join("a.yaml"),
+        ROUTE.replace("r1", "a").replace("port: 80", "port: 81"),
+    )
+    .expect("write");
+    fs::remove_file(dir.join("b.yaml")).expect("remove");
+    fs::write(dir.join("d.yaml"), ROUTE.replace("r1", "d")).expect("write");
+    set.refresh(std::slice::from_ref(&dir));
+    let (patched, _) = set.take_inputs(&[]);
+    assert_eq!(addresses(&patched), addresses(&set.inputs(&[]).0));
+    assert_eq!(patched.routes.len(), 3);
+    set.keep_inputs(&[], patched);
+    // A duplicate makes the next inputs a listing afresh, which reports it.
+    fs::write(dir.join("e.yaml"), ROUTE.replace("r1", "d")).expect("write");
+    set.refresh(std::slice::from_ref(&dir));
+    let (again, duplicates) = set.take_inputs(&[]);
+    assert_eq!(duplicates.len(), 1);
+    assert_eq!(addresses(&again), addresses(&set.inputs(&[]).0));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn duplicates_across_files_keep_the_first_and_are_reported() {
     let dir = temp_dir("dups");
     fs::write(dir.join("a.yaml"), ROUTE).expect("write");
