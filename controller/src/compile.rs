@@ -43,6 +43,23 @@ pub struct Inputs {
     /// The gateway has a Redis for `Global` rate limits (`--redis`); without one their status
     /// says they are not programmed.
     pub shared_store: bool,
+    /// Nothing reads the statuses (standalone mode): [`Compiled::statuses`] is left empty,
+    /// which spares a pass over every route.
+    pub skip_statuses: bool,
+}
+
+impl Inputs {
+    /// Adds one loaded object to its kind's list.
+    pub fn push(&mut self, object: &crate::sources::manifests::Object) {
+        use crate::sources::manifests::Object;
+        match object {
+            Object::Route(r) => self.routes.push(Arc::clone(r)),
+            Object::Policy(p) => self.policies.push(Arc::clone(p)),
+            Object::Service(s) => self.services.push(Arc::clone(s)),
+            Object::Slice(s) => self.slices.push(Arc::clone(s)),
+            Object::Secret(s) => self.secrets.push(Arc::clone(s)),
+        }
+    }
 }
 
 /// Identity of an object in diagnostics and statuses.
@@ -166,7 +183,8 @@ pub fn compile_cached(
     cache: &mut RouteCache,
 ) -> Compiled {
     let mut regexes = RegexCache::from_snapshot(prev);
-    let mut endpoints = endpoints::EndpointIndex::new(&inputs.services, &inputs.slices, prev);
+    let mut endpoints =
+        endpoints::EndpointIndex::new(&inputs.services, &inputs.slices, cache.take_lists());
     let mut secrets = auth::SecretIndex::new(&inputs.secrets);
     let policies = policies::PolicyIndex::new(&inputs.policies);
     let update = cache.update(inputs, &policies, |route| {
@@ -174,22 +192,28 @@ pub fn compile_cached(
             routes::compile_route(route, &mut endpoints, &mut regexes, &mut secrets, &policies);
         (output, endpoints.take_recent_failures())
     });
-    let (router, changes) = cache.place(update);
+    let placement = cache.place(update);
+    let rules = placement.rules;
 
     let mut out = Assembly {
-        rules: Vec::new(),
-        rule_index: vec![u32::MAX; cache.id_bound()],
-        statuses: Vec::with_capacity(inputs.routes.len() + inputs.policies.len()),
+        statuses: Vec::new(),
         diagnostics: Vec::new(),
         failed: HashSet::new(),
         tls: sluice_proxy::tls::Certificates::default(),
     };
-    for route in cache.placed() {
-        out.place(route);
+    if inputs.skip_statuses {
+        // Only routes with problems, certificates or unresolved Services have anything else.
+        for route in cache.notable() {
+            out.place(route, false);
+        }
+    } else {
+        out.statuses
+            .reserve(inputs.routes.len() + inputs.policies.len());
+        for route in cache.placed() {
+            out.place(route, true);
+        }
     }
     let Assembly {
-        rules,
-        rule_index,
         mut statuses,
         mut diagnostics,
         mut failed,
@@ -216,28 +240,36 @@ pub fn compile_cached(
         );
     }
     statuses.extend(policy_statuses.into_iter().map(Arc::new));
-    failed.extend(endpoints.into_failed());
+    let (unresolved, lists) = endpoints.into_failed();
+    failed.extend(unresolved);
+    cache.keep_lists(lists);
 
-    let identity_headers = identity_headers(&rules);
+    let identity_headers = match placement.identity_headers {
+        Some(kept) => kept,
+        None => {
+            let headers = identity_headers(&rules);
+            cache.keep_identity_headers(&headers);
+            headers
+        }
+    };
     Compiled {
         snapshot: Snapshot {
             generation,
-            rules: rules.into_boxed_slice(),
-            rule_index: rule_index.into(),
-            router,
+            rules,
+            router: placement.router,
             identity_headers,
             tls: Arc::new(tls),
         },
         statuses,
         diagnostics,
         unresolved_services: failed,
-        changes,
+        changes: placement.changes,
     }
 }
 
 /// The headers any rule copies claims to, beyond the fixed identity headers: every client
 /// request loses them, on every route.
-fn identity_headers(rules: &[Arc<sluice_proxy::snapshot::Rule>]) -> Box<[http::HeaderName]> {
+fn identity_headers(rules: &sluice_proxy::snapshot::Rules) -> Box<[http::HeaderName]> {
     let authenticators = || {
         rules
             .iter()
@@ -258,7 +290,7 @@ fn identity_headers(rules: &[Arc<sluice_proxy::snapshot::Rule>]) -> Box<[http::H
         })
         .collect();
     let mut out: Vec<http::HeaderName> = Vec::new();
-    for rule in rules {
+    for rule in rules.iter() {
         for step in rule.policy.steps.iter() {
             let sluice_proxy::pipeline::Step::Authenticate(auth) = step else {
                 continue;
@@ -275,10 +307,8 @@ fn identity_headers(rules: &[Arc<sluice_proxy::snapshot::Rule>]) -> Box<[http::H
     out.into_boxed_slice()
 }
 
-/// The snapshot's parts, filled route by route in precedence order.
+/// The snapshot's parts besides rules and router, filled route by route in precedence order.
 struct Assembly {
-    rules: Vec<Arc<sluice_proxy::snapshot::Rule>>,
-    rule_index: Vec<u32>,
     statuses: Vec<Arc<StatusReport>>,
     diagnostics: Vec<Diagnostic>,
     failed: HashSet<String>,
@@ -286,14 +316,13 @@ struct Assembly {
 }
 
 impl Assembly {
-    /// Appends one placed route's rules, status and problems.
-    fn place(&mut self, route: &cache::CachedRoute) {
+    /// Adds one placed route's problems, certificates and unresolved Services (and its status,
+    /// when `status`).
+    fn place(&mut self, route: &cache::CachedRoute, status: bool) {
         let output = &route.output;
-        for (rule, id) in output.rules.iter().zip(route.ids.iter()) {
-            self.rule_index[*id as usize] = u32::try_from(self.rules.len()).unwrap_or(u32::MAX);
-            self.rules.push(Arc::clone(rule));
+        if status {
+            self.statuses.push(Arc::clone(&output.status));
         }
-        self.statuses.push(Arc::clone(&output.status));
         self.diagnostics.extend(output.diagnostics.iter().cloned());
         for served in output.certificates.iter() {
             // The oldest route keeps a host's certificate, as it keeps its paths.
@@ -354,11 +383,14 @@ pub fn refresh_endpoints(
         })
         .cloned()
         .collect();
-    let mut index = endpoints::EndpointIndex::new(&touched_services, &touched_slices, Some(prev));
-    let mut rules = Vec::with_capacity(prev.rules.len());
-    for rule in prev.rules.iter() {
+    let mut index = endpoints::EndpointIndex::new(
+        &touched_services,
+        &touched_slices,
+        endpoints::EndpointLists::of_snapshot(prev),
+    );
+    let mut changed = Vec::new();
+    for (id, rule) in prev.rules.iter_ids() {
         if !rule.backends.iter().any(|b| services.contains(&*b.service)) {
-            rules.push(Arc::clone(rule));
             continue;
         }
         let mut backends = Vec::with_capacity(rule.backends.len());
@@ -377,12 +409,11 @@ pub fn refresh_endpoints(
                 resolved.not_ready,
             ));
         }
-        rules.push(Arc::new(rule.with_backends(backends)));
+        changed.push((id, Some(Arc::new(rule.with_backends(backends)))));
     }
     Some(Snapshot {
         generation,
-        rules: rules.into_boxed_slice(),
-        rule_index: Arc::clone(&prev.rule_index),
+        rules: prev.rules.with(changed),
         router: Arc::clone(&prev.router),
         identity_headers: prev.identity_headers.clone(),
         tls: Arc::clone(&prev.tls),

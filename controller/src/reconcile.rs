@@ -75,8 +75,6 @@ pub struct Reconciler {
     reported: HashSet<String>,
     /// Services the last full compile could not resolve a backend against.
     unresolved: HashSet<String>,
-    /// Services some rule of the live snapshot sends to (the snapshot's own names, shared).
-    referenced: HashSet<Arc<str>>,
     propagation: Histogram,
 }
 
@@ -119,7 +117,6 @@ impl Reconciler {
             cache: RouteCache::default(),
             reported: HashSet::new(),
             unresolved: HashSet::new(),
-            referenced: HashSet::new(),
             propagation,
         }
     }
@@ -149,7 +146,7 @@ impl Reconciler {
     /// False for a change to the endpoints of a Service no rule uses (or failed to use): the
     /// cluster's other EndpointSlices churn all day and must not cost a snapshot each.
     pub fn matters(&self, endpoints_of: Option<&str>) -> bool {
-        endpoints_of.is_none_or(|s| self.referenced.contains(s) || self.unresolved.contains(s))
+        endpoints_of.is_none_or(|s| self.cache.sends_to(s) || self.unresolved.contains(s))
     }
 
     /// True when refreshing the endpoint lists of `services` is enough: each resolved last
@@ -187,11 +184,6 @@ impl Reconciler {
             changes,
         } = compiled;
         let rules = snapshot.rules.len();
-        self.referenced = snapshot
-            .rules
-            .iter()
-            .flat_map(|r| r.backends.iter().map(|b| Arc::clone(&b.service)))
-            .collect();
         self.gateway.install(snapshot);
         self.generation = generation;
         let propagation_ms = self.observe(changed_at);

@@ -122,9 +122,17 @@ impl Gateway {
     /// loaded. Metric handles and long-lived state are bound to its rules first. The gateway
     /// counts as ready from the first install on.
     pub fn install(&self, snapshot: Snapshot) {
-        self.metrics.bind(&snapshot);
-        self.state.bind(&snapshot);
-        self.bind_cache(&snapshot);
+        // Rules in chunks shared with the snapshot being replaced are bound already.
+        let previous = self.live.load();
+        let fresh: Vec<&Arc<crate::snapshot::Rule>> =
+            snapshot.rules.not_shared_with(&previous.rules).collect();
+        self.metrics.bind(
+            fresh.iter().copied(),
+            snapshot.rules.len(),
+            snapshot.generation,
+        );
+        self.state.bind(&snapshot, &fresh);
+        self.bind_cache(&snapshot, &fresh);
         self.certificates.store(Arc::clone(&snapshot.tls));
         self.has_certificates
             .send_if_modified(|had| std::mem::replace(had, !snapshot.tls.is_empty()) != *had);
@@ -134,7 +142,14 @@ impl Gateway {
 
     /// Binds the cache steps to the store; when a rule with a cache went (or its route
     /// changed, which gives it a new id), its entries are purged.
-    fn bind_cache(&self, snapshot: &Snapshot) {
+    fn bind_cache(&self, snapshot: &Snapshot, fresh: &[&Arc<crate::snapshot::Rule>]) {
+        let caches = |r: &&Arc<crate::snapshot::Rule>| {
+            r.policy.steps.iter().any(|s| matches!(s, Step::Cache(_)))
+        };
+        let mut installed = self.cache_ids.lock().unwrap_or_else(|e| e.into_inner());
+        if installed.is_empty() && !fresh.iter().any(caches) {
+            return;
+        }
         let mut ids = Vec::new();
         for rule in snapshot.rules.iter() {
             for step in rule.policy.steps.iter() {
@@ -146,7 +161,6 @@ impl Gateway {
         }
         ids.sort_unstable();
         ids.dedup();
-        let mut installed = self.cache_ids.lock().unwrap_or_else(|e| e.into_inner());
         if installed.iter().any(|id| ids.binary_search(id).is_err()) {
             self.cache.purge_except(ids.clone());
         }

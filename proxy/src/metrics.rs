@@ -5,7 +5,7 @@
 //!
 //! A rule keeps its handles in its [`RulePolicy`](crate::snapshot::RulePolicy), so an install
 //! binds only the rules that are new to it; a rule's series go once no installed snapshot holds
-//! the rule any more (checked at each install and each scrape).
+//! the rule any more (checked at each scrape, the only reader of series).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,7 +15,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::Rule;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -121,12 +121,18 @@ impl Metrics {
         }
     }
 
-    /// Gives every rule of `snapshot` without handles its handles (those of its predecessor
+    /// Gives every rule of `rules` without handles its handles (those of its predecessor
     /// under the same route and rule name, so its series go on), and drops the series of rules
     /// no snapshot holds any more.
-    pub fn bind(&self, snapshot: &Snapshot) {
+    /// `total` is the number of rules the snapshot has.
+    pub fn bind<'a>(
+        &self,
+        rules: impl Iterator<Item = &'a Arc<Rule>>,
+        total: usize,
+        generation: u64,
+    ) {
         let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
-        for rule in snapshot.rules.iter() {
+        for rule in rules {
             rule.policy.stats.get_or_init(|| {
                 let key = (rule.route().clone(), rule.name().clone());
                 Arc::clone(
@@ -136,9 +142,14 @@ impl Metrics {
                 )
             });
         }
-        self.forget_unused(&mut bound);
+        // The series of rules that went are dropped at the next scrape, the first to see them,
+        // or once the handles of gone rules outnumber the rules (amortised: a scan per as many
+        // installs as there are rules).
+        if bound.len() > 2 * total + 64 {
+            self.forget_unused(&mut bound);
+        }
         self.generation
-            .set(i64::try_from(snapshot.generation).unwrap_or(i64::MAX));
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
 
     /// Drops the handles and series of rules that no rule policy holds any more.

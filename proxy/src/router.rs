@@ -17,6 +17,7 @@
 //! the buckets it touches; everything else is shared with the router it was patched from.
 
 mod matching;
+mod sharded;
 #[cfg(test)]
 mod tests;
 
@@ -33,13 +34,14 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 pub use matching::{Candidate, HeaderMatch, PathMatch, QueryMatch, RequestView, ValueMatch};
 pub(crate) use matching::{percent_decode, query_value};
+use sharded::Sharded;
 
 /// Routes grouped by hostname.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Router {
-    exact_hosts: Map<Arc<str>, Arc<MatchTable>>,
+    exact_hosts: Sharded<Arc<MatchTable>>,
     /// Keyed by the suffix after `*.` (`*.example.com` → `example.com`).
-    wildcard_hosts: Map<Arc<str>, Arc<MatchTable>>,
+    wildcard_hosts: Sharded<Arc<MatchTable>>,
     any_host: Arc<MatchTable>,
 }
 
@@ -49,9 +51,9 @@ type Bucket = Arc<[Candidate]>;
 /// The candidates of one host group, indexed by path.
 #[derive(Debug, Default, Clone, Serialize)]
 struct MatchTable {
-    exact: Map<Arc<str>, Bucket>,
+    exact: Sharded<Bucket>,
     /// Keyed by the prefix without its trailing `/` (the root prefix is `/`).
-    prefix: Map<Arc<str>, Bucket>,
+    prefix: Sharded<Bucket>,
     regex: Bucket,
     /// For each regex candidate, a literal every matching path starts with: a cheap test that
     /// spares running expressions that cannot match.
@@ -181,8 +183,8 @@ impl Router {
         for (host, (keys, joining)) in touched {
             let old = match &host {
                 HostPattern::Any => Some(&self.any_host),
-                HostPattern::Exact(h) => self.exact_hosts.get(&**h),
-                HostPattern::Wildcard(h) => self.wildcard_hosts.get(&**h),
+                HostPattern::Exact(h) => self.exact_hosts.get(h),
+                HostPattern::Wildcard(h) => self.wildcard_hosts.get(h),
             };
             let empty = MatchTable::default();
             let table = old.map_or(&empty, |t| &**t).patched(&gone, keys, joining);
@@ -191,13 +193,13 @@ impl Router {
             match host {
                 HostPattern::Any => router.any_host = table,
                 HostPattern::Exact(h) if empty => {
-                    router.exact_hosts.remove(&*h);
+                    router.exact_hosts.remove(&h);
                 }
                 HostPattern::Exact(h) => {
                     router.exact_hosts.insert(h.into(), table);
                 }
                 HostPattern::Wildcard(h) if empty => {
-                    router.wildcard_hosts.remove(&*h);
+                    router.wildcard_hosts.remove(&h);
                 }
                 HostPattern::Wildcard(h) => {
                     router.wildcard_hosts.insert(h.into(), table);
@@ -287,20 +289,26 @@ impl RouterBuilder {
 
     /// Sorts every bucket by precedence and builds the lookup tables.
     pub fn build(self) -> Router {
-        let mut router = Router::default();
+        let mut any_host = Arc::default();
+        let mut exact_hosts = Map::default();
+        let mut wildcard_hosts = Map::default();
         for (host, candidates) in self.tables {
             let table = Arc::new(MatchTable::build(candidates));
             match host {
-                HostPattern::Any => router.any_host = table,
+                HostPattern::Any => any_host = table,
                 HostPattern::Exact(h) => {
-                    router.exact_hosts.insert(h.into(), table);
+                    exact_hosts.insert(h.into(), table);
                 }
                 HostPattern::Wildcard(h) => {
-                    router.wildcard_hosts.insert(h.into(), table);
+                    wildcard_hosts.insert(h.into(), table);
                 }
             }
         }
-        router
+        Router {
+            exact_hosts: Sharded::from_map(exact_hosts),
+            wildcard_hosts: Sharded::from_map(wildcard_hosts),
+            any_host,
+        }
     }
 }
 
@@ -320,15 +328,12 @@ impl MatchTable {
                 PathMatch::Regex(_) => regex.push(c),
             }
         }
+        let shared = |map: Map<Box<str>, Vec<Candidate>>| {
+            Sharded::from_map(map.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        };
         MatchTable {
-            exact: exact
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-            prefix: prefix
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
+            exact: shared(exact),
+            prefix: shared(prefix),
             regex_literals: regex_literals(&regex),
             regex: regex.into(),
         }
@@ -357,8 +362,8 @@ impl MatchTable {
         for key in keys {
             let mut joins = joining.remove(&key).unwrap_or_default();
             let old = match &key {
-                BucketKey::Exact(p) => self.exact.get(&**p),
-                BucketKey::Prefix(p) => self.prefix.get(&**p),
+                BucketKey::Exact(p) => self.exact.get(p),
+                BucketKey::Prefix(p) => self.prefix.get(p),
                 BucketKey::Regex => Some(&self.regex),
             };
             let mut bucket: Vec<Candidate> = old
@@ -379,7 +384,7 @@ impl MatchTable {
                 BucketKey::Prefix(p) => (&mut table.prefix, p),
             };
             if bucket.is_empty() {
-                map.remove(&*path);
+                map.remove(&path);
             } else {
                 map.insert(path.into(), bucket.into());
             }

@@ -31,12 +31,9 @@ pub type RuleId = u32;
 pub struct Snapshot {
     /// Increases by one with every snapshot a source publishes.
     pub generation: u64,
-    /// Every accepted rule of every route, oldest route first. Shared with the next snapshot
-    /// when an endpoint change leaves a rule alone.
-    pub rules: Box<[Arc<Rule>]>,
-    /// For each [`RuleId`], the rule's position in `rules` (`u32::MAX` for an id no rule has).
-    #[serde(skip)]
-    pub rule_index: Arc<[u32]>,
+    /// Every accepted rule of every route, by id. Shared, chunk by chunk, with the next
+    /// snapshot where it leaves rules alone.
+    pub rules: Rules,
     /// Host and path tables leading to rules, shared by snapshots that differ only in
     /// endpoints.
     pub router: Arc<Router>,
@@ -51,7 +48,113 @@ pub struct Snapshot {
 impl Snapshot {
     /// The rule a router candidate points at.
     pub fn rule(&self, id: RuleId) -> &Rule {
-        &self.rules[self.rule_index[id as usize] as usize]
+        self.rules
+            .get(id)
+            .expect("every router candidate points at a rule of its snapshot")
+    }
+}
+
+/// Ids per chunk of [`Rules`].
+const CHUNK: usize = 64;
+
+/// One chunk of [`Rules`]: shared by snapshots until one of them changes a rule in it.
+type Chunk = Arc<[Option<Arc<Rule>>]>;
+
+/// A snapshot's rules by [`RuleId`], in chunks of 64 ids that snapshots share: one that changes
+/// a few rules copies only the chunks they are in (and the list of chunks), so a change costs
+/// what it touches, not what the configuration holds. Iteration goes by id; after a compile
+/// from scratch that is route precedence order.
+#[derive(Debug, Default, Clone)]
+pub struct Rules {
+    chunks: Box<[Chunk]>,
+    len: usize,
+}
+
+impl Rules {
+    /// The rule with id `id`.
+    pub fn get(&self, id: RuleId) -> Option<&Arc<Rule>> {
+        let id = id as usize;
+        self.chunks.get(id / CHUNK)?.get(id % CHUNK)?.as_ref()
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when there is no rule.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every rule, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Rule>> + '_ {
+        self.chunks.iter().flat_map(|c| c.iter().flatten())
+    }
+
+    /// Every rule with its id.
+    pub fn iter_ids(&self) -> impl Iterator<Item = (RuleId, &Arc<Rule>)> + '_ {
+        self.chunks.iter().enumerate().flat_map(|(c, chunk)| {
+            chunk.iter().enumerate().filter_map(move |(i, r)| {
+                let id = u32::try_from(c * CHUNK + i).unwrap_or(u32::MAX);
+                r.as_ref().map(|r| (id, r))
+            })
+        })
+    }
+
+    /// A copy with each `(id, rule)` of `changes` set (`None`: no rule has that id any more),
+    /// sharing every chunk the changes leave alone.
+    pub fn with(&self, changes: impl IntoIterator<Item = (RuleId, Option<Arc<Rule>>)>) -> Rules {
+        let mut chunks = self.chunks.to_vec();
+        let mut len = self.len;
+        for (id, rule) in changes {
+            let (c, i) = (id as usize / CHUNK, id as usize % CHUNK);
+            while chunks.len() <= c {
+                chunks.push(std::iter::repeat_n(None, CHUNK).collect());
+            }
+            // Copies a chunk `self` shares the first time it is touched, then edits the copy.
+            let slot = &mut Arc::make_mut(&mut chunks[c])[i];
+            match (slot.is_some(), rule.is_some()) {
+                (false, true) => len += 1,
+                (true, false) => len -= 1,
+                _ => {}
+            }
+            *slot = rule;
+        }
+        Rules {
+            chunks: chunks.into(),
+            len,
+        }
+    }
+
+    /// The rules of the chunks `earlier` does not share with this: every rule new since it, and
+    /// the neighbours of those.
+    pub fn not_shared_with<'a>(
+        &'a self,
+        earlier: &'a Rules,
+    ) -> impl Iterator<Item = &'a Arc<Rule>> {
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter(move |(i, chunk)| {
+                earlier
+                    .chunks
+                    .get(*i)
+                    .is_none_or(|old| !Arc::ptr_eq(chunk, old))
+            })
+            .flat_map(|(_, chunk)| chunk.iter().flatten())
+    }
+}
+
+impl FromIterator<(RuleId, Arc<Rule>)> for Rules {
+    fn from_iter<I: IntoIterator<Item = (RuleId, Arc<Rule>)>>(iter: I) -> Self {
+        Rules::default().with(iter.into_iter().map(|(id, r)| (id, Some(r))))
+    }
+}
+
+impl Serialize for Rules {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
     }
 }
 

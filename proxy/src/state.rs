@@ -17,7 +17,7 @@ pub(crate) use limits::Limits;
 use traffic::TrafficState;
 
 use crate::pipeline::Step;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Rule, Snapshot};
 
 /// How remote key sets are fetched.
 #[derive(Debug, Clone, Copy)]
@@ -64,14 +64,14 @@ impl State {
         }
     }
 
-    /// Binds the state every rule of `snapshot` needs. Rules shared with the previous snapshot
-    /// are bound already and left alone.
-    pub fn bind(&self, snapshot: &Snapshot) {
-        self.limits.bind(snapshot);
-        self.traffic.bind(snapshot);
+    /// Binds the state the rules in `fresh` need (those of `snapshot` not shared with the
+    /// snapshot it replaces; the shared ones are bound already).
+    pub fn bind(&self, snapshot: &Snapshot, fresh: &[&Arc<Rule>]) {
+        self.limits.bind(fresh);
+        self.traffic.bind(snapshot, fresh);
         let mut jwks = self.jwks.lock().unwrap_or_else(|e| e.into_inner());
         jwks.retain(|_, w| w.strong_count() > 0);
-        for rule in snapshot.rules.iter() {
+        for rule in fresh {
             for step in rule.policy.steps.iter() {
                 let Step::Authenticate(auth) = step else {
                     continue;

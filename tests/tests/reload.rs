@@ -79,7 +79,16 @@ async fn readiness_changes_move_traffic() {
         &service("s", 80, &[(a.addr, true), (b.addr, false)]),
     );
     let drained = eventually(Duration::from_secs(5), || async {
-        gw.gateway.snapshot().rules[0].backends[0].endpoints.len() == 1
+        gw.gateway
+            .snapshot()
+            .rules
+            .iter()
+            .next()
+            .expect("a rule")
+            .backends[0]
+            .endpoints
+            .len()
+            == 1
     })
     .await;
     assert!(drained);

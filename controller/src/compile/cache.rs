@@ -16,7 +16,7 @@ use std::sync::Arc;
 use kube::ResourceExt;
 
 use sluice_proxy::router::{Candidate, HostPattern, Router, RouterBuilder};
-use sluice_proxy::snapshot::RuleId;
+use sluice_proxy::snapshot::{RuleId, Rules};
 
 use super::{FastMap, Inputs, endpoints, policies::PolicyIndex, route_secret_names, routes};
 use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Secret, Service};
@@ -57,6 +57,27 @@ pub struct RouteCache {
     services: FastMap<String, ServiceVersion>,
     /// Last version handed out; versions are never reused.
     version: u64,
+    /// Endpoint lists handed out, shared by the next compile where still right.
+    lists: endpoints::EndpointLists,
+    /// How many placed rules send to each Service (`namespace/name`).
+    sends_to: FastMap<Arc<str>, usize>,
+    /// The addresses of the Secrets and RateLimitPolicies of the last compile, sorted.
+    dependencies: Vec<usize>,
+    /// The rules of the placed routes, by id, as last placed.
+    rules: Rules,
+    /// The placed routes that have problems, certificates or unresolved Services, by rank.
+    notable: BTreeMap<u64, usize>,
+    /// The identity headers of the rules last placed, once worked out.
+    identity_headers: Option<Box<[http::HeaderName]>>,
+}
+
+/// The router and rules of a compile, and what changed.
+pub(super) struct Placement {
+    pub router: Arc<Router>,
+    pub rules: Rules,
+    pub changes: RuleChanges,
+    /// The last compile's identity headers, when no rule that authenticates came or went.
+    pub identity_headers: Option<Box<[http::HeaderName]>>,
 }
 
 /// Objects of the last compile whose addresses the cache recorded.
@@ -97,6 +118,13 @@ pub(super) struct CachedRoute {
 }
 
 impl CachedRoute {
+    /// Has anything besides rules and a status for the snapshot.
+    fn notable(&self) -> bool {
+        !self.output.diagnostics.is_empty()
+            || !self.output.certificates.is_empty()
+            || !self.failed.is_empty()
+    }
+
     /// The route's candidates as placed: rule ids and the rank in the tie-break.
     fn placed_candidates(&self) -> impl Iterator<Item = (HostPattern, Candidate)> + '_ {
         self.output.candidates.iter().map(|(host, c)| {
@@ -170,7 +198,19 @@ impl RouteCache {
     ) -> Update {
         self.stamp += 1;
         let stamp = self.stamp;
-        let versions = self.service_versions(inputs);
+        let (versions, services_changed) = self.service_versions(inputs);
+        let mut dependencies: Vec<usize> = inputs
+            .secrets
+            .iter()
+            .map(|s| Arc::as_ptr(s) as usize)
+            .chain(inputs.policies.iter().map(|p| Arc::as_ptr(p) as usize))
+            .collect();
+        dependencies.sort_unstable();
+        // With the same Services, Secrets and policies as last time, a route that is the same
+        // object compiles to the same output: no need to check what it depends on, route by
+        // route.
+        let unchanged = !services_changed && dependencies == self.dependencies;
+        self.dependencies = dependencies;
         let secret_addresses: FastMap<(&str, &str), usize> = inputs
             .secrets
             .iter()
@@ -190,6 +230,7 @@ impl RouteCache {
             let key = Arc::as_ptr(route) as usize;
             let reused = self.routes.get_mut(&key).is_some_and(|entry| {
                 let same = entry.used == stamp
+                    || unchanged
                     || (route_service_versions(route, &versions)
                         .eq(entry.services.iter().copied())
                         && route_secret_addresses(route, &secret_addresses)
@@ -233,24 +274,57 @@ impl RouteCache {
         Update { fresh, gone }
     }
 
-    /// Places the routes of `update` (ranks, rule ids) and returns the router of every cached
-    /// route, patched from the last one when that can be done, and what changed by rule.
-    pub(super) fn place(&mut self, update: Update) -> (Arc<Router>, RuleChanges) {
+    /// Places the routes of `update` (ranks, rule ids): the router and rules of every cached
+    /// route, patched from the last ones when that can be done, and what changed by rule.
+    pub(super) fn place(&mut self, update: Update) -> Placement {
         let changes = self.rule_changes(&update);
         let Update { mut fresh, gone } = update;
+        // Identity headers depend on the authentication of every rule: they are worked out
+        // again only when a rule that authenticates came or went.
+        let authenticates = |rules: &[Arc<sluice_proxy::snapshot::Rule>]| {
+            rules.iter().any(|r| {
+                r.policy
+                    .steps
+                    .iter()
+                    .any(|s| matches!(s, sluice_proxy::pipeline::Step::Authenticate(_)))
+            })
+        };
+        let auth_changed = gone.iter().any(|e| authenticates(&e.output.rules))
+            || fresh
+                .iter()
+                .any(|k| authenticates(&self.routes[k].output.rules));
         // A patch costs what the touched buckets hold; placing everything, what all do.
         let small = (fresh.len() + gone.len()) * 2 <= self.routes.len().max(64);
         let patched = match &self.router {
             Some(router) if small => self.patch(router.clone(), &mut fresh, &gone),
             _ => None,
         };
-        let router = match patched {
-            Some(router) => router,
-            None => self.place_all(),
+        let (router, identity_headers) = match patched {
+            Some(router) => (
+                router,
+                self.identity_headers.clone().filter(|_| !auth_changed),
+            ),
+            None => (self.place_all(), None),
         };
         let router = Arc::new(router);
         self.router = Some(Arc::clone(&router));
-        (router, changes)
+        Placement {
+            router,
+            rules: self.rules.clone(),
+            changes,
+            identity_headers,
+        }
+    }
+
+    /// Keeps the identity headers worked out for the rules just placed.
+    pub(super) fn keep_identity_headers(&mut self, headers: &[http::HeaderName]) {
+        self.identity_headers = Some(headers.into());
+    }
+
+    /// The placed routes with problems, certificates or unresolved Services, in precedence
+    /// order.
+    pub(super) fn notable(&self) -> impl Iterator<Item = &CachedRoute> {
+        self.notable.values().map(|k| &self.routes[k])
     }
 
     /// The placed routes in precedence order.
@@ -264,9 +338,28 @@ impl RouteCache {
         self.routes.len()
     }
 
-    /// One past the largest rule id handed out.
-    pub(super) fn id_bound(&self) -> usize {
-        self.next_id as usize
+    /// The endpoint lists of earlier compiles, for [`endpoints::EndpointIndex`].
+    pub(super) fn take_lists(&mut self) -> endpoints::EndpointLists {
+        std::mem::take(&mut self.lists)
+    }
+
+    /// Keeps `lists` for the next compile, without those no rule has any more.
+    pub(super) fn keep_lists(&mut self, mut lists: endpoints::EndpointLists) {
+        lists.prune();
+        self.lists = lists;
+    }
+
+    /// True when some placed rule sends to Service `service` (`namespace/name`).
+    pub fn sends_to(&self, service: &str) -> bool {
+        self.sends_to.contains_key(service)
+    }
+
+    /// Counts (or, with `-1`, uncounts) the Services `route`'s rules send to.
+    fn count_services(&mut self, key: usize, by: isize) {
+        let Some(route) = self.routes.get(&key) else {
+            return;
+        };
+        count_services(&mut self.sends_to, route, by);
     }
 
     /// `fresh` patched into `router` in place of `gone`; `None` when some new route finds no
@@ -313,7 +406,13 @@ impl RouteCache {
             self.routes.get_mut(key)?.rank = rank;
         }
         let mut removed = Vec::new();
+        let mut changed: Vec<(RuleId, Option<Arc<sluice_proxy::snapshot::Rule>>)> = Vec::new();
         for entry in gone.iter().filter(|e| e.rank != 0) {
+            count_services(&mut self.sends_to, entry, -1);
+            changed.extend(entry.ids.iter().map(|id| (*id, None)));
+            if self.notable.get(&entry.rank) == Some(&(Arc::as_ptr(&entry.source) as usize)) {
+                self.notable.remove(&entry.rank);
+            }
             removed.extend(entry.placed_candidates());
             let order = RouteOrder(Arc::clone(&entry.source));
             let holder = self.order.get(&order).map(|(k, _)| *k);
@@ -329,7 +428,19 @@ impl RouteCache {
             let entry = self.routes.get_mut(key)?;
             entry.ids = ids;
             added.extend(entry.placed_candidates());
+            changed.extend(
+                entry
+                    .ids
+                    .iter()
+                    .zip(entry.output.rules.iter())
+                    .map(|(id, r)| (*id, Some(Arc::clone(r)))),
+            );
+            if entry.notable() {
+                self.notable.insert(entry.rank, *key);
+            }
+            self.count_services(*key, 1);
         }
+        self.rules = self.rules.with(changed);
         // Ids of gone rules are reused only from the next compile on: the patch tells removed
         // candidates by their id.
         for entry in gone {
@@ -358,6 +469,9 @@ impl RouteCache {
         self.order.clear();
         self.free_ids.clear();
         self.next_id = 0;
+        self.sends_to.clear();
+        self.notable.clear();
+        let mut placed = Vec::new();
         let mut builder = RouterBuilder::default();
         for (i, (order, key)) in keys.into_iter().enumerate() {
             let rank = (i as u64 + 1) * gap;
@@ -377,7 +491,19 @@ impl RouteCache {
             for (host, candidate) in entry.placed_candidates() {
                 builder.add(host, candidate);
             }
+            placed.extend(
+                entry
+                    .ids
+                    .iter()
+                    .zip(entry.output.rules.iter())
+                    .map(|(id, r)| (*id, Arc::clone(r))),
+            );
+            if entry.notable() {
+                self.notable.insert(rank, key);
+            }
+            self.count_services(key, 1);
         }
+        self.rules = placed.into_iter().collect();
         builder.build()
     }
 
@@ -419,7 +545,11 @@ impl RouteCache {
     /// its EndpointSlice objects are the same objects as at the last compile. Objects are
     /// shared, unchanged, from one set of inputs to the next, and the cache holds the previous
     /// ones while a compile runs, so an address cannot be taken by a replacement.
-    fn service_versions<'a>(&mut self, inputs: &'a Inputs) -> FastMap<(&'a str, &'a str), u64> {
+    /// Also says whether any version is new or gone since the last compile.
+    fn service_versions<'a>(
+        &mut self,
+        inputs: &'a Inputs,
+    ) -> (FastMap<(&'a str, &'a str), u64>, bool) {
         let mut objects: FastMap<(&str, &str), Vec<usize>> =
             FastMap::with_capacity_and_hasher(inputs.services.len(), Default::default());
         for s in &inputs.services {
@@ -444,6 +574,7 @@ impl RouteCache {
         let stamp = self.stamp;
         let mut versions = FastMap::with_capacity_and_hasher(objects.len(), Default::default());
         let mut id = String::new();
+        let mut changed = false;
         for ((ns, name), mut list) in objects {
             list.sort_unstable();
             id.clear();
@@ -457,6 +588,7 @@ impl RouteCache {
                 }
                 _ => {
                     self.version += 1;
+                    changed = true;
                     self.services.insert(
                         id.clone(),
                         ServiceVersion {
@@ -470,8 +602,29 @@ impl RouteCache {
             };
             versions.insert((ns, name), version);
         }
+        let before = self.services.len();
         self.services.retain(|_, s| s.used == stamp);
-        versions
+        changed |= self.services.len() != before;
+        (versions, changed)
+    }
+}
+
+/// Adds `by` to the count of every Service `route`'s rules send to (once per backend).
+fn count_services(counts: &mut FastMap<Arc<str>, usize>, route: &CachedRoute, by: isize) {
+    for backend in route.output.rules.iter().flat_map(|r| r.backends.iter()) {
+        let service = &backend.service;
+        match counts.get_mut(&**service) {
+            Some(n) => {
+                *n = n.saturating_add_signed(by);
+                if *n == 0 {
+                    counts.remove(&**service);
+                }
+            }
+            None if by > 0 => {
+                counts.insert(Arc::clone(service), by.unsigned_abs());
+            }
+            None => {}
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use kube::ResourceExt;
 use sluice_proxy::Snapshot;
@@ -27,15 +27,52 @@ pub struct Resolved {
 
 type Key<'a> = (&'a str, &'a str);
 
+/// Ready endpoint lists already handed out, by Service (`namespace/name`) and port: when a
+/// Service's ready addresses did not change, its list is shared instead of rebuilt, so rules
+/// keep one list per Service port and its endpoints keep the state bound to them. Held weakly:
+/// a list lives while some rule has it. The route cache keeps these from one compile to the
+/// next, so that finding them does not walk the previous snapshot.
+#[derive(Default)]
+pub struct EndpointLists(FastMap<Box<str>, FastMap<u16, Weak<[Endpoint]>>>);
+
+impl EndpointLists {
+    /// The lists of `snapshot`'s rules.
+    pub fn of_snapshot(snapshot: &Snapshot) -> Self {
+        let mut lists = EndpointLists::default();
+        for backend in snapshot.rules.iter().flat_map(|r| r.backends.iter()) {
+            lists.keep(&backend.service, backend.port, &backend.endpoints);
+        }
+        lists
+    }
+
+    fn get(&self, service: &str, port: u16) -> Option<Arc<[Endpoint]>> {
+        self.0.get(service)?.get(&port)?.upgrade()
+    }
+
+    fn keep(&mut self, service: &str, port: u16, list: &Arc<[Endpoint]>) {
+        if !self.0.contains_key(service) {
+            self.0.insert(service.into(), FastMap::default());
+        }
+        if let Some(ports) = self.0.get_mut(service) {
+            ports.insert(port, Arc::downgrade(list));
+        }
+    }
+
+    /// Forgets the lists no rule has any more.
+    pub fn prune(&mut self) {
+        self.0.retain(|_, ports| {
+            ports.retain(|_, list| list.strong_count() > 0);
+            !ports.is_empty()
+        });
+    }
+}
+
 /// Services and slices by `(namespace, service)`, with resolutions memoised per port. Built on
 /// the first resolution: a recompile that reuses every route resolves nothing.
 pub struct EndpointIndex<'a> {
-    inputs: (
-        &'a [Arc<Service>],
-        &'a [Arc<EndpointSlice>],
-        Option<&'a Snapshot>,
-    ),
+    inputs: (&'a [Arc<Service>], &'a [Arc<EndpointSlice>]),
     built: Option<Indexed<'a>>,
+    lists: EndpointLists,
     resolved: FastMap<(Key<'a>, i32), Result<Resolved, String>>,
     /// `namespace/name` of every Service a resolution failed for.
     failed: HashSet<String>,
@@ -47,9 +84,6 @@ struct Indexed<'a> {
     /// namespace → name → Service (nested so lookups borrow the caller's strings).
     services: FastMap<&'a str, FastMap<&'a str, &'a Service>>,
     slices: FastMap<Key<'a>, Vec<&'a EndpointSlice>>,
-    /// Ready endpoint lists of the previous snapshot by `(namespace/name, port)`: when a
-    /// Service's ready addresses did not change, its list is shared instead of rebuilt.
-    previous: FastMap<&'a str, FastMap<u16, Arc<[Endpoint]>>>,
 }
 
 fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
@@ -57,38 +91,23 @@ fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMet
 }
 
 impl<'a> EndpointIndex<'a> {
-    /// An index over these inputs.
+    /// An index over these inputs, sharing the lists in `lists` that are still right.
     pub fn new(
         services: &'a [Arc<Service>],
         slices: &'a [Arc<EndpointSlice>],
-        prev: Option<&'a Snapshot>,
+        lists: EndpointLists,
     ) -> Self {
         EndpointIndex {
-            inputs: (services, slices, prev),
+            inputs: (services, slices),
             built: None,
+            lists,
             resolved: FastMap::default(),
             failed: HashSet::new(),
             recent: Vec::new(),
         }
     }
 
-    fn build(
-        services: &'a [Arc<Service>],
-        slices: &'a [Arc<EndpointSlice>],
-        prev: Option<&'a Snapshot>,
-    ) -> Indexed<'a> {
-        let mut previous: FastMap<&str, FastMap<u16, Arc<[Endpoint]>>> = FastMap::default();
-        for backend in prev
-            .iter()
-            .flat_map(|p| p.rules.iter())
-            .flat_map(|r| r.backends.iter())
-        {
-            previous
-                .entry(&*backend.service)
-                .or_default()
-                .entry(backend.port)
-                .or_insert_with(|| backend.endpoints.clone());
-        }
+    fn build(services: &'a [Arc<Service>], slices: &'a [Arc<EndpointSlice>]) -> Indexed<'a> {
         let mut by_name: FastMap<&'a str, FastMap<&'a str, &'a Service>> = FastMap::default();
         for s in services {
             if let Some(name) = s.metadata.name.as_deref() {
@@ -110,16 +129,15 @@ impl<'a> EndpointIndex<'a> {
         Indexed {
             services: by_name,
             slices: by_service,
-            previous,
         }
     }
 
     /// The endpoints behind Service `namespace/name` port `port`, or why there are none to have.
     pub fn resolve(&mut self, namespace: &str, name: &str, port: i32) -> Result<Resolved, String> {
-        let (services, slices, prev) = self.inputs;
+        let (services, slices) = self.inputs;
         let index = self
             .built
-            .get_or_insert_with(|| Self::build(services, slices, prev));
+            .get_or_insert_with(|| Self::build(services, slices));
         let found = index
             .services
             .get_key_value(namespace)
@@ -135,7 +153,7 @@ impl<'a> EndpointIndex<'a> {
         let result = match self.resolved.get(&(key, port)) {
             Some(hit) => hit.clone(),
             None => {
-                let result = index.resolve_uncached(key, service, port);
+                let result = index.resolve_uncached(key, service, port, &mut self.lists);
                 self.resolved.insert((key, port), result.clone());
                 result
             }
@@ -163,8 +181,8 @@ impl<'a> EndpointIndex<'a> {
 
     /// `namespace/name` of every Service a resolution failed for: a change to one of them may
     /// bring a dropped rule back, which only a full compile does.
-    pub fn into_failed(self) -> HashSet<String> {
-        self.failed
+    pub fn into_failed(self) -> (HashSet<String>, EndpointLists) {
+        (self.failed, self.lists)
     }
 }
 
@@ -174,6 +192,7 @@ impl<'a> Indexed<'a> {
         key: Key<'a>,
         service: &Service,
         port: i32,
+        lists: &mut EndpointLists,
     ) -> Result<Resolved, String> {
         let (namespace, name) = key;
         let spec = service.spec.as_ref();
@@ -251,13 +270,17 @@ impl<'a> Indexed<'a> {
         not_ready.dedup();
         not_ready.retain(|a| ready.binary_search(a).is_err());
         let service_id = format!("{namespace}/{name}");
-        let unchanged = u16::try_from(port)
-            .ok()
-            .and_then(|p| self.previous.get(service_id.as_str())?.get(&p))
+        let port = u16::try_from(port).unwrap_or(0);
+        let unchanged = lists
+            .get(&service_id, port)
             .filter(|old| old.iter().map(|e| e.addr).eq(ready.iter().copied()));
         let ready = match unchanged {
-            Some(old) => old.clone(),
-            None => ready.into_iter().map(Endpoint::new).collect(),
+            Some(old) => old,
+            None => {
+                let list: Arc<[Endpoint]> = ready.into_iter().map(Endpoint::new).collect();
+                lists.keep(&service_id, port, &list);
+                list
+            }
         };
         Ok(Resolved {
             ready,

@@ -643,12 +643,15 @@ fn services_that_failed_to_resolve_are_reported_for_the_refresh_path() {
 
 const ORDERS_ROUTE_SPEC: &str = "  rules:\n  - matches: [{path: {value: /orders}}]\n    backendRefs: [{name: orders, port: 9000}]";
 
-/// What a snapshot serves, without the numbers placement chose: the rules in order, and every
-/// router bucket with its candidates in order, each naming its rule as `route:rule` and keeping
-/// of its tie-break only the rule and match index (ranks differ between a patched router and a
-/// fresh one; their order does not).
+/// What a snapshot serves, without the numbers placement chose: the rules by route and name,
+/// and every router bucket with its candidates in order, each naming its rule as `route:rule`
+/// and keeping of its tie-break only the rule and match index (ids and ranks differ between a
+/// patched router and a fresh one; the order of candidates does not).
 pub(crate) fn served(s: &Snapshot) -> serde_json::Value {
     let mut json = serde_json::to_value(s).expect("json");
+    let mut rules: Vec<&Arc<sluice_proxy::snapshot::Rule>> = s.rules.iter().collect();
+    rules.sort_by(|a, b| (a.route(), a.name()).cmp(&(b.route(), b.name())));
+    json["rules"] = serde_json::to_value(rules).expect("json");
     let buckets: Vec<serde_json::Value> = s
         .router
         .buckets()

@@ -59,6 +59,8 @@ impl Stores {
             secrets: Vec::new(),
             // Set by the reconcile that compiles them.
             shared_store: false,
+            // The status writer reads them.
+            skip_statuses: false,
         }
     }
 

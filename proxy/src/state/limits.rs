@@ -10,7 +10,7 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use crate::limit::local::LocalBuckets;
 use crate::limit::{Buckets, Limit, LimitState, Scope, SharedStore};
 use crate::pipeline::Step;
-use crate::snapshot::Snapshot;
+use crate::snapshot::Rule;
 
 /// How often idle keys of local limits are forgotten.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -66,12 +66,12 @@ impl Limits {
         }
     }
 
-    /// Binds every limit of `snapshot` to the state of its identity, made now if no installed
-    /// rule has it; forgets the state no installed rule holds.
-    pub(crate) fn bind(&self, snapshot: &Snapshot) {
+    /// Binds every limit of the `fresh` rules to the state of its identity, made now if no
+    /// installed rule has it; forgets the state no installed rule holds.
+    pub(crate) fn bind(&self, fresh: &[&Arc<Rule>]) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         self.forget_unused(&mut entries);
-        for step in snapshot.rules.iter().flat_map(|r| r.policy.steps.iter()) {
+        for step in fresh.iter().flat_map(|r| r.policy.steps.iter()) {
             if let Step::RateLimit(limits) = step {
                 for limit in limits.limits.iter() {
                     self.bind_limit(&mut entries, limit);

@@ -14,7 +14,7 @@ use crate::circuit::{BackendState, CircuitLimits, CircuitMetrics};
 use crate::health::checker::Checker;
 use crate::health::{ActiveHealth, EndpointMetrics, EndpointState};
 use crate::retry::{Budget, BudgetMetrics};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Rule, Snapshot};
 
 type CircuitKey = (Arc<str>, u16, CircuitLimits);
 type RuleKey = (Arc<str>, Arc<str>);
@@ -90,7 +90,7 @@ impl TrafficState {
 
     /// Binds every endpoint, circuit and budget of `snapshot` and starts or stops active
     /// checkers so that exactly the endpoints of rules with `healthCheck.active` are probed.
-    pub(crate) fn bind(&self, snapshot: &Snapshot) {
+    pub(crate) fn bind(&self, snapshot: &Snapshot, fresh: &[&Arc<Rule>]) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let Entries {
             endpoints,
@@ -98,8 +98,7 @@ impl TrafficState {
             budgets,
             checkers,
         } = &mut *entries;
-        let mut probed: FastMap<SocketAddr, &ActiveHealth> = FastMap::default();
-        for rule in snapshot.rules.iter() {
+        for rule in fresh {
             let traffic = &rule.policy.traffic;
             if let Some(retry) = &traffic.retry {
                 retry.bind(|| {
@@ -153,12 +152,25 @@ impl TrafficState {
                         endpoints.insert(endpoint.addr, Arc::downgrade(&state));
                         state
                     });
-                    if let Some(active) = &traffic.active {
-                        // One checker per address: when rules disagree, the first one's
-                        // settings win (in snapshot order, so the choice is stable).
-                        probed.entry(endpoint.addr).or_insert(active);
-                    }
                 }
+            }
+        }
+        // Which addresses are probed depends on every rule: worked out again when a probed rule
+        // came, or when probes run (a rule that had them may have gone).
+        let probes = |r: &&Arc<Rule>| r.policy.traffic.active.is_some();
+        if checkers.is_empty() && !fresh.iter().any(probes) {
+            self.forget(endpoints, circuits, budgets);
+            return;
+        }
+        let mut probed: FastMap<SocketAddr, &ActiveHealth> = FastMap::default();
+        for rule in snapshot.rules.iter() {
+            let Some(active) = &rule.policy.traffic.active else {
+                continue;
+            };
+            for endpoint in rule.backends.iter().flat_map(|b| b.endpoints.iter()) {
+                // One checker per address: when rules disagree, the first one's settings win
+                // (in snapshot order, so the choice is stable).
+                probed.entry(endpoint.addr).or_insert(active);
             }
         }
         checkers.retain(|addr, checker| {
@@ -178,7 +190,16 @@ impl TrafficState {
                 checkers.insert(addr, checker);
             }
         }
-        // Forget what no installed snapshot holds any more, with its metric series.
+        self.forget(endpoints, circuits, budgets);
+    }
+
+    /// Forgets what no installed snapshot holds any more, with its metric series.
+    fn forget(
+        &self,
+        endpoints: &mut FastMap<SocketAddr, Weak<EndpointState>>,
+        circuits: &mut FastMap<CircuitKey, Weak<BackendState>>,
+        budgets: &mut FastMap<RuleKey, Weak<Budget>>,
+    ) {
         endpoints.retain(|addr, state| {
             let live = state.strong_count() > 0;
             if !live {
