@@ -69,6 +69,9 @@ pub struct RouteCache {
     notable: BTreeMap<u64, usize>,
     /// The identity headers of the rules last placed, once worked out.
     identity_headers: Option<Box<[http::HeaderName]>>,
+    /// How many compiles placed every route afresh.
+    #[cfg(test)]
+    pub(super) full_placements: usize,
 }
 
 /// The router and rules of a compile, and what changed.
@@ -362,66 +365,63 @@ impl RouteCache {
         count_services(&mut self.sends_to, route, by);
     }
 
-    /// `fresh` patched into `router` in place of `gone`; `None` when some new route finds no
-    /// free rank (or shares its place with another route), which takes placing all afresh.
+    /// `fresh` patched into `router` in place of `gone`; `None` when some new route shares its
+    /// place with another route, or no room can be made for it, which takes placing all
+    /// afresh.
     fn patch(
         &mut self,
         router: Arc<Router>,
         fresh: &mut [usize],
         gone: &[CachedRoute],
     ) -> Option<Router> {
-        let gone_keys: FastMap<usize, ()> = gone
-            .iter()
-            .map(|e| (Arc::as_ptr(&e.source) as usize, ()))
-            .collect();
-        fresh.sort_by_cached_key(|k| RouteOrder(Arc::clone(&self.routes[k].source)));
-        let mut taken: FastMap<usize, ()> = FastMap::default();
-        for key in fresh.iter() {
-            let order = RouteOrder(Arc::clone(&self.routes[key].source));
-            let rank = match self.order.get(&order) {
-                // The route it replaces (same age and name) gives up its rank.
-                Some((holder, rank))
-                    if gone_keys.contains_key(holder) && !taken.contains_key(holder) =>
-                {
-                    *rank
-                }
-                // Another route of the same age and name.
-                Some(_) => return None,
-                None => {
-                    let low = self
-                        .order
-                        .range(..&order)
-                        .next_back()
-                        .map_or(0, |(_, (_, r))| *r);
-                    match self.order.range(&order..).next().map(|(_, (_, r))| *r) {
-                        None if MAX_RANK - low >= RANK_GAP => low + RANK_GAP,
-                        None if MAX_RANK - low >= 2 => low + (MAX_RANK - low) / 2,
-                        Some(high) if high - low >= 2 => low + (high - low) / 2,
-                        _ => return None,
-                    }
-                }
-            };
-            self.order.insert(order, (*key, rank));
-            taken.insert(*key, ());
-            self.routes.get_mut(key)?.rank = rank;
-        }
         let mut removed = Vec::new();
         let mut changed: Vec<(RuleId, Option<Arc<sluice_proxy::snapshot::Rule>>)> = Vec::new();
+        // The gone routes leave; a successor of the same age and name may take the place.
+        let mut vacated: BTreeMap<RouteOrder, u64> = BTreeMap::new();
         for entry in gone.iter().filter(|e| e.rank != 0) {
+            let own = Arc::as_ptr(&entry.source) as usize;
             count_services(&mut self.sends_to, entry, -1);
             changed.extend(entry.ids.iter().map(|id| (*id, None)));
-            if self.notable.get(&entry.rank) == Some(&(Arc::as_ptr(&entry.source) as usize)) {
+            if self.notable.get(&entry.rank) == Some(&own) {
                 self.notable.remove(&entry.rank);
             }
             removed.extend(entry.placed_candidates());
             let order = RouteOrder(Arc::clone(&entry.source));
-            let holder = self.order.get(&order).map(|(k, _)| *k);
-            let own = Arc::as_ptr(&entry.source) as usize;
-            if holder.is_some_and(|k| k == own && !taken.contains_key(&k)) {
+            if self.order.get(&order).is_some_and(|(k, _)| *k == own) {
                 self.order.remove(&order);
+                vacated.insert(order, entry.rank);
             }
         }
+        fresh.sort_by_cached_key(|k| RouteOrder(Arc::clone(&self.routes[k].source)));
+        let mut moved = Vec::new();
+        let mut placed: FastMap<usize, ()> = FastMap::default();
+        for key in fresh.iter() {
+            let order = RouteOrder(Arc::clone(&self.routes[key].source));
+            if self.order.contains_key(&order) {
+                // Another route of the same age and name.
+                return None;
+            }
+            let wanted = vacated.remove(&order);
+            let rank = match self.free_rank(&order, wanted) {
+                Some(rank) => rank,
+                None => {
+                    self.spread_around(&order, &placed, &mut moved, &mut removed)?;
+                    self.free_rank(&order, None)?
+                }
+            };
+            self.order.insert(order, (*key, rank));
+            placed.insert(*key, ());
+            self.routes.get_mut(key)?.rank = rank;
+        }
+        // Routes that moved to make room go back in at their new ranks, under the same ids.
         let mut added = Vec::new();
+        for key in moved {
+            let entry = self.routes.get(&key)?;
+            added.extend(entry.placed_candidates());
+            if entry.notable() {
+                self.notable.insert(entry.rank, key);
+            }
+        }
         for key in fresh.iter() {
             let rules = self.routes[key].output.rules.len();
             let ids: Box<[RuleId]> = (0..rules).map(|_| self.take_id()).collect();
@@ -449,6 +449,113 @@ impl RouteCache {
         Some(router.patched(&removed, added))
     }
 
+    /// A rank for a route at `order` between its neighbours': `wanted` if it still is (the
+    /// rank of the route it replaces), else the middle of the gap, or the gap's worth after the
+    /// last route. `None` when the neighbours leave no room.
+    fn free_rank(&self, order: &RouteOrder, wanted: Option<u64>) -> Option<u64> {
+        let low = self
+            .order
+            .range(..order)
+            .next_back()
+            .map_or(0, |(_, (_, r))| *r);
+        let high = self.order.range(order..).next().map(|(_, (_, r))| *r);
+        if let Some(w) = wanted
+            && w > low
+            && high.is_none_or(|h| w < h)
+        {
+            return Some(w);
+        }
+        match high {
+            None if MAX_RANK - low >= RANK_GAP => Some(low + RANK_GAP),
+            None if MAX_RANK - low >= 2 => Some(low + (MAX_RANK - low) / 2),
+            Some(high) if high - low >= 2 => Some(low + (high - low) / 2),
+            _ => None,
+        }
+    }
+
+    /// Makes room at `order`: the placed routes around it get evenly spread ranks over the
+    /// range their outer neighbours bound, in a window that doubles until that range is wide
+    /// enough (so that the work stays near the crowded spot). Routes placed before in this patch
+    /// (`placed`) only change rank; any other that moves is noted in `moved` and its
+    /// candidates in `removed`, to go back in at its new rank. `None` when no window makes room.
+    fn spread_around(
+        &mut self,
+        order: &RouteOrder,
+        placed: &FastMap<usize, ()>,
+        moved: &mut Vec<usize>,
+        removed: &mut Vec<(HostPattern, Candidate)>,
+    ) -> Option<()> {
+        let mut half = 8;
+        loop {
+            let before: Vec<(RouteOrder, usize, u64)> = self
+                .order
+                .range(..order)
+                .rev()
+                .take(half + 1)
+                .map(|(o, (k, r))| (o.clone(), *k, *r))
+                .collect();
+            let after: Vec<(RouteOrder, usize, u64)> = self
+                .order
+                .range(order..)
+                .take(half + 1)
+                .map(|(o, (k, r))| (o.clone(), *k, *r))
+                .collect();
+            let (low, left) = match before.get(half) {
+                Some(bound) => (bound.2, &before[..half]),
+                None => (0, &before[..]),
+            };
+            let (high, right) = match after.get(half) {
+                Some(bound) => (bound.2, &after[..half]),
+                None => (MAX_RANK + 1, &after[..]),
+            };
+            let step = (high - low) / (left.len() as u64 + right.len() as u64 + 2);
+            if step >= 2 {
+                let mut rank = low;
+                for (o, k, _) in left.iter().rev() {
+                    rank += step;
+                    self.rerank(o, *k, rank, placed, moved, removed);
+                }
+                // The slot between the two sides stays free for the route at `order`.
+                rank += step;
+                for (o, k, _) in right {
+                    rank += step;
+                    self.rerank(o, *k, rank, placed, moved, removed);
+                }
+                return Some(());
+            }
+            if left.len() < half && right.len() < half {
+                return None;
+            }
+            half *= 2;
+        }
+    }
+
+    /// Gives the placed route `key` at `order` rank `rank` (see [`RouteCache::spread_around`]).
+    fn rerank(
+        &mut self,
+        order: &RouteOrder,
+        key: usize,
+        rank: u64,
+        placed: &FastMap<usize, ()>,
+        moved: &mut Vec<usize>,
+        removed: &mut Vec<(HostPattern, Candidate)>,
+    ) {
+        if let Some(slot) = self.order.get_mut(order) {
+            slot.1 = rank;
+        }
+        let Some(entry) = self.routes.get_mut(&key) else {
+            return;
+        };
+        if !placed.contains_key(&key) && !moved.contains(&key) {
+            removed.extend(entry.placed_candidates());
+            if self.notable.get(&entry.rank) == Some(&key) {
+                self.notable.remove(&entry.rank);
+            }
+            moved.push(key);
+        }
+        entry.rank = rank;
+    }
+
     fn take_id(&mut self) -> RuleId {
         self.free_ids.pop().unwrap_or_else(|| {
             self.next_id += 1;
@@ -459,6 +566,10 @@ impl RouteCache {
     /// Every cached route placed afresh: ranks evenly spaced in precedence order, rule ids
     /// counted from 0 in that order, the router built from scratch.
     fn place_all(&mut self) -> Router {
+        #[cfg(test)]
+        {
+            self.full_placements += 1;
+        }
         let mut keys: Vec<(RouteOrder, usize)> = self
             .routes
             .iter()

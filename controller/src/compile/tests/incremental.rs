@@ -155,6 +155,40 @@ fn decisions(s: &Snapshot) -> Vec<Option<String>> {
     out
 }
 
+#[test]
+fn routes_crowding_one_spot_move_their_neighbours_not_every_route() {
+    // 60 routes, then 40 more whose names all sort between the same two of them: each takes
+    // the place after the one before it, halving the gap until neighbours must move apart.
+    let spec = |name: &str| {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /x}}}}]\n    backendRefs: [{{name: users, port: 80}}]\n"
+        )
+    };
+    let mut now = inputs(BACKENDS);
+    for i in 0..30 {
+        now.routes.extend(inputs(&spec(&format!("a{i:02}"))).routes);
+        now.routes.extend(inputs(&spec(&format!("z{i:02}"))).routes);
+    }
+    let mut cache = RouteCache::default();
+    let mut generation = 1;
+    compile_cached(&now, generation, None, &mut cache);
+    for i in 0..40 {
+        now.routes.extend(inputs(&spec(&format!("m{i:02}"))).routes);
+        generation += 1;
+        let patched = compile_cached(&now, generation, None, &mut cache);
+        let fresh = compile(&now, generation, None);
+        assert_eq!(
+            served(&patched.snapshot),
+            served(&fresh.snapshot),
+            "after m{i:02}"
+        );
+    }
+    assert_eq!(
+        cache.full_placements, 1,
+        "only the first compile placed every route"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
