@@ -5,7 +5,8 @@
 //!   through the proxy (polled every 0.2 ms);
 //! - endpoint flips: an endpoint's `ready` toggles; timed until the proxy's live snapshot has it.
 //!
-//! Each with 10 and with 10,000 routes configured. Prints p50, p99 and max over 100 changes.
+//! Each with 10 and with 10,000 routes configured (`ROUTES="100 10000 50000"` for others).
+//! Prints p50, p99 and max over 100 changes.
 //!
 //! `cargo bench -p sluice-tests --bench propagation`
 
@@ -104,8 +105,15 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // `ROUTES="100 10000 50000"` to choose the configured route counts.
+    let counts: Vec<usize> = std::env::var("ROUTES")
+        .unwrap_or_else(|_| "10 10000".to_owned())
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
     runtime.block_on(async {
-        scenario(10).await;
-        scenario(10_000).await;
+        for routes in counts {
+            scenario(routes).await;
+        }
     });
 }

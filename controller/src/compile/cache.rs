@@ -38,7 +38,9 @@ const RANK_GAP: u64 = 4;
 pub struct RouteCache {
     /// Keyed by the address of the route object; the entry holds the object, so the address
     /// cannot be reused by another while the entry lives.
-    routes: FastMap<usize, CachedRoute>,
+    /// With the entry, the compile that last saw the route (kept here, not in the entry, so that
+    /// marking every route seen touches only this table).
+    routes: FastMap<usize, (u64, Box<CachedRoute>)>,
     /// The placed routes in precedence order: their key in `routes` and their rank.
     order: BTreeMap<RouteOrder, (usize, u64)>,
     /// The router of the last compile, which the next one patches.
@@ -112,8 +114,6 @@ pub(super) struct CachedRoute {
     /// The address of every RateLimitPolicy object targeting the route, as compiled.
     policies: Box<[usize]>,
     pub output: routes::RouteOutput,
-    /// The compile that last used this entry.
-    used: u64,
     /// Precedence among routes (0 until placed).
     rank: u64,
     /// The id of each of the output's rules, once placed.
@@ -231,15 +231,17 @@ impl RouteCache {
         let mut gone = Vec::new();
         for route in &inputs.routes {
             let key = Arc::as_ptr(route) as usize;
-            let reused = self.routes.get_mut(&key).is_some_and(|entry| {
-                let same = entry.used == stamp
+            let reused = self.routes.get_mut(&key).is_some_and(|(used, entry)| {
+                // With nothing it depends on changed, the same object compiles the same: the
+                // entry is not even read (at 10,000 routes, that is most of a change's work).
+                let same = *used == stamp
                     || unchanged
                     || (route_service_versions(route, &versions)
                         .eq(entry.services.iter().copied())
                         && route_secret_addresses(route, &secret_addresses)
                             .eq(entry.secrets.iter().copied())
                         && *policy_addresses(route) == *entry.policies);
-                entry.used = stamp;
+                *used = stamp;
                 same
             });
             if reused {
@@ -253,21 +255,28 @@ impl RouteCache {
                 secrets: route_secret_addresses(route, &secret_addresses).collect(),
                 policies: policy_addresses(route),
                 output,
-                used: stamp,
                 rank: 0,
                 ids: Box::default(),
             };
-            gone.extend(self.routes.insert(key, entry));
+            gone.extend(
+                self.routes
+                    .insert(key, (stamp, Box::new(entry)))
+                    .map(|(_, e)| *e),
+            );
             fresh.push(key);
         }
         // Routes that are gone (or changed: their new object has a new key) leave the cache.
         let left: Vec<usize> = self
             .routes
             .iter()
-            .filter(|(_, e)| e.used != stamp)
+            .filter(|(_, (used, _))| *used != stamp)
             .map(|(k, _)| *k)
             .collect();
-        gone.extend(left.into_iter().filter_map(|k| self.routes.remove(&k)));
+        gone.extend(
+            left.into_iter()
+                .filter_map(|k| self.routes.remove(&k))
+                .map(|(_, e)| *e),
+        );
         self.held = Held {
             _services: inputs.services.clone(),
             _slices: inputs.slices.clone(),
@@ -295,7 +304,7 @@ impl RouteCache {
         let auth_changed = gone.iter().any(|e| authenticates(&e.output.rules))
             || fresh
                 .iter()
-                .any(|k| authenticates(&self.routes[k].output.rules));
+                .any(|k| authenticates(&self.routes[k].1.output.rules));
         // A patch costs what the touched buckets hold; placing everything, what all do.
         let small = (fresh.len() + gone.len()) * 2 <= self.routes.len().max(64);
         let patched = match &self.router {
@@ -327,12 +336,12 @@ impl RouteCache {
     /// The placed routes with problems, certificates or unresolved Services, in precedence
     /// order.
     pub(super) fn notable(&self) -> impl Iterator<Item = &CachedRoute> {
-        self.notable.values().map(|k| &self.routes[k])
+        self.notable.values().map(|k| &*self.routes[k].1)
     }
 
     /// The placed routes in precedence order.
     pub(super) fn placed(&self) -> impl Iterator<Item = &CachedRoute> {
-        self.order.values().map(|(k, _)| &self.routes[k])
+        self.order.values().map(|(k, _)| &*self.routes[k].1)
     }
 
     /// Number of routes cached.
@@ -359,7 +368,7 @@ impl RouteCache {
 
     /// Counts (or, with `-1`, uncounts) the Services `route`'s rules send to.
     fn count_services(&mut self, key: usize, by: isize) {
-        let Some(route) = self.routes.get(&key) else {
+        let Some((_, route)) = self.routes.get(&key) else {
             return;
         };
         count_services(&mut self.sends_to, route, by);
@@ -392,11 +401,11 @@ impl RouteCache {
                 vacated.insert(order, entry.rank);
             }
         }
-        fresh.sort_by_cached_key(|k| RouteOrder(Arc::clone(&self.routes[k].source)));
+        fresh.sort_by_cached_key(|k| RouteOrder(Arc::clone(&self.routes[k].1.source)));
         let mut moved = Vec::new();
         let mut placed: FastMap<usize, ()> = FastMap::default();
         for key in fresh.iter() {
-            let order = RouteOrder(Arc::clone(&self.routes[key].source));
+            let order = RouteOrder(Arc::clone(&self.routes[key].1.source));
             if self.order.contains_key(&order) {
                 // Another route of the same age and name.
                 return None;
@@ -411,21 +420,21 @@ impl RouteCache {
             };
             self.order.insert(order, (*key, rank));
             placed.insert(*key, ());
-            self.routes.get_mut(key)?.rank = rank;
+            self.routes.get_mut(key)?.1.rank = rank;
         }
         // Routes that moved to make room go back in at their new ranks, under the same ids.
         let mut added = Vec::new();
         for key in moved {
-            let entry = self.routes.get(&key)?;
+            let entry = &self.routes.get(&key)?.1;
             added.extend(entry.placed_candidates());
             if entry.notable() {
                 self.notable.insert(entry.rank, key);
             }
         }
         for key in fresh.iter() {
-            let rules = self.routes[key].output.rules.len();
+            let rules = self.routes[key].1.output.rules.len();
             let ids: Box<[RuleId]> = (0..rules).map(|_| self.take_id()).collect();
-            let entry = self.routes.get_mut(key)?;
+            let entry = &mut self.routes.get_mut(key)?.1;
             entry.ids = ids;
             added.extend(entry.placed_candidates());
             changed.extend(
@@ -543,7 +552,7 @@ impl RouteCache {
         if let Some(slot) = self.order.get_mut(order) {
             slot.1 = rank;
         }
-        let Some(entry) = self.routes.get_mut(&key) else {
+        let Some(entry) = self.routes.get_mut(&key).map(|(_, e)| e) else {
             return;
         };
         if !placed.contains_key(&key) && !moved.contains(&key) {
@@ -573,7 +582,7 @@ impl RouteCache {
         let mut keys: Vec<(RouteOrder, usize)> = self
             .routes
             .iter()
-            .map(|(k, e)| (RouteOrder(Arc::clone(&e.source)), *k))
+            .map(|(k, (_, e))| (RouteOrder(Arc::clone(&e.source)), *k))
             .collect();
         keys.sort_by(|a, b| a.0.cmp(&b.0));
         let gap = (MAX_RANK / (keys.len() as u64 + 1)).min(RANK_GAP);
@@ -592,9 +601,9 @@ impl RouteCache {
                 continue;
             }
             self.order.insert(order, (key, rank));
-            let rules = self.routes[&key].output.rules.len();
+            let rules = self.routes[&key].1.output.rules.len();
             let ids: Box<[RuleId]> = (0..rules).map(|_| self.take_id()).collect();
-            let Some(entry) = self.routes.get_mut(&key) else {
+            let Some(entry) = self.routes.get_mut(&key).map(|(_, e)| e) else {
                 continue;
             };
             entry.rank = rank;
@@ -632,7 +641,7 @@ impl RouteCache {
         for rule in update
             .fresh
             .iter()
-            .flat_map(|k| self.routes[k].output.rules.iter())
+            .flat_map(|k| self.routes[k].1.output.rules.iter())
         {
             let k = key(rule);
             if before.remove(&k).is_some() {
