@@ -152,7 +152,7 @@ pub fn route_secret_names(route: &GatewayRoute) -> impl Iterator<Item = &str> {
             .spec
             .rules
             .iter()
-            .filter_map(|r| r.authentication.as_ref()),
+            .filter_map(|r| r.authentication.as_deref()),
     );
     auths
         .flat_map(|a| {

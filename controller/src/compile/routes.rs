@@ -456,7 +456,7 @@ fn compile_rule(
     // whatever other rule matches them, which may well be an open one.
     let guarded = authorization.is_some()
         || authentication
-            .as_ref()
+            .as_deref()
             .or(ctx.route_auth)
             .is_some_and(|a| a.anonymous != Some(true) || a.jwt.is_some() || a.api_key.is_some());
     let name: Arc<str> = name.into();
@@ -512,7 +512,7 @@ fn compile_rule_body(
         response_headers,
         cors,
         security_headers,
-    } = filters.clone().unwrap_or_default();
+    } = filters.as_deref().cloned().unwrap_or_default();
     let cors = cors
         .map(|c| edge::compile_cors(&ctx.field("filters.cors"), &c))
         .transpose()?;
@@ -529,16 +529,16 @@ fn compile_rule_body(
     let timeouts = compile_timeouts(ctx, timeouts.as_ref())?;
     let traffic = traffic::compile(
         &|rest| ctx.field(rest),
-        load_balancer.as_ref(),
-        retry.as_ref(),
-        health_check.as_ref(),
+        load_balancer.as_deref(),
+        retry.as_deref(),
+        health_check.as_deref(),
         circuit_breaker.as_ref(),
         &timeouts,
     )?;
     let auth = auth::compile(
         ctx.route_auth,
-        authentication.as_ref(),
-        authorization.as_ref(),
+        authentication.as_deref(),
+        authorization.as_deref(),
         &|rest| ctx.field(rest),
         ctx.namespace,
         secrets,

@@ -74,7 +74,7 @@ pub struct RouteRule {
     pub matches: Vec<RouteMatch>,
     /// Changes applied on the way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filters: Option<RouteFilters>,
+    pub filters: Option<Box<RouteFilters>>,
     /// Services that receive the requests, weighted.
     #[schemars(length(min = 1, max = 16))]
     pub backend_refs: Vec<BackendRef>,
@@ -83,25 +83,25 @@ pub struct RouteRule {
     pub timeouts: Option<RouteTimeouts>,
     /// Who may call; replaces the route's `authentication`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authentication: Option<Authentication>,
+    pub authentication: Option<Box<Authentication>>,
     /// What the verified identity must have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authorization: Option<Authorization>,
+    pub authorization: Option<Box<Authorization>>,
     /// How endpoints are picked (default `LeastRequest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load_balancer: Option<LoadBalancer>,
+    pub load_balancer: Option<Box<LoadBalancer>>,
     /// Retries of failed attempts, always to another endpoint when one exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<Retry>,
+    pub retry: Option<Box<Retry>>,
     /// Passive (outlier detection) and active health checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<HealthCheck>,
+    pub health_check: Option<Box<HealthCheck>>,
     /// Limits of each backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
     /// A response cache for `GET` and `HEAD`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<Cache>,
+    pub cache: Option<Box<Cache>>,
 }
 
 /// Conditions a request must all meet.

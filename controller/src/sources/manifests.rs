@@ -719,7 +719,9 @@ impl ManifestSet {
             }
             let known = self.files.get(&path);
             match parse_file_noting(&path, &text, &mut refresh.notices) {
-                Ok(objects) => {
+                Ok(mut objects) => {
+                    // Kept while the file is: without the slack of the pushes that built it.
+                    objects.shrink_to_fit();
                     let same = known.is_some_and(|f| f.objects == objects);
                     refresh.changed |= !same;
                     self.count(&objects, true);
