@@ -12,6 +12,24 @@ use sluice_tests::eventually;
 use sluice_tests::harness::TestGateway;
 use sluice_tests::manifests::{prefix_route, service};
 
+/// Counts a 200 in `ok`, anything else in `failures`.
+fn tally(
+    result: Result<client::Reply, String>,
+    ok: &AtomicUsize,
+    failures: &std::sync::Mutex<Vec<String>>,
+) {
+    match result {
+        Ok(r) if r.status == 200 => {
+            ok.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(r) => failures
+            .lock()
+            .expect("lock")
+            .push(format!("status {}", r.status)),
+        Err(e) => failures.lock().expect("lock").push(e),
+    }
+}
+
 #[tokio::test]
 async fn a_new_route_file_is_served_without_restart() {
     let b = TestBackend::start("b").await;
@@ -153,16 +171,7 @@ async fn swapping_snapshots_under_load_fails_no_request() {
         tasks.push(tokio::spawn(async move {
             let c = client::http1();
             for _ in 0..PER_CLIENT {
-                match send(&c, client::get(addr, "h", "/")).await {
-                    Ok(r) if r.status == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => failures
-                        .lock()
-                        .expect("lock")
-                        .push(format!("status {}", r.status)),
-                    Err(e) => failures.lock().expect("lock").push(e),
-                }
+                tally(send(&c, client::get(addr, "h", "/")).await, &ok, &failures);
             }
         }));
     }
@@ -218,16 +227,11 @@ async fn a_compile_storm_leaves_every_request_answered() {
         clients.push(tokio::spawn(async move {
             let c = client::http1();
             while !stop.load(Ordering::Relaxed) {
-                match send(&c, client::get(addr, "h", "/r250/x")).await {
-                    Ok(r) if r.status == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => failures
-                        .lock()
-                        .expect("lock")
-                        .push(format!("status {}", r.status)),
-                    Err(e) => failures.lock().expect("lock").push(e),
-                }
+                tally(
+                    send(&c, client::get(addr, "h", "/r250/x")).await,
+                    &ok,
+                    &failures,
+                );
             }
         }));
     }
