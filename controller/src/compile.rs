@@ -48,20 +48,6 @@ pub struct Inputs {
     pub skip_statuses: bool,
 }
 
-impl Inputs {
-    /// Adds one loaded object to its kind's list.
-    pub fn push(&mut self, object: &crate::sources::manifests::Object) {
-        use crate::sources::manifests::Object;
-        match object {
-            Object::Route(r) => self.routes.push(Arc::clone(r)),
-            Object::Policy(p) => self.policies.push(Arc::clone(p)),
-            Object::Service(s) => self.services.push(Arc::clone(s)),
-            Object::Slice(s) => self.slices.push(Arc::clone(s)),
-            Object::Secret(s) => self.secrets.push(Arc::clone(s)),
-        }
-    }
-}
-
 /// Identity of an object in diagnostics and statuses.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectRef {

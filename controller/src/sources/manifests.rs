@@ -594,6 +594,17 @@ pub struct Refresh {
     pub read: usize,
 }
 
+/// Adds one loaded object to its kind's list in `inputs`.
+fn push(inputs: &mut Inputs, object: &Object) {
+    match object {
+        Object::Route(r) => inputs.routes.push(Arc::clone(r)),
+        Object::Policy(p) => inputs.policies.push(Arc::clone(p)),
+        Object::Service(s) => inputs.services.push(Arc::clone(s)),
+        Object::Slice(s) => inputs.slices.push(Arc::clone(s)),
+        Object::Secret(s) => inputs.secrets.push(Arc::clone(s)),
+    }
+}
+
 impl Object {
     /// Where the object lives: the same address, the same object.
     fn address(&self) -> usize {
@@ -761,7 +772,7 @@ impl ManifestSet {
                 }
                 for (object_ref, object) in &put_in {
                     if namespaces.is_empty() || namespaces.contains(&object_ref.namespace) {
-                        inputs.push(object);
+                        push(&mut inputs, object);
                     }
                 }
                 (inputs, Vec::new())
@@ -790,7 +801,7 @@ impl ManifestSet {
                     continue;
                 }
                 if !dedup {
-                    inputs.push(object);
+                    push(&mut inputs, object);
                     continue;
                 }
                 if let Some(first) = seen.get(object_ref) {
@@ -806,7 +817,7 @@ impl ManifestSet {
                     continue;
                 }
                 seen.insert(object_ref, path);
-                inputs.push(object);
+                push(&mut inputs, object);
             }
         }
         (inputs, duplicates)
