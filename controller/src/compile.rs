@@ -110,7 +110,8 @@ pub struct Compiled {
     /// The snapshot to serve.
     pub snapshot: Snapshot,
     /// Conditions for every GatewayRoute and RateLimitPolicy (shared with the route cache, so a
-    /// recompile does not copy the statuses of routes that did not change).
+    /// recompile does not copy the statuses of routes that did not change); empty when the
+    /// inputs said [`Inputs::skip_statuses`].
     pub statuses: Vec<Arc<StatusReport>>,
     /// Every problem found, in object order.
     pub diagnostics: Vec<Diagnostic>,

@@ -5,9 +5,10 @@
 //! Placement gives every route a rank (its precedence among routes: oldest first, then
 //! `namespace/name`) and every rule a [`RuleId`]. Both are stable: a rule keeps its id while
 //! it is unchanged, and ranks are spaced out so that a new route takes a rank between its
-//! neighbours' without renumbering them. Only when no rank is free between two neighbours, or
-//! when most routes changed, are all routes placed afresh; the result is the same router
-//! either way (buckets in the same order; only the ids and rank numbers differ).
+//! neighbours' without renumbering them. When no rank is free between two neighbours, the
+//! routes around the spot are spread apart (and their candidates placed again); only when most
+//! routes changed are all routes placed afresh. The result is the same router either way
+//! (buckets in the same order; only the ids and rank numbers differ).
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
