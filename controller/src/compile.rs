@@ -46,6 +46,18 @@ pub struct Inputs {
     /// Nothing reads the statuses (standalone mode): [`Compiled::statuses`] is left empty,
     /// which spares a pass over every route.
     pub skip_statuses: bool,
+    /// When the source knows: the route objects that came and went since the inputs of the
+    /// last compile with the same cache (every other route being the same object as then).
+    pub routes_delta: Option<RoutesDelta>,
+}
+
+/// See [`Inputs::routes_delta`].
+#[derive(Debug, Clone, Default)]
+pub struct RoutesDelta {
+    /// Route objects in these inputs that the last ones did not have.
+    pub added: Vec<Arc<GatewayRoute>>,
+    /// Addresses of route objects the last inputs had and these do not.
+    pub removed: Vec<usize>,
 }
 
 /// Identity of an object in diagnostics and statuses.

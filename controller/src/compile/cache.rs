@@ -230,24 +230,7 @@ impl RouteCache {
         };
         let mut fresh = Vec::new();
         let mut gone = Vec::new();
-        for route in &inputs.routes {
-            let key = Arc::as_ptr(route) as usize;
-            let reused = self.routes.get_mut(&key).is_some_and(|(used, entry)| {
-                // With nothing it depends on changed, the same object compiles the same: the
-                // entry is not even read (at 10,000 routes, that is most of a change's work).
-                let same = *used == stamp
-                    || unchanged
-                    || (route_service_versions(route, &versions)
-                        .eq(entry.services.iter().copied())
-                        && route_secret_addresses(route, &secret_addresses)
-                            .eq(entry.secrets.iter().copied())
-                        && *policy_addresses(route) == *entry.policies);
-                *used = stamp;
-                same
-            });
-            if reused {
-                continue;
-            }
+        let mut compile_in = |this: &mut Self, route: &Arc<GatewayRoute>, gone: &mut Vec<_>| {
             let (output, failed) = compile_one(route);
             let entry = CachedRoute {
                 source: Arc::clone(route),
@@ -259,25 +242,73 @@ impl RouteCache {
                 rank: 0,
                 ids: Box::default(),
             };
+            let key = Arc::as_ptr(route) as usize;
             gone.extend(
-                self.routes
+                this.routes
                     .insert(key, (stamp, Box::new(entry)))
                     .map(|(_, e)| *e),
             );
-            fresh.push(key);
+            key
+        };
+        // The source says which route objects came and went since the last compile: with
+        // nothing else changed, those are all there is to look at. (Checked against the cache:
+        // a source whose last inputs this cache did not compile is looked at in full.)
+        let delta = inputs.routes_delta.as_ref().filter(|d| {
+            let known = |r: &usize| self.routes.contains_key(r);
+            let left = d.removed.iter().filter(|k| known(k)).count();
+            let new = d
+                .added
+                .iter()
+                .filter(|r| !known(&(Arc::as_ptr(r) as usize)))
+                .count();
+            unchanged
+                && self.router.is_some()
+                && self.routes.len() - left + new == inputs.routes.len()
+        });
+        if let Some(delta) = delta {
+            for key in &delta.removed {
+                gone.extend(self.routes.remove(key).map(|(_, e)| *e));
+            }
+            for route in &delta.added {
+                if !self.routes.contains_key(&(Arc::as_ptr(route) as usize)) {
+                    fresh.push(compile_in(self, route, &mut gone));
+                }
+            }
+        } else {
+            for route in &inputs.routes {
+                let key = Arc::as_ptr(route) as usize;
+                let reused = self.routes.get_mut(&key).is_some_and(|(used, entry)| {
+                    // With nothing it depends on changed, the same object compiles the same:
+                    // the entry is not even read.
+                    let same = *used == stamp
+                        || unchanged
+                        || (route_service_versions(route, &versions)
+                            .eq(entry.services.iter().copied())
+                            && route_secret_addresses(route, &secret_addresses)
+                                .eq(entry.secrets.iter().copied())
+                            && *policy_addresses(route) == *entry.policies);
+                    *used = stamp;
+                    same
+                });
+                if !reused {
+                    fresh.push(compile_in(self, route, &mut gone));
+                }
+            }
+            // Routes that are gone (or changed: their new object has a new key) leave the
+            // cache. (A pass that followed a source's changes marks nothing: the next full pass
+            // marks every route it sees afresh.)
+            let left: Vec<usize> = self
+                .routes
+                .iter()
+                .filter(|(_, (used, _))| *used != stamp)
+                .map(|(k, _)| *k)
+                .collect();
+            gone.extend(
+                left.into_iter()
+                    .filter_map(|k| self.routes.remove(&k))
+                    .map(|(_, e)| *e),
+            );
         }
-        // Routes that are gone (or changed: their new object has a new key) leave the cache.
-        let left: Vec<usize> = self
-            .routes
-            .iter()
-            .filter(|(_, (used, _))| *used != stamp)
-            .map(|(k, _)| *k)
-            .collect();
-        gone.extend(
-            left.into_iter()
-                .filter_map(|k| self.routes.remove(&k))
-                .map(|(_, e)| *e),
-        );
         self.held = Held {
             _services: inputs.services.clone(),
             _slices: inputs.slices.clone(),

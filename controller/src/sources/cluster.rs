@@ -61,6 +61,7 @@ impl Stores {
             shared_store: false,
             // The status writer reads them.
             skip_statuses: false,
+            routes_delta: None,
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::compile::{Inputs, ObjectRef};
+use crate::compile::{Inputs, ObjectRef, RoutesDelta};
 use crate::resources::{
     API_VERSION, EndpointSlice, GatewayRoute, RateLimitPolicy, Secret, Service,
 };
@@ -770,11 +770,29 @@ impl ManifestSet {
                     inputs.slices.retain(|o| keep(Arc::as_ptr(o) as usize));
                     inputs.secrets.retain(|o| keep(Arc::as_ptr(o) as usize));
                 }
+                let mut delta = RoutesDelta {
+                    added: Vec::new(),
+                    removed: taken_out
+                        .iter()
+                        .filter(|o| matches!(o, Object::Route(_)))
+                        .map(Object::address)
+                        .collect(),
+                };
                 for (object_ref, object) in &put_in {
                     if namespaces.is_empty() || namespaces.contains(&object_ref.namespace) {
                         push(&mut inputs, object);
+                        if let Object::Route(r) = object {
+                            delta.added.push(Arc::clone(r));
+                        }
                     }
                 }
+                // Only route changes can be followed route by route: any other object may
+                // change what every route compiles to.
+                let routes_only = taken_out
+                    .iter()
+                    .chain(put_in.iter().map(|(_, o)| o))
+                    .all(|o| matches!(o, Object::Route(_)));
+                inputs.routes_delta = routes_only.then_some(delta);
                 (inputs, Vec::new())
             }
             _ => self.inputs(namespaces),

@@ -214,6 +214,9 @@ proptest! {
         // Standalone mode's compile, which leaves statuses out and visits only routes with
         // problems, certificates or unresolved Services for the rest.
         let mut quiet_cache = RouteCache::default();
+        // Standalone mode's too, told which route objects came and went.
+        let mut delta_cache = RouteCache::default();
+        let mut last_routes: Vec<Arc<GatewayRoute>> = Vec::new();
         let mut prev: Option<Snapshot> = None;
         for (generation, edit) in std::iter::once(None).chain(edits.iter().map(Some)).enumerate() {
             match edit {
@@ -247,6 +250,23 @@ proptest! {
             prop_assert_eq!(served(&quiet.snapshot), served(&fresh.snapshot));
             prop_assert_eq!(&quiet.diagnostics, &fresh.diagnostics);
             prop_assert_eq!(&quiet.unresolved_services, &fresh.unresolved_services);
+            let address = |r: &Arc<GatewayRoute>| Arc::as_ptr(r) as usize;
+            let had = |list: &[Arc<GatewayRoute>], r: &Arc<GatewayRoute>| {
+                list.iter().any(|x| Arc::ptr_eq(x, r))
+            };
+            let mut delta_inputs = quiet_inputs.clone();
+            delta_inputs.routes_delta = Some(RoutesDelta {
+                added: routes.iter().filter(|r| !had(&last_routes, r)).cloned().collect(),
+                removed: last_routes
+                    .iter()
+                    .filter(|r| !had(&routes, r))
+                    .map(address)
+                    .collect(),
+            });
+            let followed = compile_cached(&delta_inputs, generation, None, &mut delta_cache);
+            prop_assert_eq!(served(&followed.snapshot), served(&fresh.snapshot));
+            prop_assert_eq!(&followed.diagnostics, &fresh.diagnostics);
+            last_routes = routes.clone();
             prev = Some(patched.snapshot);
         }
     }
