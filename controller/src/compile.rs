@@ -239,24 +239,16 @@ pub fn compile_cached(
         );
     }
     statuses.extend(policy_statuses.into_iter().map(Arc::new));
-    let (unresolved, lists) = endpoints.into_failed();
+    let (unresolved, lists) = endpoints.into_parts();
     failed.extend(unresolved);
     cache.keep_lists(lists);
 
-    let identity_headers = match placement.identity_headers {
-        Some(kept) => kept,
-        None => {
-            let headers = identity_headers(&rules);
-            cache.keep_identity_headers(&headers);
-            headers
-        }
-    };
     Compiled {
         snapshot: Snapshot {
             generation,
             rules,
             router: placement.router,
-            identity_headers,
+            identity_headers: placement.identity_headers,
             tls: Arc::new(tls),
         },
         statuses,
@@ -268,7 +260,7 @@ pub fn compile_cached(
 
 /// The headers any rule copies claims to, beyond the fixed identity headers: every client
 /// request loses them, on every route.
-fn identity_headers(rules: &sluice_proxy::snapshot::Rules) -> Box<[http::HeaderName]> {
+pub(super) fn identity_headers(rules: &sluice_proxy::snapshot::Rules) -> Box<[http::HeaderName]> {
     let authenticators = || {
         rules
             .iter()

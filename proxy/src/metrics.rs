@@ -122,9 +122,8 @@ impl Metrics {
     }
 
     /// Gives every rule of `rules` without handles its handles (those of its predecessor
-    /// under the same route and rule name, so its series go on), and drops the series of rules
-    /// no snapshot holds any more.
-    /// `total` is the number of rules the snapshot has.
+    /// under the same route and rule name, so its series go on), and sets the generation of
+    /// the snapshot, which has `total` rules.
     pub fn bind<'a>(
         &self,
         rules: impl Iterator<Item = &'a Arc<Rule>>,

@@ -54,10 +54,10 @@ pub(crate) struct Env<'g> {
     pub https_port: u16,
 }
 
-/// Serves one request on `live`, start to finish.
+/// Serves one request on `snapshot`, start to finish.
 pub(crate) async fn handle(
     env: &Env<'_>,
-    live: &Snapshot,
+    snapshot: &Snapshot,
     req: Request<Incoming>,
     client: &Client,
 ) -> Response<ProxyBody> {
@@ -75,7 +75,7 @@ pub(crate) async fn handle(
         version: req.version(),
     });
 
-    let result = request_phases(env, live, &mut ctx, req).await;
+    let result = request_phases(env, snapshot, &mut ctx, req).await;
     let mut response = match result {
         Ok(response) => response,
         Err(e) => {
@@ -88,7 +88,7 @@ pub(crate) async fn handle(
             e.to_response(&ctx.request_id)
         }
     };
-    let rule = ctx.rule.map(|id| live.rule(id));
+    let rule = ctx.rule.map(|id| snapshot.rule(id));
     if let Some(rule) = rule {
         for step in rule.policy.steps.iter().rev() {
             step.on_response(&mut ctx, &mut response);
@@ -148,7 +148,7 @@ pub(crate) async fn handle(
 /// Route, request phases and upstream; an `Err` is answered by the gateway.
 async fn request_phases<'a>(
     env: &Env<'_>,
-    live: &'a Snapshot,
+    snapshot: &'a Snapshot,
     ctx: &mut RequestCtx<'a>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -173,7 +173,6 @@ async fn request_phases<'a>(
         .as_ref()
         .map(host::RoutedHost::for_matching)
         .unwrap_or(Cow::Borrowed(""));
-    let snapshot = live;
     // A CORS preflight asks about the request it precedes: it is routed as that request, so
     // that a rule matching only `GET` still answers the preflight of its `GET`s.
     let preflight_of = cors::is_preflight(&parts.method, &parts.headers)

@@ -38,9 +38,9 @@ const RANK_GAP: u64 = 4;
 #[derive(Default)]
 pub struct RouteCache {
     /// Keyed by the address of the route object; the entry holds the object, so the address
-    /// cannot be reused by another while the entry lives.
-    /// With the entry, the compile that last saw the route (kept here, not in the entry, so that
-    /// marking every route seen touches only this table).
+    /// cannot be reused by another while the entry lives. Beside the entry, the compile that
+    /// last saw the route (here, not in the entry, so that marking every route seen touches
+    /// only this table).
     routes: FastMap<usize, (u64, Box<CachedRoute>)>,
     /// The placed routes in precedence order: their key in `routes` and their rank.
     order: BTreeMap<RouteOrder, (usize, u64)>,
@@ -70,8 +70,8 @@ pub struct RouteCache {
     rules: Rules,
     /// The placed routes that have problems, certificates or unresolved Services, by rank.
     notable: BTreeMap<u64, usize>,
-    /// The identity headers of the rules last placed, once worked out.
-    identity_headers: Option<Box<[http::HeaderName]>>,
+    /// The identity headers of the rules last placed.
+    identity_headers: Box<[http::HeaderName]>,
     /// How many compiles placed every route afresh.
     #[cfg(test)]
     pub(super) full_placements: usize,
@@ -82,8 +82,8 @@ pub(super) struct Placement {
     pub router: Arc<Router>,
     pub rules: Rules,
     pub changes: RuleChanges,
-    /// The last compile's identity headers, when no rule that authenticates came or went.
-    pub identity_headers: Option<Box<[http::HeaderName]>>,
+    /// The headers client requests lose (see [`super::identity_headers`]).
+    pub identity_headers: Box<[http::HeaderName]>,
 }
 
 /// Objects of the last compile whose addresses the cache recorded.
@@ -127,6 +127,16 @@ impl CachedRoute {
         !self.output.diagnostics.is_empty()
             || !self.output.certificates.is_empty()
             || !self.failed.is_empty()
+    }
+
+    /// The route's rules with their ids, once placed.
+    fn placed_rules(
+        &self,
+    ) -> impl Iterator<Item = (RuleId, Arc<sluice_proxy::snapshot::Rule>)> + '_ {
+        self.ids
+            .iter()
+            .zip(self.output.rules.iter())
+            .map(|(id, r)| (*id, Arc::clone(r)))
     }
 
     /// The route's candidates as placed: rule ids and the rank in the tie-break.
@@ -343,26 +353,18 @@ impl RouteCache {
             Some(router) if small => self.patch(router.clone(), &mut fresh, &gone),
             _ => None,
         };
-        let (router, identity_headers) = match patched {
-            Some(router) => (
-                router,
-                self.identity_headers.clone().filter(|_| !auth_changed),
-            ),
-            None => (self.place_all(), None),
-        };
-        let router = Arc::new(router);
+        let full = patched.is_none();
+        let router = Arc::new(patched.unwrap_or_else(|| self.place_all()));
         self.router = Some(Arc::clone(&router));
+        if full || auth_changed {
+            self.identity_headers = super::identity_headers(&self.rules);
+        }
         Placement {
             router,
             rules: self.rules.clone(),
             changes,
-            identity_headers,
+            identity_headers: self.identity_headers.clone(),
         }
-    }
-
-    /// Keeps the identity headers worked out for the rules just placed.
-    pub(super) fn keep_identity_headers(&mut self, headers: &[http::HeaderName]) {
-        self.identity_headers = Some(headers.into());
     }
 
     /// The placed routes with problems, certificates or unresolved Services, in precedence
@@ -398,12 +400,18 @@ impl RouteCache {
         self.sends_to.contains_key(service)
     }
 
-    /// Counts (or, with `-1`, uncounts) the Services `route`'s rules send to.
-    fn count_services(&mut self, key: usize, by: isize) {
-        let Some((_, route)) = self.routes.get(&key) else {
-            return;
-        };
-        count_services(&mut self.sends_to, route, by);
+    /// Enters the route `key`, ranked already, into the placement: ids for its rules, and it
+    /// counts among the notable routes and the senders to its Services.
+    fn enter(&mut self, key: usize) -> Option<&CachedRoute> {
+        let rules = self.routes.get(&key)?.1.output.rules.len();
+        let ids: Box<[RuleId]> = (0..rules).map(|_| self.take_id()).collect();
+        let entry = &mut self.routes.get_mut(&key)?.1;
+        entry.ids = ids;
+        if entry.notable() {
+            self.notable.insert(entry.rank, key);
+        }
+        count_services(&mut self.sends_to, entry, 1);
+        Some(entry)
     }
 
     /// `fresh` patched into `router` in place of `gone`; `None` when some new route shares its
@@ -464,22 +472,9 @@ impl RouteCache {
             }
         }
         for key in fresh.iter() {
-            let rules = self.routes[key].1.output.rules.len();
-            let ids: Box<[RuleId]> = (0..rules).map(|_| self.take_id()).collect();
-            let entry = &mut self.routes.get_mut(key)?.1;
-            entry.ids = ids;
+            let entry = self.enter(*key)?;
             added.extend(entry.placed_candidates());
-            changed.extend(
-                entry
-                    .ids
-                    .iter()
-                    .zip(entry.output.rules.iter())
-                    .map(|(id, r)| (*id, Some(Arc::clone(r)))),
-            );
-            if entry.notable() {
-                self.notable.insert(entry.rank, *key);
-            }
-            self.count_services(*key, 1);
+            changed.extend(entry.placed_rules().map(|(id, r)| (id, Some(r))));
         }
         self.rules = self.rules.with(changed);
         // Ids of gone rules are reused only from the next compile on: the patch tells removed
@@ -633,27 +628,16 @@ impl RouteCache {
                 continue;
             }
             self.order.insert(order, (key, rank));
-            let rules = self.routes[&key].1.output.rules.len();
-            let ids: Box<[RuleId]> = (0..rules).map(|_| self.take_id()).collect();
-            let Some(entry) = self.routes.get_mut(&key).map(|(_, e)| e) else {
+            if let Some((_, entry)) = self.routes.get_mut(&key) {
+                entry.rank = rank;
+            }
+            let Some(entry) = self.enter(key) else {
                 continue;
             };
-            entry.rank = rank;
-            entry.ids = ids;
             for (host, candidate) in entry.placed_candidates() {
                 builder.add(host, candidate);
             }
-            placed.extend(
-                entry
-                    .ids
-                    .iter()
-                    .zip(entry.output.rules.iter())
-                    .map(|(id, r)| (*id, Arc::clone(r))),
-            );
-            if entry.notable() {
-                self.notable.insert(rank, key);
-            }
-            self.count_services(key, 1);
+            placed.extend(entry.placed_rules());
         }
         self.rules = placed.into_iter().collect();
         builder.build()

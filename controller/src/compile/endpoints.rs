@@ -179,9 +179,10 @@ impl<'a> EndpointIndex<'a> {
         recent
     }
 
-    /// `namespace/name` of every Service a resolution failed for: a change to one of them may
-    /// bring a dropped rule back, which only a full compile does.
-    pub fn into_failed(self) -> (HashSet<String>, EndpointLists) {
+    /// `namespace/name` of every Service a resolution failed for (a change to one of them may
+    /// bring a dropped rule back, which only a full compile does), and the endpoint lists, for
+    /// the next compile to share.
+    pub fn into_parts(self) -> (HashSet<String>, EndpointLists) {
         (self.failed, self.lists)
     }
 }
