@@ -1,6 +1,6 @@
 //! Errors the gateway answers itself, rendered as DESIGN.md's JSON body.
 
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use crate::body::{self, ProxyBody};
@@ -8,12 +8,23 @@ use crate::body::{self, ProxyBody};
 /// The reason of a 401 for a request that carried no credentials at all.
 pub const MISSING_CREDENTIALS: &str = "no credentials";
 
+/// nginx's "client closed request": not an HTTP status a client ever receives, only what logs
+/// and metrics record for a request whose client went away.
+pub const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 /// A request the gateway answered without (or instead of) the backend's response.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The request itself is malformed (for example an invalid path encoding or host).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The request uses a protocol feature the gateway does not forward (a transfer coding
+    /// other than `chunked`); the connection is closed after the answer.
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     /// No rule matches the request.
     #[error("no route matches the request")]
     NoRoute,
@@ -42,6 +53,10 @@ pub enum ProxyError {
     /// The backend is at its `circuitBreaker` limits.
     #[error("backend circuit limits reached")]
     CircuitOpen,
+    /// The client hung up before its request was answered (it sees no answer; logs and metrics
+    /// say 499, as nginx's do, so that its hang-up is not counted as the backend's failure).
+    #[error("client closed the connection")]
+    ClientClosed,
     /// The client did not send a body that had to be buffered (for a retry) in time.
     #[error("request body not received in time")]
     RequestTimeout,
@@ -63,6 +78,8 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientClosed => CLIENT_CLOSED,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) | ProxyError::CorsRefused(_) => StatusCode::FORBIDDEN,
@@ -81,6 +98,8 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::RequestTimeout => "request_timeout",
+            ProxyError::ClientClosed => "client_closed",
+            ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::NoRoute => "no_route",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::Forbidden(_) => "forbidden",
@@ -112,8 +131,9 @@ impl ProxyError {
     /// attacker probe the configuration, and it is in the access log.
     fn public_message(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(why) => why,
+            ProxyError::BadRequest(why) | ProxyError::NotImplemented(why) => why,
             ProxyError::RequestTimeout => "the request body was not received in time",
+            ProxyError::ClientClosed => "the client closed the connection",
             ProxyError::NoRoute => "no route matches the request",
             ProxyError::Unauthorized(_) => "missing or invalid credentials",
             ProxyError::Forbidden(_) => "credentials do not grant access to this resource",
@@ -163,6 +183,11 @@ impl ProxyError {
             // about that; a client should not hammer either sooner.
             ProxyError::LimitUnavailable | ProxyError::CircuitOpen => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // The body that follows may be framed differently than the client meant: nothing
+            // more is read from this connection.
+            ProxyError::NotImplemented(_) => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

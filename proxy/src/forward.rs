@@ -7,12 +7,13 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use http::header::HOST;
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper_util::rt::TokioIo;
 
+use crate::client_body::{ClientBody, ClientFault};
 use crate::error::ProxyError;
 use crate::headers::{is_websocket_upgrade, strip_hop_by_hop};
 use crate::health::InFlight;
@@ -20,7 +21,7 @@ use crate::pipeline::RequestCtx;
 use crate::retry::{self, Replay, RequestBody, RetryPolicy};
 use crate::router::Candidate;
 use crate::snapshot::{PathRewrite, Rule};
-use crate::upstream::{Failed, UpstreamBody, Upstreams};
+use crate::upstream::{Failed, UpstreamBody, UpstreamError, Upstreams};
 
 /// Without a `retry` policy, a request that reached no backend is sent once more, to another
 /// endpoint: it is safe for every method, and it is what turns a pod that just died into a
@@ -65,7 +66,7 @@ pub(crate) async fn upstream(
     upstreams: &Upstreams,
     rule: &Rule,
     ctx: &mut RequestCtx<'_>,
-    upstream: Request<Incoming>,
+    upstream: Request<ClientBody>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     hash: Option<u64>,
     retry_buffer: u64,
@@ -83,9 +84,7 @@ pub(crate) async fn upstream(
             Ok(Ok(replay)) => (replay.body(), Some(replay)),
             Ok(Err(streamed)) => (RequestBody::Streamed(streamed), None),
             Err(retry::body::BufferError::Timeout) => return Err(ProxyError::RequestTimeout),
-            Err(retry::body::BufferError::Read) => {
-                return Err(ProxyError::BadRequest("the request body could not be read"));
-            }
+            Err(retry::body::BufferError::Read(fault)) => return Err(client_fault(fault)),
         }
     } else {
         (RequestBody::Streamed(body), None)
@@ -165,6 +164,11 @@ pub(crate) async fn upstream(
             }
             Attempt::Failed(Failed { error, unsent }) => {
                 drop(in_flight);
+                if let Some(fault) = client_body_fault(&error) {
+                    // The client's body broke on its way through: not the endpoint's failure,
+                    // and nothing to send again.
+                    return Err(client_fault(fault));
+                }
                 state.record(true, passive, &backend.endpoints);
                 let again = match unsent {
                     // Nothing reached the backend: safe whatever the method.
@@ -205,6 +209,24 @@ pub(crate) async fn upstream(
             Attempt::Deadline => return Err(ProxyError::BackendTimeout),
         }
     }
+}
+
+/// The answer to a client whose body broke: 400 for broken framing, 499 for a hang-up.
+fn client_fault(fault: ClientFault) -> ProxyError {
+    match fault {
+        ClientFault::Malformed => ProxyError::BadRequest("the request body is malformed"),
+        ClientFault::Closed => ProxyError::ClientClosed,
+    }
+}
+
+/// What broke in the client's body, when that is why an exchange failed: hyper's client
+/// reports an error of the body it sends as a "user" error caused by that body's own error.
+fn client_body_fault(error: &UpstreamError) -> Option<ClientFault> {
+    let UpstreamError::Http(e) = error else {
+        return None;
+    };
+    let cause = std::error::Error::source(e)?;
+    (e.is_user() && cause.is::<hyper::Error>()).then(|| ClientFault::of(cause))
 }
 
 /// How long buffering a retryable body may take when the rule sets no request timeout.
@@ -295,7 +317,14 @@ fn relay(
             }
         }
     } else {
-        strip_hop_by_hop(response.headers_mut(), false, &[]);
+        let headers = response.headers_mut();
+        if headers.contains_key(TRANSFER_ENCODING) {
+            // RFC 9112 section 6.3: with both, the transfer coding frames the body (that is how
+            // it was read) and the length is wrong. The body is re-framed for the client, and a
+            // stale length beside it would cut the response short.
+            headers.remove(CONTENT_LENGTH);
+        }
+        strip_hop_by_hop(headers, false, &[]);
         response.body_mut().hold(in_flight);
     }
     Ok(response)

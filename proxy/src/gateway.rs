@@ -199,6 +199,11 @@ impl Gateway {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// The counts of requests answered without a rule.
+    pub(crate) fn unmatched(&self) -> &RuleStats {
+        &self.unmatched
+    }
+
     /// The gateway's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

@@ -14,6 +14,7 @@ pub mod balance;
 pub mod body;
 pub mod cache;
 pub mod circuit;
+pub mod client_body;
 mod clock;
 pub mod cors;
 pub mod error;

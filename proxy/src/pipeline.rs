@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::HeaderValue;
+use http::header::{HeaderValue, TRANSFER_ENCODING};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
@@ -29,6 +29,7 @@ use step::{Flow, RequestHead};
 use crate::access_log::{AccessLog, Entry, RequestLine};
 use crate::balance::{self, Balancing};
 use crate::body::ProxyBody;
+use crate::client_body::ClientBody;
 use crate::cors;
 use crate::error::ProxyError;
 use crate::headers;
@@ -155,9 +156,28 @@ async fn request_phases<'a>(
     if req.method() == http::Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported"));
     }
+    if let Some(te) = req.headers().get(TRANSFER_ENCODING) {
+        // hyper reads any coding list that ends in `chunked` as chunked; a backend might read
+        // `identity, chunked` (or a second header) another way, so only plain `chunked` is
+        // forwarded (RFC 9112 section 6.1: 501 for a coding the server does not understand).
+        let plain = te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
+            && req
+                .headers()
+                .get_all(TRANSFER_ENCODING)
+                .iter()
+                .nth(1)
+                .is_none();
+        if !plain {
+            return Err(ProxyError::NotImplemented(
+                "only the chunked transfer coding is supported",
+            ));
+        }
+    }
     let wants_upgrade = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    // From here on, an answer given before the body was read leaves the rest to be drained.
+    let body = ClientBody::new(body, parts.version < Version::HTTP_2);
 
     // Route.
     let path = path::normalize(parts.uri.path()).map_err(|e| {

@@ -21,6 +21,9 @@ use crate::limit::{SharedStoreConfig, TrustedProxies};
 use crate::pipeline::Client;
 use crate::state::JwksTiming;
 
+mod parse_errors;
+use parse_errors::Answering;
+
 /// Limits and timeouts of the proxy listener and its upstream client.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -170,7 +173,7 @@ async fn accept_loop(
             }
             let mut client = Client::behind(remote, &gateway.config.trusted_proxies);
             match tls {
-                None => connection(gateway, builder, watcher, client, TokioIo::new(stream)).await,
+                None => connection(gateway, builder, watcher, client, stream).await,
                 Some(acceptor) => {
                     // The handshake shares the first-byte bound: a client that stalls in it
                     // holds a socket as long as one that never sends.
@@ -194,7 +197,7 @@ async fn accept_loop(
                         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
                         _ => "TLSv1.2",
                     });
-                    connection(gateway, builder, watcher, client, TokioIo::new(stream)).await;
+                    connection(gateway, builder, watcher, client, stream).await;
                 }
             }
         });
@@ -215,11 +218,12 @@ async fn connection<IO>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     client: Client,
-    io: TokioIo<IO>,
+    io: IO,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let remote = client.addr;
+    let io = TokioIo::new(Answering::new(io, Arc::clone(&gateway)));
     let service = service_fn(move |req: Request<Incoming>| {
         let gw = gateway.clone();
         let client = client.clone();

@@ -86,6 +86,21 @@ pub(crate) struct Upstreams {
 struct Conn {
     sender: SendRequest<RequestBody>,
     idle_since: IdleSince,
+    /// Ends the task driving the connection.
+    task: tokio::task::AbortHandle,
+}
+
+/// Closes a connection whose exchange was given up before the response came (a timeout
+/// dropped it): its task would otherwise go on pushing the request body at a backend that
+/// does not read it, and hold the client's body with it.
+struct CloseUnlessAnswered(Option<tokio::task::AbortHandle>);
+
+impl Drop for CloseUnlessAnswered {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 /// Since when a connection sits idle in a pool, in ms on [`now_ms`]'s clock (never 0); 0 while
@@ -144,7 +159,10 @@ impl Upstreams {
                     }
                 },
             };
-            match conn.sender.try_send_request(req).await {
+            let mut unanswered = CloseUnlessAnswered(Some(conn.task.clone()));
+            let sent = conn.sender.try_send_request(req).await;
+            unanswered.0 = None;
+            match sent {
                 Ok(response) => {
                     // After a protocol switch the connection belongs to the tunnel.
                     let reuse =
@@ -234,7 +252,7 @@ impl Upstreams {
         let idle_since = IdleSince::default();
         let watched = idle_since.clone();
         let idle_timeout = self.idle_timeout;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let conn = conn.with_upgrades();
             tokio::pin!(conn);
             loop {
@@ -256,7 +274,11 @@ impl Upstreams {
                 }
             }
         });
-        Ok(Conn { sender, idle_since })
+        Ok(Conn {
+            sender,
+            idle_since,
+            task: task.abort_handle(),
+        })
     }
 }
 

@@ -260,6 +260,17 @@ async fn handle(name: &str, mut req: Request<Incoming>) -> Response<AnyBody> {
             let body = req.into_body().map_err(Error::from).boxed();
             return Response::new(body);
         }
+        "/upload" => {
+            // Reads the whole request body before answering, as most handlers of uploads do.
+            return match req.into_body().collect().await {
+                Ok(body) => Response::new(full(format!("{}", body.to_bytes().len()))),
+                Err(_) => {
+                    let mut r = Response::new(full("body broke"));
+                    *r.status_mut() = http::StatusCode::BAD_REQUEST;
+                    r
+                }
+            };
+        }
         "/stream" => {
             let bytes = query_number(&req, "bytes").unwrap_or(0);
             return Response::new(Repeat { remaining: bytes }.boxed());

@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::client_body::{ClientBody, ClientFault};
 
 /// A request body on its way to a backend.
 #[derive(Debug)]
 pub enum RequestBody {
     /// The client's body, streamed: it can be sent only once.
-    Streamed(Incoming),
+    Streamed(ClientBody),
     /// A buffered body (possibly empty), sent in one frame.
     Buffered(Option<Bytes>),
 }
@@ -56,8 +58,8 @@ impl Drop for Replay {
 /// Why a body could not be buffered.
 #[derive(Debug)]
 pub(crate) enum BufferError {
-    /// Reading it failed (the client's connection broke, or sent more than it announced).
-    Read,
+    /// Reading it failed: the client hung up, or its framing is broken.
+    Read(ClientFault),
     /// It did not arrive within the wait.
     Timeout,
 }
@@ -67,10 +69,10 @@ pub(crate) enum BufferError {
 /// otherwise handed back to be streamed. A client that takes longer than `wait` to send it
 /// gets [`BufferError::Timeout`].
 pub(crate) async fn buffer_small(
-    body: Incoming,
+    body: ClientBody,
     cap: u64,
     wait: Duration,
-) -> Result<Result<Replay, Incoming>, BufferError> {
+) -> Result<Result<Replay, ClientBody>, BufferError> {
     if body.is_end_stream() {
         return Ok(Ok(Replay {
             bytes: Bytes::new(),
@@ -94,7 +96,7 @@ pub(crate) async fn buffer_small(
             replay.bytes = collected.to_bytes();
             Ok(Ok(replay))
         }
-        Ok(Err(_)) => Err(BufferError::Read),
+        Ok(Err(e)) => Err(BufferError::Read(ClientFault::of(&e))),
         Err(_) => Err(BufferError::Timeout),
     }
 }
