@@ -121,6 +121,14 @@ struct RunArgs {
     /// most 16Mi); a larger body is streamed and not retried once it reached a backend.
     #[arg(long, env = "SLUICE_RETRY_BUFFER", default_value = "64Ki", value_parser = size_arg)]
     retry_buffer: u64,
+    /// Most connections each proxy listener holds open (0: no cap); past it a new connection
+    /// gets a 503 with Retry-After (plain HTTP) or is closed (HTTPS).
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 20_000)]
+    max_connections: usize,
+    /// Most requests waiting for their response head at once (0: no cap); past it a request
+    /// gets a 503 with Retry-After at once.
+    #[arg(long, env = "SLUICE_MAX_REQUESTS_IN_FLIGHT", default_value_t = 10_000)]
+    max_requests_in_flight: usize,
     /// Only serve objects in this namespace (repeatable).
     #[arg(long = "namespace", env = "SLUICE_NAMESPACE", value_delimiter = ',')]
     namespaces: Vec<String>,
@@ -309,6 +317,8 @@ async fn bind(args: &RunArgs) -> anyhow::Result<Serving> {
         otlp_endpoint: args.otlp_endpoint.clone(),
         access_log_sample: args.access_log_sample,
         https_redirect_port: args.https_redirect_port,
+        max_connections: args.max_connections,
+        max_requests_in_flight: args.max_requests_in_flight,
         ..ProxyConfig::default()
     });
     // A configuration mistake is said at start, not found in the collector's silence.

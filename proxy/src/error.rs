@@ -50,6 +50,9 @@ pub enum ProxyError {
     /// The rule matched but none of its backends has a ready endpoint.
     #[error("no ready endpoint for the route")]
     NoReadyEndpoint,
+    /// The gateway holds `--max-requests-in-flight` requests already.
+    #[error("gateway overloaded")]
+    Overloaded,
     /// The backend is at its `circuitBreaker` limits.
     #[error("backend circuit limits reached")]
     CircuitOpen,
@@ -87,6 +90,7 @@ impl ProxyError {
             ProxyError::AuthUnavailable(_)
             | ProxyError::LimitUnavailable
             | ProxyError::NoReadyEndpoint
+            | ProxyError::Overloaded
             | ProxyError::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Backend(_) | ProxyError::BackendProtocol(_) => StatusCode::BAD_GATEWAY,
@@ -109,6 +113,7 @@ impl ProxyError {
             ProxyError::LimitUnavailable => "limit_unavailable",
             ProxyError::NoReadyEndpoint => "no_ready_endpoint",
             ProxyError::CircuitOpen => "circuit_open",
+            ProxyError::Overloaded => "overloaded",
             ProxyError::BackendTimeout => "backend_timeout",
             ProxyError::Backend(e) if e.is_connect() => "backend_connect",
             ProxyError::Backend(_) | ProxyError::BackendProtocol(_) => "backend_error",
@@ -147,6 +152,7 @@ impl ProxyError {
             ProxyError::LimitUnavailable => "rate limits cannot be checked right now",
             ProxyError::NoReadyEndpoint => "no ready endpoint for the route",
             ProxyError::CircuitOpen => "the backend is at its connection or request limits",
+            ProxyError::Overloaded => "the gateway is at its request limit",
             ProxyError::BackendTimeout => "backend did not respond in time",
             ProxyError::Backend(e) if e.is_connect() => "could not connect to the backend",
             ProxyError::Backend(_) | ProxyError::BackendProtocol(_) => "backend failed",
@@ -181,7 +187,7 @@ impl ProxyError {
             }
             // The store is usually back within a second, and a saturated backend drains in
             // about that; a client should not hammer either sooner.
-            ProxyError::LimitUnavailable | ProxyError::CircuitOpen => {
+            ProxyError::LimitUnavailable | ProxyError::CircuitOpen | ProxyError::Overloaded => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             // The body that follows may be framed differently than the client meant: nothing

@@ -30,6 +30,8 @@ pub struct Gateway {
     upstreams: Upstreams,
     metrics: Metrics,
     unmatched: RuleStats,
+    /// Requests waiting for their response head (`--max-requests-in-flight`).
+    requests: crate::overload::Cap,
     state: State,
     access_log: AccessLog,
     cache: Arc<CacheStore>,
@@ -106,6 +108,7 @@ impl Gateway {
             upstreams,
             metrics,
             unmatched,
+            requests: crate::overload::Cap::new(config.max_requests_in_flight),
             state,
             access_log,
             cache,
@@ -222,6 +225,8 @@ impl Gateway {
             retry_buffer: self.config.retry_buffer,
             access_log: &self.access_log,
             unmatched: &self.unmatched,
+            requests: &self.requests,
+            metrics: &self.metrics,
             exporter: self.exporter.as_ref().ok().and_then(Option::as_ref),
             https_port: self.config.https_redirect_port,
         };

@@ -25,6 +25,7 @@ pub mod health;
 pub mod host;
 pub mod limit;
 pub mod metrics;
+pub mod overload;
 pub mod path;
 pub mod pipeline;
 pub mod retry;

@@ -33,6 +33,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     generation: IntGauge,
+    refused: IntCounterVec,
     /// Keyed by configured names, not request data: a fast hash is safe. A handle held only
     /// here belongs to rules no snapshot has any more.
     bound: Mutex<HashMap<RuleKey, Arc<RuleStats>, foldhash::fast::RandomState>>,
@@ -105,10 +106,20 @@ impl Metrics {
             "Generation of the routing snapshot being served",
         )
         .expect("valid metric definition");
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "sluice_overload_refused_total",
+                "Connections and requests refused with a 503 past --max-connections or \
+                 --max-requests-in-flight, by limit",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(generation.clone()),
+            Box::new(refused.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -117,8 +128,15 @@ impl Metrics {
             requests,
             duration,
             generation,
+            refused,
             bound: Mutex::new(HashMap::default()),
         }
+    }
+
+    /// Counts one connection or request refused past the overload cap `limit`
+    /// (`connections` or `requests`).
+    pub fn refused(&self, limit: &str) {
+        self.refused.with_label_values(&[limit]).inc();
     }
 
     /// Gives every rule of `rules` without handles its handles (those of its predecessor

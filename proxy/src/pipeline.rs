@@ -49,6 +49,9 @@ pub(crate) struct Env<'g> {
     pub retry_buffer: u64,
     pub access_log: &'g AccessLog,
     pub unmatched: &'g RuleStats,
+    /// The cap on requests in flight.
+    pub requests: &'g crate::overload::Cap,
+    pub metrics: &'g crate::metrics::Metrics,
     /// Where spans go, when `--otlp-endpoint` is set.
     pub exporter: Option<&'g Exporter>,
     /// The port `httpsRedirect` sends clients to (443: none in the URL).
@@ -153,6 +156,11 @@ async fn request_phases<'a>(
     ctx: &mut RequestCtx<'a>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    // Held until the response head is ready: what a flood of slow requests can pile up.
+    let Some(_in_flight) = env.requests.admit() else {
+        env.metrics.refused("requests");
+        return Err(ProxyError::Overloaded);
+    };
     if req.method() == http::Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported"));
     }

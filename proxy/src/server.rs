@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::Gateway;
 use crate::limit::{SharedStoreConfig, TrustedProxies};
+use crate::overload::Cap;
 use crate::pipeline::Client;
 use crate::state::JwksTiming;
 
@@ -63,6 +64,12 @@ pub struct ProxyConfig {
     pub access_log_sample: f64,
     /// The HTTPS port `httpsRedirect` sends clients to (`--https-redirect-port`).
     pub https_redirect_port: u16,
+    /// Most connections one listener holds open (`--max-connections`; 0: no cap); past it a
+    /// new connection gets a 503 and is closed.
+    pub max_connections: usize,
+    /// Most requests waiting for their response head at once, over all listeners
+    /// (`--max-requests-in-flight`; 0: no cap); past it a request gets a 503 at once.
+    pub max_requests_in_flight: usize,
 }
 
 impl Default for ProxyConfig {
@@ -85,6 +92,8 @@ impl Default for ProxyConfig {
             otlp_endpoint: None,
             access_log_sample: 1.0,
             https_redirect_port: 443,
+            max_connections: 20_000,
+            max_requests_in_flight: 10_000,
         }
     }
 }
@@ -140,6 +149,9 @@ async fn accept_loop(
 ) {
     let builder = Arc::new(server_builder(&gateway.config));
     let graceful = GracefulShutdown::new();
+    let connections = Cap::new(gateway.config.max_connections);
+    // Refusals are short, but a flood must not turn them into a pile of tasks either.
+    let refusing = Cap::new(MAX_REFUSING);
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -154,12 +166,24 @@ async fn accept_loop(
             },
             () = &mut shutdown => break,
         };
+        let Some(open) = connections.admit() else {
+            gateway.metrics().refused("connections");
+            match refusing.admit() {
+                Some(slot) if tls.is_none() => {
+                    tokio::spawn(refuse(stream, slot));
+                }
+                // Over TLS there is no answering before a handshake: the client is closed.
+                _ => drop(stream),
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _open = open;
             let first_byte_timeout = gateway.config.header_read_timeout;
             // hyper's header timeout starts once the protocol is known, and finding that out
             // waits for the client's first bytes: bound that wait, or idle sockets pile up.
@@ -210,6 +234,30 @@ async fn accept_loop(
             tracing::warn!("drain timeout reached; closing remaining connections");
         }
     }
+}
+
+/// Refusals of connections past the cap being written at once; more are closed unanswered.
+const MAX_REFUSING: usize = 512;
+
+/// Answers a connection past the listener's cap with a 503 and closes it. What the client sent
+/// is read (for at most a second) before the close, so that the close does not reset the
+/// connection under the answer.
+async fn refuse(mut stream: tokio::net::TcpStream, _slot: crate::overload::Slot) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = parse_errors::raw_answer(
+        503,
+        "Service Unavailable",
+        "the gateway is at its connection limit",
+        "retry-after: 1\r\n",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&answer).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 /// Serves the requests of one connection (plain or TLS).

@@ -64,13 +64,19 @@ fn replacement(status: u16) -> Vec<u8> {
         ),
         _ => ("Bad Request", "malformed request"),
     };
+    raw_answer(status, reason, message, "")
+}
+
+/// A whole HTTP/1.1 error answer in the gateway's JSON form, with a fresh request id,
+/// `extra` header lines (each ending in CRLF) and `connection: close`.
+pub(super) fn raw_answer(status: u16, reason: &str, message: &str, extra: &str) -> Vec<u8> {
     let id = crate::headers::request_id(&http::HeaderMap::new());
     let id = id.to_str().unwrap_or_default();
     let body = serde_json::json!({ "error": message, "status": status, "requestId": id });
     let body = body.to_string();
     format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         x-request-id: {id}\r\nconnection: close\r\ndate: {}\r\n\r\n{body}",
+         x-request-id: {id}\r\n{extra}connection: close\r\ndate: {}\r\n\r\n{body}",
         body.len(),
         httpdate::fmt_http_date(std::time::SystemTime::now()),
     )
