@@ -192,6 +192,24 @@ impl TestGateway {
         addr
     }
 
+    /// The sum of the gateway's samples of counter `name` whose labels include every one of
+    /// `labels` (`("code", "4xx")`), read from its Prometheus text.
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = String::from_utf8(self.gateway.metrics().render()).expect("utf-8 metrics");
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{'))
+            })
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Generation of the snapshot being served.
     pub fn generation(&self) -> u64 {
         self.gateway.snapshot().generation

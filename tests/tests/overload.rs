@@ -23,16 +23,7 @@ async fn gateway(b: &TestBackend, config: ProxyConfig) -> TestGateway {
 }
 
 fn refused(gw: &TestGateway, limit: &str) -> f64 {
-    let metrics = String::from_utf8(gw.gateway.metrics().render()).expect("utf8");
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with(&format!(
-                "sluice_overload_refused_total{{limit=\"{limit}\"}}"
-            ))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    gw.counter("sluice_overload_refused_total", &[("limit", limit)])
 }
 
 #[tokio::test]
