@@ -100,7 +100,8 @@ impl<IO: AsyncWrite + Unpin> Answering<IO> {
         Poll::Ready(Ok(()))
     }
 
-    /// Takes `head` (all `len` bytes of the write it starts) in place of hyper's answer.
+    /// Takes the `len` bytes of a write holding hyper's answer `status`, and queues the
+    /// gateway's own in their place.
     fn replace(&mut self, status: u16, len: usize, cx: &mut Context<'_>) -> io::Result<usize> {
         tracing::debug!(status, "request head refused by the HTTP parser");
         self.gateway.unmatched().observe(status, 0.0);
