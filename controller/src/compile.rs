@@ -27,7 +27,9 @@ use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Secret, Ser
 pub use cache::{RouteCache, RuleChanges};
 pub use status::{Condition, StatusReport};
 
-/// Everything compile reads.
+/// Everything compile reads. Each object at most once by kind, namespace and name: the API
+/// server holds one, and standalone mode keeps the first copy of an object defined twice; two
+/// copies would be compiled in no set order (found by the `manifests` fuzz target).
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
     /// GatewayRoutes.

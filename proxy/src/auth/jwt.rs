@@ -398,17 +398,13 @@ mod reason {
 
 /// True when the token's header names `crit` extensions: none is understood here, so RFC 7515
 /// section 4.1.11 says the token must be refused.
-fn has_critical_extensions(token: &str) -> bool {
-    let Some(segment) = token.split('.').next() else {
-        return false;
-    };
-    URL_SAFE_NO_PAD
-        .decode(segment)
-        .ok()
-        .and_then(|bytes| {
-            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).ok()
-        })
-        .is_some_and(|h| h.contains_key("crit"))
+/// The JOSE header as a JSON object, checked whole (RFC 7515 section 5.2: valid UTF-8 JSON):
+/// `decode_header` skips fields it does not know without looking inside them, so a header
+/// with invalid UTF-8 in one would otherwise pass, and a `crit` beside it go unseen.
+fn header_fields(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let segment = token.split('.').next()?;
+    let bytes = URL_SAFE_NO_PAD.decode(segment).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Seconds since the Unix epoch.
@@ -578,7 +574,8 @@ impl JwtProvider {
     fn verified_claims(&self, token: &str, keys: &KeySet) -> Result<Claims, Check> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| Check::Invalid(reason::MALFORMED))?;
-        if has_critical_extensions(token) {
+        let fields = header_fields(token).ok_or(Check::Invalid(reason::MALFORMED))?;
+        if fields.contains_key("crit") {
             return Err(Check::Invalid(reason::CRITICAL));
         }
         if !self.algorithms.contains(&header.alg) {

@@ -41,8 +41,12 @@ impl Directives {
                 Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
                 None => (item, None),
             };
-            let seconds = || match value.map(str::parse::<u64>) {
-                Some(Ok(n)) => Some(n),
+            // RFC 9111 section 1.2.2: delta-seconds too large to hold are 2^31.
+            let seconds = || match value {
+                Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => Some(
+                    v.parse::<u64>()
+                        .map_or(MAX_AGE_SECS, |n| n.min(MAX_AGE_SECS)),
+                ),
                 _ => Some(0),
             };
             if name.eq_ignore_ascii_case("no-store") {
@@ -162,7 +166,11 @@ pub fn freshness(
             None => default_ttl,
         },
     };
-    let fresh = lifetime.saturating_sub(age);
+    // Found by the `cache_control` fuzz target: an `Expires` in the year 9999 (or a
+    // `max-age` beyond u64) overflowed the wire form's milliseconds; 2^31 s is the cap.
+    let fresh = lifetime
+        .min(Duration::from_secs(MAX_AGE_SECS))
+        .saturating_sub(age);
     if fresh.is_zero() {
         return Err(NotStored::NoFreshness);
     }
@@ -286,6 +294,24 @@ mod tests {
             fresh(&[("age", "18446744073709551615")]),
             Err(NotStored::NoFreshness),
             "a huge Age is clamped, not overflowed"
+        );
+    }
+
+    /// Found by the `cache_control` fuzz target: such lifetimes overflowed the milliseconds
+    /// of the shared cache's wire form.
+    #[test]
+    fn lifetimes_past_2_to_the_31_seconds_are_2_to_the_31() {
+        let cap = Ok(Duration::from_secs(MAX_AGE_SECS));
+        assert_eq!(
+            fresh(&[("cache-control", "s-maxage=18446737094407551616")]),
+            cap
+        );
+        assert_eq!(fresh(&[("cache-control", "max-age=99999999999999")]), cap);
+        assert_eq!(fresh(&[("expires", "Fri, 31 Dec 9999 23:59:59 GMT")]), cap);
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=-1")]),
+            Err(NotStored::NoFreshness),
+            "not delta-seconds: invalid, so stale"
         );
     }
 

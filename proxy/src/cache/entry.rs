@@ -142,7 +142,9 @@ impl Entry {
         let fresh_for = Duration::from_millis(b.get_u64());
         let initial_age = Duration::from_secs(b.get_u64());
         let count = b.get_u16();
-        let mut headers = HeaderMap::with_capacity(usize::from(count));
+        // Found by the `cache_entry` fuzz target: a count past what a HeaderMap holds (32,768)
+        // panicked in `with_capacity`; such a value was never written by us.
+        let mut headers = HeaderMap::try_with_capacity(usize::from(count)).ok()?;
         for _ in 0..count {
             need(&b, 2)?;
             let n = usize::from(b.get_u16());
@@ -152,7 +154,7 @@ impl Entry {
             let n = b.get_u32() as usize;
             need(&b, n)?;
             let value = HeaderValue::from_maybe_shared(b.split_to(n)).ok()?;
-            headers.append(name, value);
+            headers.try_append(name, value).ok()?;
         }
         if headers
             .get(CONTENT_LENGTH)
@@ -215,6 +217,16 @@ mod tests {
             let _ = Entry::decode(bytes.slice(..cut));
         }
         assert!(Entry::decode(Bytes::from_static(b"nonsense")).is_none());
+    }
+
+    /// Found by the `cache_entry` fuzz target: a value claiming more headers than a HeaderMap
+    /// holds panicked the request that read it from Redis.
+    #[test]
+    fn a_header_count_past_what_a_header_map_holds_is_a_miss() {
+        let mut bytes = entry().encode().to_vec();
+        let count_at = 4 + 8 + 2 + 8 + 8 + 8;
+        bytes[count_at..count_at + 2].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert!(Entry::decode(Bytes::from(bytes)).is_none());
     }
 
     #[test]

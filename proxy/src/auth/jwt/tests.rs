@@ -339,6 +339,30 @@ fn critical_header_extensions_are_refused() {
     );
 }
 
+/// Found by the `jwt` fuzz target: `decode_header` skips fields it does not know without
+/// checking them, so invalid UTF-8 in one passed, and hid a `crit` beside it.
+#[test]
+fn a_header_that_is_not_utf8_json_is_malformed_and_cannot_hide_crit() {
+    let p = provider(&[Algorithm::RS256], keys(RSA_PUBLIC, &[Algorithm::RS256]));
+    let payload = URL_SAFE_NO_PAD.encode(claims().to_string());
+    for header in [
+        &b"{\"alg\":\"RS256\",\"x\":\"\x97\"}"[..],
+        &b"{\"alg\":\"RS256\",\"crit\":[\"exp-ext\"],\"exp-ext\":1,\"x\":\"\x97\"}"[..],
+    ] {
+        let message = format!("{}.{payload}", URL_SAFE_NO_PAD.encode(header));
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &rsa_key(), Algorithm::RS256)
+                .expect("signed");
+        let token = format!("{message}.{signature}");
+        assert_eq!(
+            check(&p, &token, &static_keys(&p), NOW).err(),
+            Some(Check::Invalid(reason::MALFORMED)),
+            "{}",
+            String::from_utf8_lossy(header)
+        );
+    }
+}
+
 #[test]
 fn jku_x5u_and_embedded_jwk_headers_are_ignored() {
     // Signed by a key the provider does not trust, pointing at where that key "can be found".
