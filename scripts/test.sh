@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs, then checks the Helm
 # chart, and runs formatting, lints, unit and integration tests (the cluster-mode scenarios
-# against a fake API server among them), the CRD drift test and the end-to-end scenarios.
+# against a fake API server among them), the CRD drift test, a short run of every fuzz target
+# and the end-to-end scenarios.
 # CI runs exactly this (see .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,9 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+step "fuzz smoke: every target in fuzz/ for 20 s from its seeds (scripts/fuzz.sh --smoke)"
+scripts/fuzz.sh --smoke
+
 step "end-to-end: standalone mode"
 cargo build --locked -p sluice-controller --bin sluice
 SLUICE_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/sluice" e2e/standalone.sh
@@ -49,8 +53,8 @@ e2e/cluster.sh | tee "$cluster_log"
 # A green run must not read as "cluster mode tested" when it was not.
 step "summary"
 if skipped="$(sed -n 's/^skipped: //p' "$cluster_log")" && [[ -n "$skipped" ]]; then
-  echo "passed: chart, fmt, clippy, unit, integration, standalone e2e; NOT run: cluster e2e ($skipped)"
+  echo "passed: chart, fmt, clippy, unit, integration, fuzz smoke, standalone e2e; NOT run: cluster e2e ($skipped)"
 else
-  echo "passed: chart, fmt, clippy, unit, integration, standalone e2e, cluster e2e"
+  echo "passed: chart, fmt, clippy, unit, integration, fuzz smoke, standalone e2e, cluster e2e"
 fi
 rm -f "$cluster_log"

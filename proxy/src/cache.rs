@@ -28,7 +28,7 @@ use http::{Method, Response};
 use serde::Serialize;
 
 pub use control::{
-    Directives, NotStored, freshness, not_modified, request_wants_fresh, vary_names,
+    Directives, MAX_AGE_SECS, NotStored, freshness, not_modified, request_wants_fresh, vary_names,
 };
 pub use entry::Entry;
 pub use store::{CacheStore, Key};

@@ -19,6 +19,8 @@ mod clock;
 pub mod cors;
 pub mod error;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod headers;
 pub mod health;

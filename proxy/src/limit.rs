@@ -366,7 +366,7 @@ fn more_restrictive(a: &LimitOutcome<'_>, b: &LimitOutcome<'_>) -> bool {
 }
 
 /// Whole seconds, rounded up: a client waiting this long is never early.
-fn retry_secs(d: Duration) -> u64 {
+pub(crate) fn retry_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 

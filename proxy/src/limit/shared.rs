@@ -168,12 +168,7 @@ impl SharedStore {
                 tracing::debug!(error = %e, "redis rate-limit check failed");
                 Err(StoreError::Reply)
             }
-            Ok(Ok((allowed, remaining, reset_us, retry_us))) => Ok(Decision {
-                allowed: allowed == 1,
-                remaining: u64::try_from(remaining).unwrap_or(0),
-                reset: micros(reset_us),
-                retry_after: micros(retry_us),
-            }),
+            Ok(Ok(reply)) => Ok(Decision::from_gcra_reply(reply)),
         };
         self.latency.observe(started.elapsed().as_secs_f64());
         if let Err(e) = result {
@@ -224,6 +219,20 @@ async fn bounded<T>(
             Err(StoreError::Reply)
         }
         Ok(Ok(v)) => Ok(v),
+    }
+}
+
+impl Decision {
+    /// The GCRA script's reply, `{allowed, remaining, reset_us, retry_us}`. Whatever Redis
+    /// sends (a tampered script, a proxy in between), out-of-range numbers read as zero rather
+    /// than wrap.
+    pub fn from_gcra_reply((allowed, remaining, reset_us, retry_us): (i64, i64, i64, i64)) -> Self {
+        Decision {
+            allowed: allowed == 1,
+            remaining: u64::try_from(remaining).unwrap_or(0),
+            reset: micros(reset_us),
+            retry_after: micros(retry_us),
+        }
     }
 }
 
