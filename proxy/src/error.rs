@@ -190,9 +190,10 @@ impl ProxyError {
             ProxyError::LimitUnavailable | ProxyError::CircuitOpen | ProxyError::Overloaded => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            // The body that follows may be framed differently than the client meant: nothing
-            // more is read from this connection.
-            ProxyError::NotImplemented(_) => {
+            // The body that follows may be framed differently than the client meant, and a
+            // client that sent a malformed request may be confused about the rest of the
+            // connection: nothing more is read from it (nginx closes after a 400 too).
+            ProxyError::NotImplemented(_) | ProxyError::BadRequest(_) => {
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

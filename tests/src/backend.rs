@@ -48,6 +48,10 @@ pub struct TestBackend {
 /// How the backend misbehaves; every field 0/false means it behaves.
 #[derive(Default)]
 struct Modes {
+    /// Not a mode: bytes `/stream` bodies have handed to the connection so far.
+    streamed: Arc<AtomicU64>,
+    /// Not a mode: the path and query of every request received, in order.
+    paths: std::sync::Mutex<Vec<String>>,
     /// Status every request (but `/health`) gets.
     fail: AtomicU16,
     /// Requests still to fail with `fail_next_code`.
@@ -105,6 +109,13 @@ impl TestBackend {
                         counter.fetch_add(1, Ordering::Relaxed);
                         let name = name.clone();
                         let modes = modes.clone();
+                        if let Ok(mut paths) = modes.paths.lock() {
+                            paths.push(
+                                req.uri()
+                                    .path_and_query()
+                                    .map_or_else(String::new, |p| p.to_string()),
+                            );
+                        }
                         async move { Ok::<_, Infallible>(misbehave(&name, &modes, req).await) }
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
@@ -169,6 +180,21 @@ impl TestBackend {
         self.hits.load(Ordering::Relaxed)
     }
 
+    /// The path and query of every request received so far, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.modes
+            .paths
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// Bytes of `/stream` bodies handed to hyper so far: how far a download got ahead of the
+    /// client reading it.
+    pub fn streamed(&self) -> u64 {
+        self.modes.streamed.load(Ordering::Relaxed)
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
@@ -230,7 +256,7 @@ async fn misbehave(name: &str, modes: &Modes, req: Request<Incoming>) -> Respons
         status(modes.fail_next_code.load(Ordering::Relaxed))
     } else {
         match modes.fail.load(Ordering::Relaxed) {
-            0 => return handle(name, req).await,
+            0 => return handle(name, modes, req).await,
             code => status(code),
         }
     };
@@ -241,7 +267,7 @@ async fn misbehave(name: &str, modes: &Modes, req: Request<Incoming>) -> Respons
     response
 }
 
-async fn handle(name: &str, mut req: Request<Incoming>) -> Response<AnyBody> {
+async fn handle(name: &str, modes: &Modes, mut req: Request<Incoming>) -> Response<AnyBody> {
     let path = req.uri().path().to_owned();
     match path.as_str() {
         "/ws" => return websocket(&mut req),
@@ -273,7 +299,14 @@ async fn handle(name: &str, mut req: Request<Incoming>) -> Response<AnyBody> {
         }
         "/stream" => {
             let bytes = query_number(&req, "bytes").unwrap_or(0);
-            return Response::new(Repeat { remaining: bytes }.boxed());
+            let streamed = Arc::clone(&modes.streamed);
+            return Response::new(
+                Repeat {
+                    remaining: bytes,
+                    streamed,
+                }
+                .boxed(),
+            );
         }
         "/slow" => {
             let ms = query_number(&req, "ms").unwrap_or(0);
@@ -388,6 +421,7 @@ fn websocket(req: &mut Request<Incoming>) -> Response<AnyBody> {
 /// A body of `remaining` bytes produced 64 KiB at a time, never held whole in memory.
 struct Repeat {
     remaining: u64,
+    streamed: Arc<AtomicU64>,
 }
 
 impl Body for Repeat {
@@ -404,6 +438,7 @@ impl Body for Repeat {
         }
         let n = self.remaining.min(CHUNK.len() as u64);
         self.remaining -= n;
+        self.streamed.fetch_add(n, Ordering::Relaxed);
         Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
             &CHUNK[..n as usize],
         )))))
