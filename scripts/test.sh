@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs, then checks the Helm
-# chart, and runs formatting, lints, unit and integration tests (the cluster-mode scenarios
-# against a fake API server among them), the CRD drift test, a short run of every fuzz target
-# and the end-to-end scenarios.
+# chart, and runs formatting, lints, the licence and source checks (cargo deny), unit and
+# integration tests (the cluster-mode scenarios against a fake API server among them), the CRD
+# drift test, a short run of every fuzz target and the end-to-end scenarios.
 # CI runs exactly this (see .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +31,10 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "supply chain: cargo deny check licenses bans sources (deny.toml)"
+if ! cargo deny --version >/dev/null 2>&1; then cargo install cargo-deny --version 0.20.2 --locked; fi
+cargo deny check licenses bans sources
+
 step "unit, integration and CRD drift tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
@@ -53,8 +57,8 @@ e2e/cluster.sh | tee "$cluster_log"
 # A green run must not read as "cluster mode tested" when it was not.
 step "summary"
 if skipped="$(sed -n 's/^skipped: //p' "$cluster_log")" && [[ -n "$skipped" ]]; then
-  echo "passed: chart, fmt, clippy, unit, integration, fuzz smoke, standalone e2e; NOT run: cluster e2e ($skipped)"
+  echo "passed: chart, fmt, clippy, cargo deny, unit, integration, fuzz smoke, standalone e2e; NOT run: cluster e2e ($skipped)"
 else
-  echo "passed: chart, fmt, clippy, unit, integration, fuzz smoke, standalone e2e, cluster e2e"
+  echo "passed: chart, fmt, clippy, cargo deny, unit, integration, fuzz smoke, standalone e2e, cluster e2e"
 fi
 rm -f "$cluster_log"
