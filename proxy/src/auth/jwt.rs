@@ -396,11 +396,10 @@ mod reason {
     pub const CRITICAL: &str = "token has critical header extensions";
 }
 
-/// True when the token's header names `crit` extensions: none is understood here, so RFC 7515
-/// section 4.1.11 says the token must be refused.
 /// The JOSE header as a JSON object, checked whole (RFC 7515 section 5.2: valid UTF-8 JSON):
-/// `decode_header` skips fields it does not know without looking inside them, so a header
-/// with invalid UTF-8 in one would otherwise pass, and a `crit` beside it go unseen.
+/// `decode_header` skips fields it does not know without looking inside them, so a header with
+/// invalid UTF-8 in one would otherwise pass, and a `crit` beside it go unseen (no `crit`
+/// extension is understood here, so RFC 7515 section 4.1.11 says such a token is refused).
 fn header_fields(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
     let segment = token.split('.').next()?;
     let bytes = URL_SAFE_NO_PAD.decode(segment).ok()?;
