@@ -70,7 +70,9 @@ fuzz_target!(|data: &[u8]| {
         let Ok(named) = HeaderName::from_bytes(token.as_bytes()) else {
             continue;
         };
-        let kept = SET_BY_GATEWAY.contains(&named.as_str()) || (upgrade && named == "upgrade");
+        // An upgrade keeps `Upgrade` and gets `Connection: upgrade` from the gateway.
+        let kept = SET_BY_GATEWAY.contains(&named.as_str())
+            || (upgrade && (named == "upgrade" || named == "connection"));
         if !kept && named != "close" {
             assert!(
                 !headers.contains_key(&named),
