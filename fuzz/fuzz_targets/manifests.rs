@@ -8,8 +8,8 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use sluice_controller::compile::{Inputs, compile};
-use sluice_controller::sources::manifests::{Object, parse_file};
+use sluice_controller::compile::compile;
+use sluice_controller::sources::manifests::parse_file;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -23,23 +23,7 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    // What the sources hand the compiler: each object once, the first copy of one defined
-    // twice (the API server cannot hold two; standalone mode keeps the first and reports the
-    // rest). The compiler is not asked to choose between two copies.
-    let mut seen = std::collections::HashSet::new();
-    let mut inputs = Inputs::default();
-    for (object_ref, object) in &objects {
-        if !seen.insert(object_ref.clone()) {
-            continue;
-        }
-        match object {
-            Object::Route(r) => inputs.routes.push(r.clone()),
-            Object::Policy(p) => inputs.policies.push(p.clone()),
-            Object::Service(s) => inputs.services.push(s.clone()),
-            Object::Slice(s) => inputs.slices.push(s.clone()),
-            Object::Secret(s) => inputs.secrets.push(s.clone()),
-        }
-    }
+    let inputs = sluice_fuzz::inputs(&objects);
     let first = compile(&inputs, 1, None);
     for d in &first.diagnostics {
         assert!(!d.reason.is_empty(), "a diagnostic says what is wrong: {d}");

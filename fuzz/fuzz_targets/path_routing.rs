@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use http::{HeaderMap, Method, Uri};
 use libfuzzer_sys::fuzz_target;
-use sluice_controller::compile::{Inputs, compile};
-use sluice_controller::sources::manifests::{Object, parse_file};
+use sluice_controller::compile::compile;
+use sluice_controller::sources::manifests::parse_file;
 use sluice_proxy::Snapshot;
 use sluice_proxy::path::normalize;
 use sluice_proxy::router::{PathMatch, RequestView};
@@ -81,15 +81,7 @@ fn snapshot() -> &'static Snapshot {
     static SNAPSHOT: OnceLock<Snapshot> = OnceLock::new();
     SNAPSHOT.get_or_init(|| {
         let objects = parse_file(Path::new("routes.yaml"), ROUTES).expect("the routes load");
-        let mut inputs = Inputs::default();
-        for (_, object) in objects {
-            match object {
-                Object::Route(r) => inputs.routes.push(r),
-                Object::Service(s) => inputs.services.push(s),
-                Object::Slice(s) => inputs.slices.push(s),
-                _ => {}
-            }
-        }
+        let inputs = sluice_fuzz::inputs(&objects);
         let compiled = compile(&inputs, 1, None);
         assert!(
             compiled.diagnostics.is_empty(),

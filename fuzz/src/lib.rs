@@ -1,6 +1,24 @@
 //! What the fuzz targets share: turning fuzzer bytes into the inputs the gateway sees.
 
+use std::collections::HashSet;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
+use sluice_controller::compile::{Inputs, ObjectRef};
+use sluice_controller::sources::manifests::Object;
+
+/// What the sources hand the compiler for `objects`: each object once, the first copy of one
+/// defined twice (the API server cannot hold two; standalone mode keeps the first and reports
+/// the rest). The compiler is not asked to choose between two copies.
+pub fn inputs(objects: &[(ObjectRef, Object)]) -> Inputs {
+    let mut seen = HashSet::new();
+    let mut inputs = Inputs::default();
+    for (object_ref, object) in objects {
+        if seen.insert(object_ref) {
+            inputs.push(object);
+        }
+    }
+    inputs
+}
 
 /// `name: value` lines (LF-separated) as a header map, the way an HTTP parser would hand them
 /// over: lines that are not a valid name and value are left out, as the parser would refuse

@@ -595,13 +595,16 @@ pub struct Refresh {
 }
 
 /// Adds one loaded object to its kind's list in `inputs`.
-fn push(inputs: &mut Inputs, object: &Object) {
-    match object {
-        Object::Route(r) => inputs.routes.push(Arc::clone(r)),
-        Object::Policy(p) => inputs.policies.push(Arc::clone(p)),
-        Object::Service(s) => inputs.services.push(Arc::clone(s)),
-        Object::Slice(s) => inputs.slices.push(Arc::clone(s)),
-        Object::Secret(s) => inputs.secrets.push(Arc::clone(s)),
+impl Inputs {
+    /// Adds `object` to the list of its kind.
+    pub fn push(&mut self, object: &Object) {
+        match object {
+            Object::Route(r) => self.routes.push(Arc::clone(r)),
+            Object::Policy(p) => self.policies.push(Arc::clone(p)),
+            Object::Service(s) => self.services.push(Arc::clone(s)),
+            Object::Slice(s) => self.slices.push(Arc::clone(s)),
+            Object::Secret(s) => self.secrets.push(Arc::clone(s)),
+        }
     }
 }
 
@@ -780,7 +783,7 @@ impl ManifestSet {
                 };
                 for (object_ref, object) in &put_in {
                     if namespaces.is_empty() || namespaces.contains(&object_ref.namespace) {
-                        push(&mut inputs, object);
+                        inputs.push(object);
                         if let Object::Route(r) = object {
                             delta.added.push(Arc::clone(r));
                         }
@@ -819,7 +822,7 @@ impl ManifestSet {
                     continue;
                 }
                 if !dedup {
-                    push(&mut inputs, object);
+                    inputs.push(object);
                     continue;
                 }
                 if let Some(first) = seen.get(object_ref) {
@@ -835,7 +838,7 @@ impl ManifestSet {
                     continue;
                 }
                 seen.insert(object_ref, path);
-                push(&mut inputs, object);
+                inputs.push(object);
             }
         }
         (inputs, duplicates)
