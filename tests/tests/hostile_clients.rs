@@ -10,7 +10,7 @@ use sluice_tests::backend::TestBackend;
 use sluice_tests::client;
 use sluice_tests::harness::TestGateway;
 use sluice_tests::manifests::{route, service};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -113,7 +113,10 @@ impl Bystander {
 }
 
 /// Reads until the peer closes or `within` passes; `true` when it closed.
-async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+async fn read_until_closed(
+    stream: &mut (impl AsyncRead + Unpin),
+    within: Duration,
+) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let closed = tokio::time::timeout(within, async {
         let mut buf = [0u8; 16384];
@@ -512,18 +515,7 @@ async fn flood(
         w
     });
     tokio::time::sleep(pause).await;
-    let mut got = Vec::new();
-    let closed = tokio::time::timeout(within, async {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            match r.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
+    let (got, closed) = read_until_closed(&mut r, within).await;
     drop(writer.await);
     (frames(&got), closed)
 }
