@@ -28,16 +28,12 @@ cargo build --release --locked -p sluice-controller --bin sluice >&2
 SLUICE=${SLUICE:-$PWD/target/release/sluice}
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-mkdir -p "$work/nginx" "$work/manifests"
+ok_upstream "$UP_PORT"
+mkdir -p "$work/manifests"
 {
-  nginx_preamble "$work/nginx"
-  printf '  server { listen 127.0.0.1:%d reuseport; location / { return 200 "ok\\n"; } }\n}\n' "$UP_PORT"
-} >"$work/nginx/nginx.conf"
-taskset -c 1 "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" &
-pids+=($!)
-wait_for "http://127.0.0.1:$UP_PORT/"
-printf 'apiVersion: v1\nkind: Service\nmetadata: {name: up, namespace: default}\nspec:\n  ports: [{name: http, port: 80}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: up-0, namespace: default, labels: {kubernetes.io/service-name: up}}\naddressType: IPv4\nports: [{name: http, port: %d}]\nendpoints: [{addresses: ["127.0.0.1"], conditions: {ready: true}}]\n---\napiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: public, namespace: default}\nspec:\n  rules:\n  - backendRefs: [{name: up, port: 80}]\n' \
-  "$UP_PORT" >"$work/manifests/all.yaml"
+  upstream_manifests "$UP_PORT"
+  printf -- '---\napiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: public, namespace: default}\nspec:\n  rules:\n  - backendRefs: [{name: up, port: 80}]\n'
+} >"$work/manifests/all.yaml"
 
 access=off
 [ "$LOGS" = on ] && access=json

@@ -51,3 +51,21 @@ http {
   keepalive_requests 1000000;
 CONF
 }
+
+# ok_upstream PORT: one nginx on core 1 answering "ok" on PORT (its files under $work/nginx),
+# started and waited for.
+ok_upstream() {
+  mkdir -p "$work/nginx"
+  {
+    nginx_preamble "$work/nginx"
+    printf '  server { listen 127.0.0.1:%d reuseport; location / { return 200 "ok\\n"; } }\n}\n' "$1"
+  } >"$work/nginx/nginx.conf"
+  taskset -c 1 "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" &
+  pids+=($!)
+  wait_for "http://127.0.0.1:$1/"
+}
+
+# upstream_manifests PORT: Service `up` and its one-endpoint EndpointSlice on 127.0.0.1:PORT.
+upstream_manifests() {
+  printf 'apiVersion: v1\nkind: Service\nmetadata: {name: up, namespace: default}\nspec:\n  ports: [{name: http, port: 80}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: up-0, namespace: default, labels: {kubernetes.io/service-name: up}}\naddressType: IPv4\nports: [{name: http, port: %d}]\nendpoints: [{addresses: ["127.0.0.1"], conditions: {ready: true}}]\n' "$1"
+}

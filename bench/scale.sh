@@ -31,20 +31,12 @@ install_missing wrk:wrk nginx:nginx-light curl:curl python3:python3
 cargo build --release --locked -p sluice-controller --bin sluice >&2
 SLUICE=${SLUICE:-$PWD/target/release/sluice}
 
-mkdir -p "$work/nginx"
-{
-  nginx_preamble "$work/nginx"
-  printf '  server { listen 127.0.0.1:%d reuseport; location / { return 200 "ok\\n"; } }\n}\n' "$UP_PORT"
-} >"$work/nginx/nginx.conf"
-taskset -c 1 "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" &
-pids+=($!)
-wait_for "http://127.0.0.1:$UP_PORT/"
+ok_upstream "$UP_PORT"
 
 write_manifests() { # ROUTES
   local d="$work/manifests"
   rm -rf "$d" && mkdir -p "$d"
-  printf 'apiVersion: v1\nkind: Service\nmetadata: {name: up, namespace: default}\nspec:\n  ports: [{name: http, port: 80}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: up-0, namespace: default, labels: {kubernetes.io/service-name: up}}\naddressType: IPv4\nports: [{name: http, port: %d}]\nendpoints: [{addresses: ["127.0.0.1"], conditions: {ready: true}}]\n' \
-    "$UP_PORT" >"$d/backends.yaml"
+  upstream_manifests "$UP_PORT" >"$d/backends.yaml"
   # One in ten routes has a hostname, as in a cluster where some teams have their own.
   awk -v n="$1" 'BEGIN {
     for (r = 0; r < n; r++) {
