@@ -183,6 +183,23 @@ pub fn compile_cached(
     prev: Option<&Snapshot>,
     cache: &mut RouteCache,
 ) -> Compiled {
+    let mut compiled = compile_cached_without_route_statuses(inputs, generation, prev, cache);
+    if !inputs.skip_statuses {
+        compiled.statuses = cache.statuses_with(std::mem::take(&mut compiled.statuses));
+    }
+    compiled
+}
+
+/// [`compile_cached`] with only the RateLimitPolicies' statuses in [`Compiled::statuses`]:
+/// the routes' are [`RouteCache::statuses_with`] them, to be collected after the snapshot is
+/// installed. (A pass over every cached route, 2 ms at 10,000 routes, that need not delay
+/// the snapshot.)
+pub fn compile_cached_without_route_statuses(
+    inputs: &Inputs,
+    generation: u64,
+    prev: Option<&Snapshot>,
+    cache: &mut RouteCache,
+) -> Compiled {
     let mut regexes = RegexCache::from_snapshot(prev);
     let mut endpoints =
         endpoints::EndpointIndex::new(&inputs.services, &inputs.slices, cache.take_lists());
@@ -197,25 +214,15 @@ pub fn compile_cached(
     let rules = placement.rules;
 
     let mut out = Assembly {
-        statuses: Vec::new(),
         diagnostics: Vec::new(),
         failed: HashSet::new(),
         tls: sluice_proxy::tls::Certificates::default(),
     };
-    if inputs.skip_statuses {
-        // Only routes with problems, certificates or unresolved Services have anything else.
-        for route in cache.notable() {
-            out.place(route, false);
-        }
-    } else {
-        out.statuses
-            .reserve(inputs.routes.len() + inputs.policies.len());
-        for route in cache.placed() {
-            out.place(route, true);
-        }
+    // Only routes with problems, certificates or unresolved Services have anything here.
+    for route in cache.notable() {
+        out.place(route);
     }
     let Assembly {
-        mut statuses,
         mut diagnostics,
         mut failed,
         tls,
@@ -240,7 +247,7 @@ pub fn compile_cached(
             &mut diagnostics,
         );
     }
-    statuses.extend(policy_statuses.into_iter().map(Arc::new));
+    let statuses = policy_statuses.into_iter().map(Arc::new).collect();
     let (unresolved, lists) = endpoints.into_parts();
     failed.extend(unresolved);
     cache.keep_lists(lists);
@@ -302,20 +309,15 @@ pub(super) fn identity_headers(rules: &sluice_proxy::snapshot::Rules) -> Box<[ht
 
 /// The snapshot's parts besides rules and router, filled route by route in precedence order.
 struct Assembly {
-    statuses: Vec<Arc<StatusReport>>,
     diagnostics: Vec<Diagnostic>,
     failed: HashSet<String>,
     tls: sluice_proxy::tls::Certificates,
 }
 
 impl Assembly {
-    /// Adds one placed route's problems, certificates and unresolved Services (and its status,
-    /// when `status`).
-    fn place(&mut self, route: &cache::CachedRoute, status: bool) {
+    /// Adds one placed route's problems, certificates and unresolved Services.
+    fn place(&mut self, route: &cache::CachedRoute) {
         let output = &route.output;
-        if status {
-            self.statuses.push(Arc::clone(&output.status));
-        }
         self.diagnostics.extend(output.diagnostics.iter().cloned());
         for served in output.certificates.iter() {
             // The oldest route keeps a host's certificate, as it keeps its paths.

@@ -58,7 +58,7 @@ pub async fn settle<T>(rx: &mut mpsc::UnboundedReceiver<T>, debounce: Debounce) 
 pub struct Installed {
     /// The snapshot generation.
     pub generation: u64,
-    /// Conditions of every route and policy (full compiles only).
+    /// Conditions of every route and policy (full compiles whose inputs did not skip them).
     pub statuses: Option<Arc<Vec<Arc<StatusReport>>>>,
     /// From the oldest change to the install, in ms.
     pub propagation_ms: u64,
@@ -174,8 +174,12 @@ impl Reconciler {
     ) -> Installed {
         let generation = self.generation + 1;
         let previous = self.gateway.snapshot();
-        let compiled =
-            compile::compile_cached(inputs, generation, Some(&previous), &mut self.cache);
+        let compiled = compile::compile_cached_without_route_statuses(
+            inputs,
+            generation,
+            Some(&previous),
+            &mut self.cache,
+        );
         let Compiled {
             snapshot,
             statuses,
@@ -205,9 +209,12 @@ impl Reconciler {
             propagation_ms,
             "snapshot installed"
         );
+        // Collected once the snapshot serves: they are for the status writer, which follows.
+        let statuses =
+            (!inputs.skip_statuses).then(|| Arc::new(self.cache.statuses_with(statuses)));
         Installed {
             generation,
-            statuses: Some(Arc::new(statuses)),
+            statuses,
             propagation_ms,
         }
     }

@@ -2,11 +2,11 @@
 //! over real HTTP watches) to the proxy serving it, with the default debounce.
 //!
 //! - route changes: a new GatewayRoute is created; timed until a request for its path gets 200
-//!   through the proxy (polled every 0.2 ms);
+//!   through the proxy (polled every 0.2 ms), and until the snapshot serving it is installed;
 //! - endpoint flips: an endpoint's `ready` toggles; timed until the proxy's live snapshot has it.
 //!
 //! Each with 10 and with 10,000 routes configured (`ROUTES="100 10000 50000"` for others).
-//! Prints p50, p99 and max over 100 changes.
+//! Prints p50, p99 and max over 100 changes (`SHOW_SAMPLES=1`: every sample, in order).
 //!
 //! `cargo bench -p sluice-tests --bench propagation`
 
@@ -22,6 +22,12 @@ use sluice_tests::fake_api::FakeApi;
 const CHANGES: usize = 100;
 
 fn summary(label: &str, mut samples: Vec<Duration>) {
+    if std::env::var_os("SHOW_SAMPLES").is_some() {
+        println!(
+            "{label}: {:?}",
+            samples.iter().map(|d| d.as_micros()).collect::<Vec<_>>()
+        );
+    }
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
     println!(
@@ -62,10 +68,16 @@ async fn scenario(routes: usize) {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let mut route_times = Vec::with_capacity(CHANGES);
+    let mut install_times = Vec::with_capacity(CHANGES);
     for i in 0..CHANGES {
         let path = format!("/new/{i}");
+        let before = replica.generation();
         api.apply(ROUTES, prefix_route(&format!("new{i}"), &path, "b"));
         let accepted = Instant::now();
+        while replica.generation() == before {
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        install_times.push(accepted.elapsed());
         loop {
             let served = client::send(&c, client::get(replica.addr, "h", &path))
                 .await
@@ -80,6 +92,7 @@ async fn scenario(routes: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     summary(&format!("route change, {routes} routes"), route_times);
+    summary("  of which to its install", install_times);
 
     let mut flip_times = Vec::with_capacity(CHANGES);
     for i in 0..CHANGES {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Request;
 use serde_json::json;
 use sluice_tests::backend::TestBackend;
 use sluice_tests::client::{self, fetch};
@@ -357,5 +358,127 @@ async fn a_route_deleted_and_created_again_gets_its_status_again() {
         eventually(PATIENCE, programmed).await,
         "the new object is another object: {:#}",
         api.get(ROUTES, "default", "r").unwrap_or_default()
+    );
+}
+
+/// Route edits in one replica's life (each batch patches the last compile's route list) serve
+/// what a replica started afresh on the same objects serves, and every route's status is
+/// programmed for its current generation.
+#[tokio::test]
+async fn route_edits_patched_in_serve_and_report_what_a_fresh_start_does() {
+    let (api, _b) = api_with_backend().await;
+    let a = TestBackend::start("a").await;
+    api.apply(SERVICES, service("a"));
+    api.apply(SLICES, slice("a", "a-1", a.addr, true));
+    api.apply(
+        sluice_tests::cluster::SECRETS,
+        sluice_tests::cluster::secret("keys", &[("acme", "k-one")]),
+    );
+    let mut model: std::collections::BTreeMap<String, (String, &str)> = Default::default();
+    let mut retired: Vec<String> = Vec::new();
+    let mut next_prefix = 0;
+    let mut prefix = || {
+        next_prefix += 1;
+        format!("/p{next_prefix}")
+    };
+    for i in 0..10 {
+        let p = prefix();
+        api.apply(ROUTES, prefix_route(&format!("r{i}"), &p, "b"));
+        model.insert(format!("r{i}"), (p, "b"));
+    }
+    let replica = Replica::start(&api, 0, "pod-a").await;
+    assert!(eventually(PATIENCE, || serves(&replica, "/p10", "b")).await);
+
+    // A fixed pseudo-random sequence: creations, moves to another path or Service, deletions,
+    // re-creations under an old name; half of them land in the same batch as the one before.
+    let mut seed: u64 = 0x5eed;
+    let mut roll = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for _ in 0..40 {
+        let name = format!("r{}", roll(14));
+        let service = if roll(2) == 0 { "a" } else { "b" };
+        match (model.get(&name).cloned(), roll(4)) {
+            (Some((old, _)), 0) => {
+                assert!(api.delete(ROUTES, "default", &name));
+                model.remove(&name);
+                retired.push(old);
+            }
+            (Some((old, _)), 1) => {
+                api.apply(ROUTES, prefix_route(&name, &old, service));
+                model.insert(name, (old, service));
+            }
+            (old, _) => {
+                let p = prefix();
+                api.apply(ROUTES, prefix_route(&name, &p, service));
+                retired.extend(old.map(|(p, _)| p));
+                model.insert(name, (p, service));
+            }
+        }
+        if roll(2) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // One more route, referencing a Secret: a patched batch must start watching it.
+    api.apply(
+        ROUTES,
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "GatewayRoute",
+            "metadata": {"name": "keyed", "namespace": "default"},
+            "spec": {"rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": "/keyed"}}],
+                "authentication": {"apiKey": {"secretRefs": [{"name": "keys"}]}},
+                "backendRefs": [{"name": "a", "port": 80}],
+            }]},
+        }),
+    );
+
+    let fresh = Replica::start(&api, 0, "pod-b").await;
+    let c = client::http1();
+    let keyed = |replica: &Replica, key: &'static str| {
+        let req = Request::get(format!("http://{}/keyed", replica.addr))
+            .header("host", "h")
+            .header("x-api-key", key)
+            .body(http_body_util::Full::default())
+            .expect("request");
+        let c = c.clone();
+        async move { client::send(&c, req).await.map_or(0, |r| r.status.as_u16()) }
+    };
+    for replica in [&replica, &fresh] {
+        for (name, (p, service)) in &model {
+            assert!(
+                eventually(PATIENCE, || serves(replica, p, service)).await,
+                "{name}: {p} goes to {service}"
+            );
+        }
+        for p in &retired {
+            if !model.values().any(|(q, _)| q == p) {
+                assert_eq!(status_of(&c, replica, p).await, 404, "{p} is gone");
+            }
+        }
+        assert!(eventually(PATIENCE, || async { keyed(replica, "k-one").await == 200 }).await);
+        assert_eq!(keyed(replica, "wrong").await, 401);
+    }
+    for name in model.keys() {
+        assert!(
+            eventually(PATIENCE, || async {
+                api.get(ROUTES, "default", name).is_some_and(|r| {
+                    condition(&r, "Programmed").is_some_and(|c| {
+                        c["status"] == "True"
+                            && c["observedGeneration"] == r["metadata"]["generation"]
+                    })
+                })
+            })
+            .await,
+            "{name}: {:#}",
+            api.get(ROUTES, "default", name).unwrap_or_default()
+        );
+    }
+    assert!(
+        !retired.is_empty() && model.len() > 3,
+        "the sequence edits something"
     );
 }

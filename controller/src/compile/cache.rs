@@ -19,7 +19,9 @@ use kube::ResourceExt;
 use sluice_proxy::router::{Candidate, HostPattern, Router, RouterBuilder};
 use sluice_proxy::snapshot::{RuleId, Rules};
 
-use super::{FastMap, Inputs, endpoints, policies::PolicyIndex, route_secret_names, routes};
+use super::{
+    FastMap, Inputs, StatusReport, endpoints, policies::PolicyIndex, route_secret_names, routes,
+};
 use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Secret, Service};
 
 /// Bits of a rank: the candidate tie-break keeps the rule and match index below it.
@@ -373,9 +375,16 @@ impl RouteCache {
         self.notable.values().map(|k| &*self.routes[k].1)
     }
 
-    /// The placed routes in precedence order.
-    pub(super) fn placed(&self) -> impl Iterator<Item = &CachedRoute> {
-        self.order.values().map(|(k, _)| &*self.routes[k].1)
+    /// The statuses of the placed routes in precedence order, then `policies`.
+    pub fn statuses_with(&self, policies: Vec<Arc<StatusReport>>) -> Vec<Arc<StatusReport>> {
+        let mut out = Vec::with_capacity(self.order.len() + policies.len());
+        out.extend(
+            self.order
+                .values()
+                .map(|(k, _)| Arc::clone(&self.routes[k].1.output.status)),
+        );
+        out.extend(policies);
+        out
     }
 
     /// Number of routes cached.

@@ -10,12 +10,12 @@ pub mod secrets;
 pub mod status;
 pub mod watch;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::Client;
+use kube::{Client, ResourceExt};
 use sluice_proxy::Gateway;
 use tokio::sync::{mpsc, watch as channel};
 use tokio::time::Instant;
@@ -24,7 +24,7 @@ use self::leader::{LeaderConfig, until_stopped};
 use self::secrets::SecretWatches;
 use self::status::{LiveSnapshot, StatusWriter};
 use self::watch::{Changed, KindStores};
-use crate::compile::{Inputs, StatusReport};
+use crate::compile::{Inputs, RoutesDelta, StatusReport, route_secret_names};
 use crate::reconcile::{Debounce, Installed, Reconciler, settle};
 use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Service};
 
@@ -134,6 +134,7 @@ pub async fn run(
         gateway,
         failed: false,
         secrets,
+        kept: None,
     };
     serve_changes(&stores, compiler, changes, &options, publish, shutdown).await;
     // Give the election a moment to release the Lease, so another replica takes over at once.
@@ -199,6 +200,10 @@ struct Compiler {
     failed: bool,
     /// The Secrets the routes reference.
     secrets: SecretWatches,
+    /// The inputs of the last compile and their routes by key, patched by the next batch when
+    /// it holds only route changes: with 10,000 routes, a change then neither lists nor looks
+    /// up the 9,999 others. (`None` while a compile runs, and after one died.)
+    kept: Option<(Inputs, RoutesByKey)>,
 }
 
 impl Compiler {
@@ -220,11 +225,32 @@ impl Compiler {
             .unwrap_or_else(|| Reconciler::restart(self.gateway.clone(), self.propagation.clone()));
         let endpoints_only = !self.failed
             && reconciler.endpoints_suffice(pending.iter().map(|c| c.endpoints_of.as_deref()));
-        let mut inputs = stores.inputs();
+        let kept = self.kept.take().filter(|_| !self.failed);
+        let routes_changed: Option<Vec<&(String, String)>> =
+            pending.iter().map(|c| c.route.as_ref()).collect();
+        let (mut inputs, mut routes) = match (kept, routes_changed) {
+            // Only routes changed: the last inputs, patched by them.
+            (Some((mut inputs, mut routes)), Some(changed)) if !changed.is_empty() => {
+                let (delta, secrets) = routes.patch(&mut inputs.routes, changed, &stores.routes);
+                if secrets {
+                    self.secrets.follow(&inputs.routes).await;
+                }
+                inputs.routes_delta = Some(delta);
+                (inputs, routes)
+            }
+            // Only endpoints changed: the last routes, with the Services and slices of now.
+            (Some((mut inputs, routes)), _) if endpoints_only => {
+                inputs.services = stores.services.state();
+                inputs.slices = stores.slices.state();
+                (inputs, routes)
+            }
+            _ => {
+                let inputs = stores.inputs();
+                self.secrets.follow(&inputs.routes).await;
+                (inputs, RoutesByKey::default())
+            }
+        };
         inputs.shared_store = reconciler.shared_store();
-        if !endpoints_only {
-            self.secrets.follow(&inputs.routes).await;
-        }
         // An endpoint refresh can fall back to a full compile, which needs the Secrets too.
         inputs.secrets = self.secrets.state();
         let services: HashSet<String> = pending
@@ -238,12 +264,18 @@ impl Compiler {
             } else {
                 reconciler.full(&inputs, &changed_at, &|_| None)
             };
-            (installed, reconciler)
+            inputs.routes_delta = None;
+            if routes.is_empty() {
+                // After the install: the next batch of route changes patches these inputs.
+                routes = RoutesByKey::of(&inputs.routes);
+            }
+            (installed, reconciler, (inputs, routes))
         })
         .await;
         match done {
-            Ok((installed, reconciler)) => {
+            Ok((installed, reconciler, kept)) => {
                 self.reconciler = Some(reconciler);
+                self.kept = Some(kept);
                 self.failed = false;
                 Some(installed)
             }
@@ -255,6 +287,62 @@ impl Compiler {
                 None
             }
         }
+    }
+}
+
+/// The routes of the kept inputs by namespace and name: what a route's watch event replaces.
+#[derive(Default)]
+struct RoutesByKey(HashMap<(String, String), Arc<GatewayRoute>, foldhash::fast::RandomState>);
+
+impl RoutesByKey {
+    fn of(routes: &[Arc<GatewayRoute>]) -> Self {
+        RoutesByKey(
+            routes
+                .iter()
+                .map(|r| {
+                    let key = (r.namespace().unwrap_or_default(), r.name_any());
+                    (key, Arc::clone(r))
+                })
+                .collect(),
+        )
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Replaces in `routes` (and here) each route in `changed` by what `store` holds now; says
+    /// which route objects came and went, and whether any of them references a Secret. A route
+    /// whose event is still on its way stays as it was until its own change arrives.
+    fn patch(
+        &mut self,
+        routes: &mut Vec<Arc<GatewayRoute>>,
+        changed: Vec<&(String, String)>,
+        store: &KindStores<GatewayRoute>,
+    ) -> (RoutesDelta, bool) {
+        let mut delta = RoutesDelta::default();
+        let mut secrets = false;
+        for key in changed {
+            let now = store.get(&key.0, &key.1);
+            let before = self.0.get(key);
+            if before.map(Arc::as_ptr) == now.as_ref().map(Arc::as_ptr) {
+                continue;
+            }
+            if let Some(old) = self.0.remove(key) {
+                if let Some(i) = routes.iter().position(|r| Arc::ptr_eq(r, &old)) {
+                    routes.swap_remove(i);
+                }
+                delta.removed.push(Arc::as_ptr(&old) as usize);
+                secrets |= route_secret_names(&old).next().is_some();
+            }
+            if let Some(new) = now {
+                secrets |= route_secret_names(&new).next().is_some();
+                routes.push(Arc::clone(&new));
+                delta.added.push(Arc::clone(&new));
+                self.0.insert(key.clone(), new);
+            }
+        }
+        (delta, secrets)
     }
 }
 
@@ -289,7 +377,7 @@ async fn write_statuses(
         };
         let routes = writer
             .write(
-                &stores.routes.state(),
+                |ns, name| stores.routes.get(ns, name),
                 &current.reports,
                 &current.live,
                 "Invalid",
@@ -298,7 +386,7 @@ async fn write_statuses(
             .await;
         let policies = writer
             .write(
-                &stores.policies.state(),
+                |ns, name| stores.policies.get(ns, name),
                 &current.reports,
                 &current.live,
                 "NotEnforced",

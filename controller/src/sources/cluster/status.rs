@@ -2,7 +2,6 @@
 //! and only when they change. It reads what a reconcile published and writes to the API server;
 //! nothing here feeds back into compile or the proxy.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -14,7 +13,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::compile::StatusReport;
+use crate::compile::{FastMap, ObjectRef, StatusReport};
 use crate::resources::ObjectStatus;
 
 /// The snapshot a set of reports was compiled into, and when it went live.
@@ -114,21 +113,32 @@ fn truncate(message: &str) -> String {
     format!("{}…", &message[..end])
 }
 
-/// Key of an object in the writer's memory: kind, namespace, name.
-type Key = (String, String, String);
-
 /// A status this replica wrote, for the object's generation and uid (a deleted and recreated
 /// object of the same name is another object).
 type Written = (Option<i64>, Option<String>, ObjectStatus);
+
+/// What this replica knows of one object's status.
+#[derive(Default)]
+struct Known {
+    /// The report whose status was last found on the object (or written to it). Compile hands
+    /// an unchanged object's report on as the same `Arc`, so with 10,000 routes a change to one
+    /// looks at one: the others are the report settled here. (Held, so that its address cannot
+    /// be reused by another report.)
+    settled: Option<Arc<StatusReport>>,
+    /// What this replica last wrote. The stores see our writes only when their watch event
+    /// arrives; until then this is the truth, so a second trigger in between does not write the
+    /// same status again.
+    written: Option<Written>,
+    /// The pass that last saw the object in the reports: objects no report names are gone.
+    seen: u64,
+}
 
 /// Writes statuses and events.
 pub struct StatusWriter {
     client: Client,
     recorder: Recorder,
-    /// What this replica last wrote, per object, with the generation it was for. The stores
-    /// see our writes only when their watch event arrives; until then this is the truth, so a
-    /// second trigger in between does not write the same status again.
-    written: std::sync::Mutex<HashMap<Key, Written>>,
+    /// Per object, by kind, namespace and name; and the number of the last pass.
+    known: std::sync::Mutex<(FastMap<ObjectRef, Known>, u64)>,
 }
 
 /// How many status writes are in flight at once: enough to finish 10,000 first writes in
@@ -145,26 +155,27 @@ impl StatusWriter {
         StatusWriter {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            written: std::sync::Mutex::new(HashMap::new()),
+            known: std::sync::Mutex::new((FastMap::default(), 0)),
         }
     }
 
     /// Drops the memory of past writes (when another replica may have written since).
     pub fn forget(&self) {
-        self.lock_written().clear();
+        self.lock_known().0.clear();
     }
 
-    fn lock_written(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Written>> {
-        self.written
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, (FastMap<ObjectRef, Known>, u64)> {
+        self.known
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Writes the status of every object of kind `K` in `reports` whose status differs from
-    /// `objects`' current one; returns how many were written.
+    /// its current one (`object` finds it by namespace and name); returns how many were
+    /// written. A report already settled costs one lookup; only the others are compared.
     pub async fn write<K>(
         &self,
-        objects: &[Arc<K>],
+        object: impl Fn(&str, &str) -> Option<Arc<K>>,
         reports: &[Arc<StatusReport>],
         live: &LiveSnapshot,
         not_programmed_reason: &'static str,
@@ -175,50 +186,63 @@ impl StatusWriter {
         K: Clone + DeserializeOwned + Serialize + std::fmt::Debug + HasStatus,
     {
         let kind = K::kind(&());
-        let by_key: HashMap<(String, String), &Arc<K>> = objects
-            .iter()
-            .map(|o| ((o.namespace().unwrap_or_default(), o.name_any()), o))
-            .collect();
-        let work: Vec<(Arc<K>, ObjectStatus)> = {
-            let mut written = self.lock_written();
-            // Forget objects of this kind that are gone.
-            written.retain(|(k, ns, name), _| {
-                *k != *kind || by_key.contains_key(&(ns.clone(), name.clone()))
-            });
-            reports
-                .iter()
-                .filter(|r| *r.object.kind == *kind)
-                .filter_map(|r| {
-                    let key = (r.object.namespace.clone(), r.object.name.clone());
-                    let object = by_key.get(&key)?;
-                    let key = (kind.to_string(), key.0, key.1);
-                    // A newer generation is on its way through compile; its own write follows.
-                    if object.meta().generation != r.observed_generation {
-                        return None;
+        let work: Vec<(Arc<K>, Arc<StatusReport>, ObjectStatus)> = {
+            let mut guard = self.lock_known();
+            let (known, pass) = &mut *guard;
+            *pass += 1;
+            let pass = *pass;
+            let mut work = Vec::new();
+            for r in reports.iter().filter(|r| *r.object.kind == *kind) {
+                if let Some(k) = known.get_mut(&r.object) {
+                    k.seen = pass;
+                    if k.settled.as_ref().is_some_and(|s| Arc::ptr_eq(s, r)) {
+                        continue;
                     }
-                    let ours = written
-                        .get(&key)
-                        .filter(|(generation, uid, _)| {
-                            *generation == r.observed_generation && *uid == object.meta().uid
-                        })
-                        .map(|(_, _, status)| status);
-                    let current = ours.or_else(|| object.status());
-                    let next = desired_status(r, current, live, not_programmed_reason);
-                    (current != Some(&next)).then(|| (Arc::clone(object), next))
-                })
-                .collect()
+                }
+                let Some(object) = object(&r.object.namespace, &r.object.name) else {
+                    continue;
+                };
+                // A newer generation is on its way through compile; its own write follows.
+                if object.meta().generation != r.observed_generation {
+                    continue;
+                }
+                let k = known.entry(r.object.clone()).or_default();
+                k.seen = pass;
+                let ours = k
+                    .written
+                    .as_ref()
+                    .filter(|(generation, uid, _)| {
+                        *generation == r.observed_generation && *uid == object.meta().uid
+                    })
+                    .map(|(_, _, status)| status);
+                let current = ours.or_else(|| object.status());
+                let next = desired_status(r, current, live, not_programmed_reason);
+                if current == Some(&next) {
+                    k.settled = Some(Arc::clone(r));
+                } else {
+                    work.push((object, Arc::clone(r), next));
+                }
+            }
+            // Forget objects of this kind that are gone.
+            known.retain(|o, k| *o.kind != *kind || k.seen == pass);
+            work
         };
         futures_util::stream::iter(work)
             // Stop issuing writes the moment this replica stops leading.
             .take_while(|_| std::future::ready(*leading.borrow()))
-            .map(|(object, status)| self.write_one(object, status))
+            .map(|(object, report, status)| self.write_one(object, report, status))
             .buffer_unordered(CONCURRENT_WRITES)
             .filter(|ok| std::future::ready(*ok))
             .count()
             .await
     }
 
-    async fn write_one<K>(&self, object: Arc<K>, status: ObjectStatus) -> bool
+    async fn write_one<K>(
+        &self,
+        object: Arc<K>,
+        report: Arc<StatusReport>,
+        status: ObjectStatus,
+    ) -> bool
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
         K: Clone + DeserializeOwned + Serialize + std::fmt::Debug,
@@ -232,14 +256,14 @@ impl StatusWriter {
             .await
         {
             Ok(_) => {
-                self.lock_written().insert(
-                    (K::kind(&()).to_string(), namespace.clone(), name.clone()),
-                    (
-                        object.meta().generation,
-                        object.meta().uid.clone(),
-                        status.clone(),
-                    ),
-                );
+                let mut guard = self.lock_known();
+                let k = guard.0.entry(report.object.clone()).or_default();
+                k.written = Some((
+                    object.meta().generation,
+                    object.meta().uid.clone(),
+                    status.clone(),
+                ));
+                k.settled = Some(report);
             }
             // Deleted since compile: nothing to report on.
             Err(kube::Error::Api(e)) if e.code == 404 => return false,
@@ -373,5 +397,52 @@ mod tests {
                 .message
                 .contains("generation 5 serving since snapshot 19")
         );
+    }
+
+    #[tokio::test]
+    async fn a_settled_report_is_not_looked_at_again_and_gone_objects_are_forgotten() {
+        // Nothing here is written (every status is already on its object): no request is made.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("uri"));
+        let writer = StatusWriter::new(Client::try_from(config).expect("client"), "pod");
+        let (_, leading) = tokio::sync::watch::channel(true);
+        let live = live(17, 0);
+        let mut route: crate::resources::GatewayRoute = serde_yaml::from_str(
+            "apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: r, namespace: ns, generation: 3}\nspec: {rules: []}",
+        )
+        .expect("route");
+        route.status = Some(desired_status(&report(3, true), None, &live, "Invalid"));
+        let route = Arc::new(route);
+        let looked = std::cell::Cell::new(0);
+        let lookup = |_: &str, _: &str| {
+            looked.set(looked.get() + 1);
+            Some(Arc::clone(&route))
+        };
+        let reports = vec![Arc::new(report(3, true))];
+        assert_eq!(
+            writer
+                .write(lookup, &reports, &live, "Invalid", &leading)
+                .await,
+            0
+        );
+        assert_eq!(looked.get(), 1);
+        assert_eq!(
+            writer
+                .write(lookup, &reports, &live, "Invalid", &leading)
+                .await,
+            0
+        );
+        assert_eq!(looked.get(), 1, "the same report again is settled");
+        // An equal report compiled anew is another report: looked at once.
+        let recompiled = vec![Arc::new(report(3, true))];
+        assert_eq!(
+            writer
+                .write(lookup, &recompiled, &live, "Invalid", &leading)
+                .await,
+            0
+        );
+        assert_eq!(looked.get(), 2);
+        // A pass without the object forgets it.
+        writer.write(lookup, &[], &live, "Invalid", &leading).await;
+        assert!(writer.lock_known().0.is_empty());
     }
 }

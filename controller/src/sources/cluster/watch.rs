@@ -27,6 +27,10 @@ pub struct Changed {
     /// For a change to one EndpointSlice: its Service, `namespace/name`. Such a change needs
     /// only that Service's endpoint lists refreshed, not a full compile.
     pub endpoints_of: Option<String>,
+    /// For a change to one GatewayRoute (created, changed or deleted): its namespace and name.
+    /// A batch of only such changes patches the last compile's route list instead of listing
+    /// every route again.
+    pub route: Option<(String, String)>,
 }
 
 /// The part of an object compile reads, hashed: events that leave it alone (our own status
@@ -152,6 +156,12 @@ where
         }
     }
 
+    /// The object `namespace/name`, if known.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let key = reflector::ObjectRef::new(name).within(namespace);
+        self.stores.iter().find_map(|s| s.get(&key))
+    }
+
     /// Every object currently known.
     pub fn state(&self) -> Vec<Arc<K>> {
         match self.stores.as_slice() {
@@ -199,9 +209,18 @@ where
                         Touch::Endpoints(service) => Some(service),
                         Touch::Everything => None,
                     };
+                    let route = match &event {
+                        watcher::Event::Apply(o) | watcher::Event::Delete(o)
+                            if kind == "GatewayRoute" =>
+                        {
+                            Some((o.namespace().unwrap_or_default(), o.name_any()))
+                        }
+                        _ => None,
+                    };
                     let _ = changes.send(Changed {
                         at: Instant::now(),
                         endpoints_of,
+                        route,
                     });
                 }
                 Err(e) => {
