@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::{Client, ResourceExt};
+use kube::Client;
 use sluice_proxy::Gateway;
 use tokio::sync::{mpsc, watch as channel};
 use tokio::time::Instant;
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use self::leader::{LeaderConfig, until_stopped};
 use self::secrets::SecretWatches;
 use self::status::{LiveSnapshot, StatusWriter};
-use self::watch::{Changed, KindStores};
+use self::watch::{Changed, KindStores, key_of};
 use crate::compile::{Inputs, RoutesDelta, StatusReport, route_secret_names};
 use crate::reconcile::{Debounce, Installed, Reconciler, settle};
 use crate::resources::{EndpointSlice, GatewayRoute, RateLimitPolicy, Service};
@@ -299,10 +299,7 @@ impl RoutesByKey {
         RoutesByKey(
             routes
                 .iter()
-                .map(|r| {
-                    let key = (r.namespace().unwrap_or_default(), r.name_any());
-                    (key, Arc::clone(r))
-                })
+                .map(|r| (key_of(&**r), Arc::clone(r)))
                 .collect(),
         )
     }

@@ -417,32 +417,21 @@ mod tests {
             looked.set(looked.get() + 1);
             Some(Arc::clone(&route))
         };
+        let pass = async |reports: &[Arc<StatusReport>]| {
+            writer
+                .write(lookup, reports, &live, "Invalid", &leading)
+                .await
+        };
         let reports = vec![Arc::new(report(3, true))];
-        assert_eq!(
-            writer
-                .write(lookup, &reports, &live, "Invalid", &leading)
-                .await,
-            0
-        );
+        assert_eq!(pass(&reports).await, 0);
         assert_eq!(looked.get(), 1);
-        assert_eq!(
-            writer
-                .write(lookup, &reports, &live, "Invalid", &leading)
-                .await,
-            0
-        );
+        assert_eq!(pass(&reports).await, 0);
         assert_eq!(looked.get(), 1, "the same report again is settled");
         // An equal report compiled anew is another report: looked at once.
-        let recompiled = vec![Arc::new(report(3, true))];
-        assert_eq!(
-            writer
-                .write(lookup, &recompiled, &live, "Invalid", &leading)
-                .await,
-            0
-        );
+        assert_eq!(pass(&[Arc::new(report(3, true))]).await, 0);
         assert_eq!(looked.get(), 2);
         // A pass without the object forgets it.
-        writer.write(lookup, &[], &live, "Invalid", &leading).await;
+        pass(&[]).await;
         assert!(writer.lock_known().0.is_empty());
     }
 }

@@ -101,6 +101,11 @@ impl Relevant for EndpointSlice {
     }
 }
 
+/// An object's namespace and name, as the watches key it.
+pub fn key_of(o: &impl ResourceExt) -> (String, String) {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
 /// The stores of one kind: one per watched namespace, or one for all namespaces.
 #[derive(Clone)]
 pub struct KindStores<K: Resource<DynamicType = ()> + Clone + 'static> {
@@ -213,7 +218,7 @@ where
                         watcher::Event::Apply(o) | watcher::Event::Delete(o)
                             if kind == "GatewayRoute" =>
                         {
-                            Some((o.namespace().unwrap_or_default(), o.name_any()))
+                            Some(key_of(o))
                         }
                         _ => None,
                     };
@@ -263,7 +268,7 @@ type Known = HashMap<(String, String), (u64, Option<String>)>;
 impl Seen {
     /// Records `event` and says what it changed.
     fn apply<K: Resource + Relevant>(&mut self, event: &watcher::Event<K>) -> Touch {
-        let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
+        let key = |o: &K| key_of(o);
         match event {
             watcher::Event::Init => {
                 self.relisting = Some(HashMap::new());
