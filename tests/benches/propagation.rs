@@ -1,5 +1,6 @@
-//! Config propagation in cluster mode: from a change accepted by the API server (the fake one,
-//! over real HTTP watches) to the proxy serving it, with the default debounce.
+//! Config propagation in cluster mode: from a change accepted by the API server (the fake one, on
+//! a thread and runtime of its own as a real one is another process, over real HTTP watches) to
+//! the proxy serving it, with the default debounce.
 //!
 //! - route changes: a new GatewayRoute is created; timed until a request for its path gets 200
 //!   through the proxy (polled every 0.2 ms), and until the snapshot serving it is installed;
@@ -10,6 +11,7 @@
 //!
 //! `cargo bench -p sluice-tests --bench propagation`
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_controller::reconcile::Debounce;
@@ -39,8 +41,26 @@ fn summary(label: &str, mut samples: Vec<Duration>) {
     );
 }
 
+/// A fake API server on a thread and runtime of its own, as a real one is another process:
+/// its work (the status patches, the watch events they make) does not take the controller's
+/// and the proxy's workers.
+fn api_apart() -> Arc<FakeApi> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("api runtime");
+        runtime.block_on(async {
+            let _ = tx.send(FakeApi::start().await);
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().expect("the fake API server starts")
+}
+
 async fn scenario(routes: usize) {
-    let api = FakeApi::start().await;
+    let api = api_apart();
     let b = TestBackend::start("b").await;
     let spare = TestBackend::start("spare").await;
     api.apply(SERVICES, service("b"));
