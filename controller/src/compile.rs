@@ -148,7 +148,7 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// order, repeats included.
 pub fn route_secret_names(route: &GatewayRoute) -> impl Iterator<Item = &str> {
     let tls = route.spec.tls.iter().map(|t| t.secret_name.as_str());
-    let auths = route.spec.authentication.iter().chain(
+    let auths = route.spec.authentication.as_deref().into_iter().chain(
         route
             .spec
             .rules
@@ -206,8 +206,14 @@ pub fn compile_cached_without_route_statuses(
     let mut secrets = auth::SecretIndex::new(&inputs.secrets);
     let policies = policies::PolicyIndex::new(&inputs.policies);
     let update = cache.update(inputs, &policies, |route| {
-        let output =
-            routes::compile_route(route, &mut endpoints, &mut regexes, &mut secrets, &policies);
+        let output = routes::compile_route(
+            route,
+            &mut endpoints,
+            &mut regexes,
+            &mut secrets,
+            &policies,
+            !inputs.skip_statuses,
+        );
         (output, endpoints.take_recent_failures())
     });
     let placement = cache.place(update);
@@ -327,7 +333,7 @@ impl Assembly {
                 Arc::clone(&served.secret),
             ) {
                 self.diagnostics.push(Diagnostic {
-                    object: output.status.object.clone(),
+                    object: ObjectRef::of(&*route.source),
                     field: "spec.tls".to_owned(),
                     reason: format!(
                         "{} already has a certificate from an older route; this one is not served for it",

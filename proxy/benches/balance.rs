@@ -47,7 +47,8 @@ fn balanced(balancing: Balancing, backends: Vec<Backend>) -> Rule {
         traffic: Traffic {
             balancing,
             ..Traffic::default()
-        },
+        }
+        .shared(),
         ..RulePolicy::default()
     };
     Rule::new(Arc::new(policy), backends)

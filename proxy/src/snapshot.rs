@@ -187,8 +187,9 @@ pub struct RulePolicy {
     pub timeouts: Timeouts,
     /// The rule's pipeline steps, in request order (see [`crate::pipeline`]).
     pub steps: Box<[Step]>,
-    /// Balancing, retries, health checks and circuit limits.
-    pub traffic: Traffic,
+    /// Balancing, retries, health checks and circuit limits: most rules have the defaults,
+    /// which they share (see [`Traffic::shared`]).
+    pub traffic: Arc<Traffic>,
     /// Plain HTTP requests get a 301 to HTTPS (the route's `httpsRedirect`).
     pub https_redirect: bool,
     /// The rule's metric handles, bound when a snapshot with it is first installed (a rule
@@ -212,6 +213,25 @@ pub struct Traffic {
     pub active: Option<ActiveHealth>,
     /// Limits of each backend (`circuitBreaker`).
     pub circuit: Option<CircuitLimits>,
+}
+
+impl Traffic {
+    /// This, shared: the defaults (most rules' traffic) are one allocation for every rule
+    /// instead of 200 bytes each.
+    pub fn shared(self) -> Arc<Traffic> {
+        static DEFAULT: std::sync::LazyLock<Arc<Traffic>> =
+            std::sync::LazyLock::new(|| Arc::new(Traffic::default()));
+        let default = matches!(self.balancing, Balancing::LeastRequest)
+            && self.retry.is_none()
+            && self.passive.is_none()
+            && self.active.is_none()
+            && self.circuit.is_none();
+        if default {
+            Arc::clone(&DEFAULT)
+        } else {
+            Arc::new(self)
+        }
+    }
 }
 
 impl Rule {
@@ -437,5 +457,34 @@ impl Serialize for Endpoint {
         out.serialize_field("health", &state.health())?;
         out.serialize_field("inFlight", &state.in_flight())?;
         out.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_traffic_is_one_allocation_and_any_other_its_own() {
+        let a = Traffic::default().shared();
+        let b = Traffic::default().shared();
+        assert!(Arc::ptr_eq(&a, &b));
+        let round_robin = Traffic {
+            balancing: Balancing::RoundRobin,
+            ..Traffic::default()
+        }
+        .shared();
+        assert!(!Arc::ptr_eq(&a, &round_robin));
+        assert_eq!(round_robin.balancing, Balancing::RoundRobin);
+        let limited = Traffic {
+            circuit: Some(CircuitLimits {
+                max_connections: 1,
+                max_pending_requests: 1,
+                max_requests: 1,
+            }),
+            ..Traffic::default()
+        }
+        .shared();
+        assert!(!Arc::ptr_eq(&a, &limited) && limited.circuit.is_some());
     }
 }

@@ -74,6 +74,8 @@ pub struct RouteCache {
     notable: BTreeMap<u64, usize>,
     /// The identity headers of the rules last placed.
     identity_headers: Box<[http::HeaderName]>,
+    /// The outputs were compiled without statuses ([`Inputs::skip_statuses`]).
+    without_statuses: bool,
     /// How many compiles placed every route afresh.
     #[cfg(test)]
     pub(super) full_placements: usize,
@@ -105,7 +107,7 @@ struct ServiceVersion {
 
 /// One route's output and what it was compiled from.
 pub(super) struct CachedRoute {
-    source: Arc<GatewayRoute>,
+    pub source: Arc<GatewayRoute>,
     /// The version of every distinct Service the route names, in order of first reference
     /// (0: the Service did not exist), as compiled.
     services: Box<[u64]>,
@@ -212,6 +214,14 @@ impl RouteCache {
         policies: &PolicyIndex<'_>,
         mut compile_one: impl FnMut(&GatewayRoute) -> (routes::RouteOutput, Vec<String>),
     ) -> Update {
+        // Outputs without statuses cannot serve inputs that want them, nor the other way
+        // round: such a change starts afresh.
+        if inputs.skip_statuses != self.without_statuses {
+            *self = RouteCache {
+                without_statuses: inputs.skip_statuses,
+                ..RouteCache::default()
+            };
+        }
         self.stamp += 1;
         let stamp = self.stamp;
         let (versions, services_changed) = self.service_versions(inputs);
@@ -381,7 +391,7 @@ impl RouteCache {
         out.extend(
             self.order
                 .values()
-                .map(|(k, _)| Arc::clone(&self.routes[k].1.output.status)),
+                .filter_map(|(k, _)| self.routes[k].1.output.status.clone()),
         );
         out.extend(policies);
         out

@@ -55,7 +55,8 @@ pub(super) const FRAMING_HEADERS: &[&str] = &[
 pub(super) struct RouteOutput {
     pub rules: Box<[Arc<Rule>]>,
     pub candidates: Box<[(HostPattern, Candidate)]>,
-    pub status: Arc<StatusReport>,
+    /// `None` when the source writes no statuses.
+    pub status: Option<Arc<StatusReport>>,
     pub diagnostics: Box<[Diagnostic]>,
     /// Certificates of the route's `tls`, by host.
     pub certificates: Box<[ServedCertificate]>,
@@ -103,6 +104,7 @@ pub(super) fn compile_route(
     regexes: &mut RegexCache,
     secrets: &mut SecretIndex<'_>,
     policies: &PolicyIndex<'_>,
+    statuses: bool,
 ) -> RouteOutput {
     let object = ObjectRef::of(route);
     let route_id: Arc<str> = format!("{}/{}", object.namespace, object.name).into();
@@ -142,15 +144,17 @@ pub(super) fn compile_route(
         return RouteOutput {
             rules: Box::default(),
             candidates: Box::default(),
-            status: Arc::new(StatusReport {
-                object: object.clone(),
-                observed_generation: generation,
-                conditions: vec![Condition::new(
-                    "Accepted",
-                    false,
-                    "UnsupportedValue",
-                    summary(route_errors.iter()),
-                )],
+            status: statuses.then(|| {
+                Arc::new(StatusReport {
+                    object: object.clone(),
+                    observed_generation: generation,
+                    conditions: vec![Condition::new(
+                        "Accepted",
+                        false,
+                        "UnsupportedValue",
+                        summary(route_errors.iter()),
+                    )],
+                })
             }),
             diagnostics: route_errors
                 .into_iter()
@@ -183,7 +187,7 @@ pub(super) fn compile_route(
             route: &route_id,
             route_name: &object.name,
             policies,
-            route_auth: authentication.as_ref(),
+            route_auth: authentication.as_deref(),
             index: i,
             tiebreak: (i as u64) << 12,
             cache_id: fingerprint ^ ((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
@@ -227,54 +231,62 @@ pub(super) fn compile_route(
         }
     }
 
-    let mut conditions = Vec::with_capacity(3);
-    let dropped = invalid.len() + unresolved.len();
-    conditions.push(if accepted > 0 {
-        Condition::new(
-            "Accepted",
-            true,
-            "Accepted",
-            format!("{accepted} of {} rules accepted", rules.len()),
-        )
-    } else {
-        Condition::new(
-            "Accepted",
-            false,
-            "UnsupportedValue",
-            summary(invalid.iter().chain(&unresolved)),
-        )
-    });
-    conditions.push(if unresolved.is_empty() && unresolved_kept.is_empty() {
-        Condition::new(
-            "ResolvedRefs",
-            true,
-            "ResolvedRefs",
-            "all references resolved",
-        )
-    } else {
-        let reason = if unresolved.is_empty() {
-            "UnresolvedSecret"
+    // Standalone mode writes no status: it does not keep one per route either.
+    let status = statuses.then(|| {
+        let mut conditions = Vec::with_capacity(3);
+        let dropped = invalid.len() + unresolved.len();
+        conditions.push(if accepted > 0 {
+            Condition::new(
+                "Accepted",
+                true,
+                "Accepted",
+                format!("{accepted} of {} rules accepted", rules.len()),
+            )
         } else {
-            "BackendNotFound"
-        };
-        Condition::new(
-            "ResolvedRefs",
-            false,
-            reason,
-            summary(unresolved.iter().chain(&unresolved_kept)),
-        )
+            Condition::new(
+                "Accepted",
+                false,
+                "UnsupportedValue",
+                summary(invalid.iter().chain(&unresolved)),
+            )
+        });
+        conditions.push(if unresolved.is_empty() && unresolved_kept.is_empty() {
+            Condition::new(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "all references resolved",
+            )
+        } else {
+            let reason = if unresolved.is_empty() {
+                "UnresolvedSecret"
+            } else {
+                "BackendNotFound"
+            };
+            Condition::new(
+                "ResolvedRefs",
+                false,
+                reason,
+                summary(unresolved.iter().chain(&unresolved_kept)),
+            )
+        });
+        if accepted > 0 && dropped > 0 {
+            conditions.push(Condition::new(
+                "PartiallyInvalid",
+                true,
+                "UnsupportedValue",
+                format!(
+                    "dropped {dropped} rule(s): {}",
+                    summary(invalid.iter().chain(&unresolved))
+                ),
+            ));
+        }
+        Arc::new(StatusReport {
+            object: object.clone(),
+            observed_generation: generation,
+            conditions,
+        })
     });
-    if accepted > 0 && dropped > 0 {
-        conditions.push(Condition::new(
-            "PartiallyInvalid",
-            true,
-            "UnsupportedValue",
-            format!(
-                "dropped {dropped} rule(s): {}",
-                summary(invalid.iter().chain(&unresolved))
-            ),
-        ));
-    }
     let diagnostics = invalid
         .into_iter()
         .chain(unresolved)
@@ -284,11 +296,7 @@ pub(super) fn compile_route(
     RouteOutput {
         rules: out_rules.into_boxed_slice(),
         candidates: out_candidates.into_boxed_slice(),
-        status: Arc::new(StatusReport {
-            object,
-            observed_generation: generation,
-            conditions,
-        }),
+        status,
         diagnostics,
         certificates: certificates.into_boxed_slice(),
     }
@@ -469,7 +477,7 @@ fn compile_rule(
                 rewrite: None,
                 timeouts: Timeouts::default(),
                 steps: Box::new([Step::Refuse]),
-                traffic: Traffic::default(),
+                traffic: Traffic::default().shared(),
                 https_redirect: ctx.https_redirect,
                 stats: Default::default(),
             };
@@ -602,7 +610,7 @@ fn compile_rule_body(
         rewrite,
         timeouts,
         steps: steps.into_boxed_slice(),
-        traffic,
+        traffic: traffic.shared(),
         https_redirect: ctx.https_redirect,
         stats: Default::default(),
     };

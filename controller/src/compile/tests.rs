@@ -887,3 +887,18 @@ fn a_cached_route_reports_only_its_own_unresolved_services() {
     assert_same_as_uncached(&second, &inputs);
     assert!(second.unresolved_services.is_empty());
 }
+
+#[test]
+fn statuses_are_built_only_for_a_source_that_writes_them() {
+    let (mut inputs, mut cache, first) = cached_pair();
+    assert_eq!(first.statuses.len(), 2);
+    inputs.skip_statuses = true;
+    let quiet = compile_cached(&inputs, 2, Some(&first.snapshot), &mut cache);
+    assert!(quiet.statuses.is_empty());
+    assert!(find(&quiet, "h", "/users").is_some());
+    // The same cache serving a source that writes statuses again has them all.
+    inputs.skip_statuses = false;
+    let third = compile_cached(&inputs, 3, Some(&quiet.snapshot), &mut cache);
+    assert_same_as_uncached(&third, &inputs);
+    assert_eq!(third.statuses.len(), 2);
+}

@@ -51,7 +51,7 @@ pub struct GatewayRouteSpec {
     pub https_redirect: Option<bool>,
     /// Default authentication of every rule; a rule's own replaces it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authentication: Option<Authentication>,
+    pub authentication: Option<Box<Authentication>>,
     /// Rules, each with matches, filters and backends.
     #[schemars(length(min = 1, max = 64))]
     pub rules: Vec<RouteRule>,

@@ -31,7 +31,8 @@ fn rule(balancing: Balancing, backends: Vec<Backend>) -> Rule {
         traffic: Traffic {
             balancing,
             ..Traffic::default()
-        },
+        }
+        .shared(),
         ..RulePolicy::default()
     };
     Rule::new(Arc::new(policy), backends)
