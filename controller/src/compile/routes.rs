@@ -534,13 +534,13 @@ fn compile_rule_body(
         compile_header_filter(&ctx.field("filters.requestHeaders"), request_headers)?;
     let response_headers =
         compile_header_filter(&ctx.field("filters.responseHeaders"), response_headers)?;
-    let timeouts = compile_timeouts(ctx, timeouts.as_ref())?;
+    let timeouts = compile_timeouts(ctx, timeouts.as_deref())?;
     let traffic = traffic::compile(
         &|rest| ctx.field(rest),
         load_balancer.as_deref(),
         retry.as_deref(),
         health_check.as_deref(),
-        circuit_breaker.as_ref(),
+        circuit_breaker.as_deref(),
         &timeouts,
     )?;
     let auth = auth::compile(

@@ -80,7 +80,7 @@ pub struct RouteRule {
     pub backend_refs: Vec<BackendRef>,
     /// Request and backend timeouts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeouts: Option<RouteTimeouts>,
+    pub timeouts: Option<Box<RouteTimeouts>>,
     /// Who may call; replaces the route's `authentication`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<Box<Authentication>>,
@@ -98,7 +98,7 @@ pub struct RouteRule {
     pub health_check: Option<Box<HealthCheck>>,
     /// Limits of each backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub circuit_breaker: Option<CircuitBreaker>,
+    pub circuit_breaker: Option<Box<CircuitBreaker>>,
     /// A response cache for `GET` and `HEAD`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<Box<Cache>>,

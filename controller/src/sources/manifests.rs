@@ -564,8 +564,11 @@ pub struct ManifestSet {
     margin: std::time::Duration,
     /// How many files define each object, and how many objects more than one defines: without
     /// any such, [`ManifestSet::inputs`] need not look for them.
-    defined: crate::compile::FastMap<ObjectRef, u32>,
+    /// (By a 64-bit hash of the object's kind, namespace and name: two objects that share one
+    /// only look defined twice, which sends [`ManifestSet::inputs`] down the exact path.)
+    defined: crate::compile::FastMap<u64, u32>,
     defined_twice: usize,
+    hasher: foldhash::fast::RandomState,
     /// The inputs [`ManifestSet::take_inputs`] handed out last, for the namespaces it was
     /// given, and the objects refreshes took out and put in since: the next call patches them
     /// instead of listing every object again.
@@ -629,6 +632,7 @@ impl ManifestSet {
             margin,
             defined: crate::compile::FastMap::default(),
             defined_twice: 0,
+            hasher: foldhash::fast::RandomState::default(),
             kept: None,
             taken_out: Vec::new(),
             put_in: Vec::new(),
@@ -646,7 +650,8 @@ impl ManifestSet {
             }
         }
         for (o, _) in objects {
-            let n = self.defined.entry(o.clone()).or_insert(0);
+            let key = std::hash::BuildHasher::hash_one(&self.hasher, o);
+            let n = self.defined.entry(key).or_insert(0);
             let before = *n;
             *n = if add {
                 before + 1
@@ -657,7 +662,7 @@ impl ManifestSet {
                 (1, 2) => self.defined_twice += 1,
                 (2, 1) => self.defined_twice -= 1,
                 (_, 0) => {
-                    self.defined.remove(o);
+                    self.defined.remove(&key);
                 }
                 _ => {}
             }
