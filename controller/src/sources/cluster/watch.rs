@@ -189,6 +189,23 @@ pub fn watch_secret(
     spawn_watch(api, format!("{namespace}/{name}"), config, changes.clone())
 }
 
+/// The annotation `kubectl apply` keeps its last applied copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what the stores need not keep of an object: its managed fields and `kubectl apply`'s
+/// copy of it, which nothing here reads and which together are often larger than the rest of
+/// the object (each managed-fields entry is a JSON tree of the fields it owns).
+fn slim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
 fn spawn_watch<K>(
     api: Api<K>,
     scope: String,
@@ -201,7 +218,7 @@ where
 {
     let (store, writer) = reflector::store();
     let kind = K::kind(&());
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff().modify(slim));
     let task = tokio::spawn(async move {
         let mut seen = Seen::default();
         let mut last_error_log: Option<Instant> = None;
@@ -437,5 +454,66 @@ mod tests {
             &mut seen,
             &watcher::Event::Delete(service("a", 81, "9"))
         ));
+    }
+
+    /// A route as `kubectl apply` leaves it after the status writer's first write.
+    const APPLIED_ROUTE: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: GatewayRoute
+metadata:
+  name: r1
+  namespace: default
+  annotations:
+    team: payments
+    kubectl.kubernetes.io/last-applied-configuration: |
+      {"apiVersion":"sluice.dev/v1alpha1","kind":"GatewayRoute","metadata":{"annotations":{"team":"payments"},"name":"r1","namespace":"default"},"spec":{"rules":[{"backendRefs":[{"name":"up","port":80}],"matches":[{"path":{"type":"PathPrefix","value":"/r1/"}}],"name":"main"}]}}
+  managedFields:
+  - apiVersion: sluice.dev/v1alpha1
+    fieldsType: FieldsV1
+    fieldsV1: {"f:metadata": {"f:annotations": {".": {}, "f:kubectl.kubernetes.io/last-applied-configuration": {}, "f:team": {}}}, "f:spec": {".": {}, "f:rules": {}}}
+    manager: kubectl-client-side-apply
+    operation: Update
+    time: "2026-12-04T00:00:00Z"
+  - apiVersion: sluice.dev/v1alpha1
+    fieldsType: FieldsV1
+    fieldsV1: {"f:status": {".": {}, "f:conditions": {}, "f:observedGeneration": {}}}
+    manager: sluice
+    operation: Update
+    subresource: status
+    time: "2026-12-04T00:00:01Z"
+spec:
+  rules:
+  - name: main
+    matches: [{path: {type: PathPrefix, value: /r1/}}]
+    backendRefs: [{name: up, port: 80}]
+"#;
+
+    #[test]
+    fn the_stores_keep_neither_managed_fields_nor_kubectls_last_applied_copy() {
+        let mut route: crate::resources::GatewayRoute =
+            serde_yaml::from_str(APPLIED_ROUTE).expect("route");
+        let spec = route.spec.clone();
+        slim(&mut route);
+        assert_eq!(route.metadata.managed_fields, None);
+        let annotations = route.metadata.annotations.as_ref().expect("annotations");
+        assert_eq!(annotations.len(), 1, "{annotations:?}");
+        assert_eq!(annotations["team"], "payments");
+        assert_eq!(route.spec, spec);
+        assert_eq!(route.metadata.name.as_deref(), Some("r1"));
+        // With kubectl's copy the only annotation, none are left.
+        route
+            .metadata
+            .annotations
+            .as_mut()
+            .expect("annotations")
+            .remove("team");
+        route
+            .metadata
+            .annotations
+            .as_mut()
+            .expect("annotations")
+            .insert(LAST_APPLIED.to_owned(), "{}".to_owned());
+        slim(&mut route);
+        assert_eq!(route.metadata.annotations, None);
     }
 }
