@@ -23,6 +23,10 @@ LABEL org.opencontainers.image.title="sluice" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/sluice /sluice
 USER 65532:65532
+# A fixed mmap threshold: glibc otherwise raises it after a large free and serves the next
+# large blocks from the heap, where they fragment and stay resident; with it, resident memory
+# grows less across route changes (docs/performance.md, 2026-12-04).
+ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072
 # 8080: proxy (SLUICE_LISTEN, default 0.0.0.0:8080). 9901: admin (/healthz, /readyz,
 # /metrics), which listens on 127.0.0.1 unless SLUICE_ADMIN_LISTEN says otherwise: the chart
 # sets 0.0.0.0:9901; with `docker run`, pass -e SLUICE_ADMIN_LISTEN=0.0.0.0:9901 to reach it.
