@@ -122,8 +122,9 @@ impl Gateway {
     }
 
     /// Makes `snapshot` the one new requests use; requests in flight finish on the one they
-    /// loaded. Metric handles and long-lived state are bound to its rules first (to those in
-    /// chunks the replaced snapshot does not share: the others are bound already). The gateway
+    /// loaded. Long-lived state (and the metric handles of rules whose predecessors had them)
+    /// are bound to its rules first (to those in chunks the replaced snapshot does not share:
+    /// the others are bound already). The gateway
     /// counts as ready from the first install on.
     pub fn install(&self, snapshot: Snapshot) {
         // Rules in chunks shared with the snapshot being replaced are bound already.

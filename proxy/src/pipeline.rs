@@ -117,8 +117,11 @@ pub(crate) async fn handle(
     // Log phase.
     let status = response.status().as_u16();
     let elapsed = ctx.started.elapsed();
-    match rule.and_then(|r| r.policy.stats.get()) {
-        Some(stats) => stats.observe(status, elapsed.as_secs_f64()),
+    match rule {
+        Some(rule) => env
+            .metrics
+            .stats_of(rule)
+            .observe(status, elapsed.as_secs_f64()),
         None => env.unmatched.observe(status, elapsed.as_secs_f64()),
     }
     if let Some(request) = &request_line {

@@ -192,8 +192,8 @@ pub struct RulePolicy {
     pub traffic: Arc<Traffic>,
     /// Plain HTTP requests get a 301 to HTTPS (the route's `httpsRedirect`).
     pub https_redirect: bool,
-    /// The rule's metric handles, bound when a snapshot with it is first installed (a rule
-    /// unchanged across installs keeps them).
+    /// The rule's metric handles, bound on its first response, or at install when a rule of
+    /// the same route and name had them (see [`crate::metrics`]).
     #[serde(skip)]
     pub stats: OnceLock<Arc<crate::metrics::RuleStats>>,
 }
