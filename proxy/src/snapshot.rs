@@ -221,11 +221,19 @@ impl Traffic {
     pub fn shared(self) -> Arc<Traffic> {
         static DEFAULT: std::sync::LazyLock<Arc<Traffic>> =
             std::sync::LazyLock::new(|| Arc::new(Traffic::default()));
-        let default = matches!(self.balancing, Balancing::LeastRequest)
-            && self.retry.is_none()
-            && self.passive.is_none()
-            && self.active.is_none()
-            && self.circuit.is_none();
+        // Every field named, so that a new one cannot be left out of the test.
+        let Traffic {
+            balancing,
+            retry,
+            passive,
+            active,
+            circuit,
+        } = &self;
+        let default = matches!(balancing, Balancing::LeastRequest)
+            && retry.is_none()
+            && passive.is_none()
+            && active.is_none()
+            && circuit.is_none();
         if default {
             Arc::clone(&DEFAULT)
         } else {
