@@ -154,6 +154,27 @@ struct Memory {
     pass: u64,
 }
 
+impl Memory {
+    /// Records that this replica wrote `written` to `report`'s object: the report is settled.
+    fn wrote(&mut self, report: Arc<StatusReport>, written: Written) {
+        let k = known_of(&mut self.known, &report.object);
+        k.written = Some(written);
+        settle(&mut self.settled, k, report, self.pass);
+    }
+}
+
+/// What this replica knows of `object`, made empty if it knew nothing.
+fn known_of<'m>(
+    known: &'m mut FastMap<&'static str, FastMap<ObjectRef, Known>>,
+    object: &ObjectRef,
+) -> &'m mut Known {
+    known
+        .entry(object.kind)
+        .or_default()
+        .entry(object.clone())
+        .or_default()
+}
+
 fn address(report: &Arc<StatusReport>) -> usize {
     Arc::as_ptr(report) as usize
 }
@@ -264,11 +285,7 @@ impl StatusWriter {
                 if object.meta().generation != r.observed_generation {
                     continue;
                 }
-                let k = known
-                    .entry(r.object.kind)
-                    .or_default()
-                    .entry(r.object.clone())
-                    .or_default();
+                let k = known_of(known, &r.object);
                 k.seen = pass;
                 present += 1;
                 // The report that was settled is not this one any more.
@@ -334,25 +351,14 @@ impl StatusWriter {
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => {
-                let mut guard = self.lock_memory();
-                let Memory {
-                    known,
-                    settled,
-                    pass,
-                } = &mut *guard;
-                let k = known
-                    .entry(report.object.kind)
-                    .or_default()
-                    .entry(report.object.clone())
-                    .or_default();
-                k.written = Some((
+            Ok(_) => self.lock_memory().wrote(
+                report,
+                (
                     object.meta().generation,
                     object.meta().uid.clone(),
                     status.clone(),
-                ));
-                settle(settled, k, report, *pass);
-            }
+                ),
+            ),
             // Deleted since compile: nothing to report on.
             Err(kube::Error::Api(e)) if e.code == 404 => return false,
             Err(e) => {

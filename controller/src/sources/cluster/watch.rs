@@ -285,7 +285,6 @@ type Known = HashMap<(String, String), (u64, Option<String>)>;
 impl Seen {
     /// Records `event` and says what it changed.
     fn apply<K: Resource + Relevant>(&mut self, event: &watcher::Event<K>) -> Touch {
-        let key = |o: &K| key_of(o);
         match event {
             watcher::Event::Init => {
                 self.relisting = Some(HashMap::new());
@@ -293,7 +292,7 @@ impl Seen {
             }
             watcher::Event::InitApply(o) => {
                 if let Some(next) = self.relisting.as_mut() {
-                    next.insert(key(o), (o.relevant_digest(), o.endpoints_of()));
+                    next.insert(key_of(o), (o.relevant_digest(), o.endpoints_of()));
                 }
                 Touch::Nothing
             }
@@ -313,14 +312,14 @@ impl Seen {
             watcher::Event::Apply(o) => {
                 let digest = o.relevant_digest();
                 let service = o.endpoints_of();
-                match self.known.insert(key(o), (digest, service.clone())) {
+                match self.known.insert(key_of(o), (digest, service.clone())) {
                     Some((old, _)) if old == digest => Touch::Nothing,
                     // A slice moving to another Service changes two Services' endpoints.
                     Some((_, old_service)) if old_service != service => Touch::Everything,
                     _ => service.map_or(Touch::Everything, Touch::Endpoints),
                 }
             }
-            watcher::Event::Delete(o) => match self.known.remove(&key(o)) {
+            watcher::Event::Delete(o) => match self.known.remove(&key_of(o)) {
                 None => Touch::Nothing,
                 Some((_, Some(service))) => Touch::Endpoints(service),
                 Some((_, None)) => Touch::Everything,
@@ -501,18 +500,7 @@ spec:
         assert_eq!(route.spec, spec);
         assert_eq!(route.metadata.name.as_deref(), Some("r1"));
         // With kubectl's copy the only annotation, none are left.
-        route
-            .metadata
-            .annotations
-            .as_mut()
-            .expect("annotations")
-            .remove("team");
-        route
-            .metadata
-            .annotations
-            .as_mut()
-            .expect("annotations")
-            .insert(LAST_APPLIED.to_owned(), "{}".to_owned());
+        route.metadata.annotations = Some([(LAST_APPLIED.to_owned(), "{}".to_owned())].into());
         slim(&mut route);
         assert_eq!(route.metadata.annotations, None);
     }
