@@ -568,7 +568,6 @@ pub struct ManifestSet {
     /// only look defined twice, which sends [`ManifestSet::inputs`] down the exact path.)
     defined: crate::compile::FastMap<u64, u32>,
     defined_twice: usize,
-    hasher: foldhash::fast::RandomState,
     /// The inputs [`ManifestSet::take_inputs`] handed out last, for the namespaces it was
     /// given, and the objects refreshes took out and put in since: the next call patches them
     /// instead of listing every object again.
@@ -632,7 +631,6 @@ impl ManifestSet {
             margin,
             defined: crate::compile::FastMap::default(),
             defined_twice: 0,
-            hasher: foldhash::fast::RandomState::default(),
             kept: None,
             taken_out: Vec::new(),
             put_in: Vec::new(),
@@ -650,7 +648,7 @@ impl ManifestSet {
             }
         }
         for (o, _) in objects {
-            let key = std::hash::BuildHasher::hash_one(&self.hasher, o);
+            let key = std::hash::BuildHasher::hash_one(self.defined.hasher(), o);
             let n = self.defined.entry(key).or_insert(0);
             let before = *n;
             *n = if add {
