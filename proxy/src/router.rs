@@ -213,8 +213,8 @@ impl Router {
 /// Which bucket of a host table a candidate goes to.
 #[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum BucketKey {
-    Exact(Box<str>),
-    Prefix(Box<str>),
+    Exact(Arc<str>),
+    Prefix(Arc<str>),
     Regex,
 }
 
@@ -315,8 +315,8 @@ impl RouterBuilder {
 impl MatchTable {
     fn build(mut candidates: Vec<Candidate>) -> MatchTable {
         candidates.sort_by(Candidate::precedence);
-        let mut exact: Map<Box<str>, Vec<Candidate>> = Map::default();
-        let mut prefix: Map<Box<str>, Vec<Candidate>> = Map::default();
+        let mut exact: Map<Arc<str>, Vec<Candidate>> = Map::default();
+        let mut prefix: Map<Arc<str>, Vec<Candidate>> = Map::default();
         let mut regex = Vec::new();
         // Most paths have one candidate: start each bucket at capacity 1, not the 4 a first
         // push would reserve (at 10,000 routes that slack was 3 MiB of peak memory).
@@ -328,8 +328,8 @@ impl MatchTable {
                 PathMatch::Regex(_) => regex.push(c),
             }
         }
-        let shared = |map: Map<Box<str>, Vec<Candidate>>| {
-            Sharded::from_map(map.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        let shared = |map: Map<Arc<str>, Vec<Candidate>>| {
+            Sharded::from_map(map.into_iter().map(|(k, v)| (k, v.into())).collect())
         };
         MatchTable {
             exact: shared(exact),
@@ -386,7 +386,7 @@ impl MatchTable {
             if bucket.is_empty() {
                 map.remove(&path);
             } else {
-                map.insert(path.into(), bucket.into());
+                map.insert(path, bucket.into());
             }
         }
         table

@@ -59,7 +59,8 @@ impl fmt::Display for LoadError {
 /// is fine. The first error fails the whole file, so that a half-read file never replaces a
 /// whole one.
 pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(ObjectRef, Object)>, LoadError> {
-    parse_file_noting(path, text, &mut Vec::new())
+    let objects = parse_file_noting(path, text, &mut Vec::new())?;
+    Ok(objects.into_iter().map(|o| (o.reference(), o)).collect())
 }
 
 /// [`parse_file`], adding to `notices` the skipped documents that look like mistakes: an
@@ -70,7 +71,7 @@ pub fn parse_file_noting(
     path: &Path,
     text: &str,
     notices: &mut Vec<LoadError>,
-) -> Result<Vec<(ObjectRef, Object)>, LoadError> {
+) -> Result<Vec<Object>, LoadError> {
     let mut out = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml::Value::deserialize(document).map_err(|e| LoadError {
@@ -169,7 +170,7 @@ pub fn parse_file_noting(
                 "metadata.name is required".to_owned(),
             ));
         }
-        out.push((object_ref, parsed));
+        out.push(parsed);
     }
     Ok(out)
 }
@@ -508,7 +509,9 @@ struct FileState {
     /// Hash of the file's bytes, for files read again: an edit that keeps every object as it
     /// was (a rewrite with the same content) changes nothing.
     digest: u64,
-    objects: Vec<(ObjectRef, Object)>,
+    /// (Their [`ObjectRef`]s are not kept beside them: at 10,000 routes those copies of every
+    /// name and namespace were more than a megabyte.)
+    objects: Vec<Object>,
 }
 
 /// Timestamps are only as fine as the file system's (ext4: a kernel tick; FAT and some network
@@ -573,7 +576,7 @@ pub struct ManifestSet {
     /// instead of listing every object again.
     kept: Option<(Vec<String>, Inputs)>,
     taken_out: Vec<Object>,
-    put_in: Vec<(ObjectRef, Object)>,
+    put_in: Vec<Object>,
 }
 
 impl Default for ManifestSet {
@@ -611,6 +614,35 @@ impl Inputs {
 }
 
 impl Object {
+    /// Kind, namespace and name: what its [`ObjectRef`] holds, borrowed.
+    pub fn key(&self) -> (&'static str, &str, &str) {
+        fn of<'a, K: kube::Resource>(
+            kind: &'static str,
+            o: &'a K,
+        ) -> (&'static str, &'a str, &'a str) {
+            let meta = o.meta();
+            let namespace = meta.namespace.as_deref().unwrap_or("default");
+            (kind, namespace, meta.name.as_deref().unwrap_or(""))
+        }
+        match self {
+            Object::Route(o) => of("GatewayRoute", &**o),
+            Object::Policy(o) => of("RateLimitPolicy", &**o),
+            Object::Service(o) => of("Service", &**o),
+            Object::Slice(o) => of("EndpointSlice", &**o),
+            Object::Secret(o) => of("Secret", &**o),
+        }
+    }
+
+    /// The object's reference in diagnostics.
+    pub fn reference(&self) -> ObjectRef {
+        let (kind, namespace, name) = self.key();
+        ObjectRef {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
     /// Where the object lives: the same address, the same object.
     fn address(&self) -> usize {
         match self {
@@ -638,17 +670,16 @@ impl ManifestSet {
     }
 
     /// Counts (`true`) or uncounts the objects of a file, and notes them for the inputs kept.
-    fn count(&mut self, objects: &[(ObjectRef, Object)], add: bool) {
+    fn count(&mut self, objects: &[Object], add: bool) {
         if self.kept.is_some() {
             if add {
                 self.put_in.extend(objects.iter().cloned());
             } else {
-                self.taken_out
-                    .extend(objects.iter().map(|(_, o)| o.clone()));
+                self.taken_out.extend(objects.iter().cloned());
             }
         }
-        for (o, _) in objects {
-            let key = std::hash::BuildHasher::hash_one(self.defined.hasher(), o);
+        for o in objects {
+            let key = std::hash::BuildHasher::hash_one(self.defined.hasher(), o.key());
             let n = self.defined.entry(key).or_insert(0);
             let before = *n;
             *n = if add {
@@ -784,8 +815,8 @@ impl ManifestSet {
                         .map(Object::address)
                         .collect(),
                 };
-                for (object_ref, object) in &put_in {
-                    if namespaces.is_empty() || namespaces.contains(&object_ref.namespace) {
+                for object in &put_in {
+                    if in_namespaces(namespaces, object) {
                         inputs.push(object);
                         if let Object::Route(r) = object {
                             delta.added.push(Arc::clone(r));
@@ -796,7 +827,7 @@ impl ManifestSet {
                 // change what every route compiles to.
                 let routes_only = taken_out
                     .iter()
-                    .chain(put_in.iter().map(|(_, o)| o))
+                    .chain(&put_in)
                     .all(|o| matches!(o, Object::Route(_)));
                 inputs.routes_delta = routes_only.then_some(delta);
                 (inputs, Vec::new())
@@ -813,26 +844,26 @@ impl ManifestSet {
     /// The compile inputs, restricted to `namespaces` when it is not empty. An object defined in
     /// two files is taken from the first (in path order) and the other is reported.
     pub fn inputs(&self, namespaces: &[String]) -> (Inputs, Vec<LoadError>) {
-        let mut seen: crate::compile::FastMap<&ObjectRef, &Path> =
+        let mut seen: crate::compile::FastMap<(&str, &str, &str), &Path> =
             crate::compile::FastMap::default();
         let mut duplicates = Vec::new();
         let mut inputs = Inputs::default();
         // Only when some object is defined twice is it worth remembering what came first.
         let dedup = self.defined_twice > 0;
         for (path, file) in &self.files {
-            for (object_ref, object) in &file.objects {
-                if !namespaces.is_empty() && !namespaces.contains(&object_ref.namespace) {
+            for object in &file.objects {
+                if !in_namespaces(namespaces, object) {
                     continue;
                 }
                 if !dedup {
                     inputs.push(object);
                     continue;
                 }
-                if let Some(first) = seen.get(object_ref) {
+                if let Some(first) = seen.get(&object.key()) {
                     duplicates.push(LoadError {
                         path: path.clone(),
                         line: None,
-                        object: Some(Box::new(object_ref.clone())),
+                        object: Some(Box::new(object.reference())),
                         message: format!(
                             "already defined in {}; this copy is ignored",
                             first.display()
@@ -840,7 +871,7 @@ impl ManifestSet {
                     });
                     continue;
                 }
-                seen.insert(object_ref, path);
+                seen.insert(object.key(), path);
                 inputs.push(object);
             }
         }
@@ -851,7 +882,10 @@ impl ManifestSet {
     pub fn origin(&self, object: &ObjectRef) -> Option<&Path> {
         self.files
             .iter()
-            .find(|(_, f)| f.objects.iter().any(|(o, _)| o == object))
+            .find(|(_, f)| {
+                let key = (object.kind, &*object.namespace, &*object.name);
+                f.objects.iter().any(|o| o.key() == key)
+            })
             .map(|(p, _)| p.as_path())
     }
 
@@ -864,6 +898,11 @@ impl ManifestSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// True when `namespaces` is empty (all of them) or holds the object's.
+fn in_namespaces(namespaces: &[String], object: &Object) -> bool {
+    namespaces.is_empty() || namespaces.iter().any(|n| *n == object.key().1)
 }
 
 #[cfg(test)]

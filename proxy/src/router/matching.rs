@@ -1,6 +1,7 @@
 //! One match of one rule, and the request facts it is tested against.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
@@ -25,12 +26,15 @@ pub struct RequestView<'a> {
 
 /// How a candidate matches the path.
 #[derive(Debug, Clone, Serialize)]
+///
+/// The path is shared: the route cache's copy of a candidate, the router's and the key of its
+/// bucket are one allocation.
 pub enum PathMatch {
     /// The whole normalised path equals this.
-    Exact(Box<str>),
+    Exact(Arc<str>),
     /// The path starts with this, on a segment boundary; stored without a trailing `/`
     /// (the root prefix is `/`).
-    Prefix(Box<str>),
+    Prefix(Arc<str>),
     /// The whole path matches this (anchored) expression.
     Regex(#[serde(serialize_with = "ser_regex")] Regex),
 }
