@@ -6,6 +6,9 @@
 //!   through the proxy (polled every 0.2 ms), and until the snapshot serving it is installed;
 //! - endpoint flips: an endpoint's `ready` toggles; timed until the proxy's live snapshot has it.
 //!
+//! - under load (when `wrk` is installed): request p99 for 10 s of `wrk` load without changes,
+//!   then while a route arrives ten times a second, and those changes' times to their first 200.
+//!
 //! Each with 10 and with 10,000 routes configured (`ROUTES="100 10000 50000"` for others).
 //! Prints p50, p99 and max over 100 changes (`SHOW_SAMPLES=1`: every sample, in order).
 //!
@@ -130,6 +133,89 @@ async fn scenario(routes: usize) {
         &format!("endpoint readiness flip, {routes} routes"),
         flip_times,
     );
+
+    under_load(&api, &replica, &c, routes).await;
+}
+
+/// Request latency under `wrk` load, steady and while a route arrives ten times a second (as
+/// `bench/scale.sh` measures standalone mode), and those changes' times to their first 200.
+async fn under_load(api: &FakeApi, replica: &Replica, c: &client::HttpClient, routes: usize) {
+    const SECONDS: u64 = 10;
+    if std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!(
+            "under load, {routes} routes: skipped, wrk is not installed (apt-get install wrk)"
+        );
+        return;
+    }
+    let url = format!("http://{}/base/0", replica.addr);
+    let wrk = || {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("wrk")
+                .args(["-t1", "-c16", &format!("-d{SECONDS}s"), "--latency"])
+                .args(["-H", "Host: h", &url])
+                .output()
+                .expect("wrk runs")
+        })
+    };
+    let steady = wrk().await.expect("wrk task");
+    let loaded = wrk();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut change_times = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    for i in 0..(SECONDS as usize - 1) * 10 {
+        tick.tick().await;
+        let path = format!("/loaded/{i}");
+        api.apply(ROUTES, prefix_route(&format!("loaded{i}"), &path, "b"));
+        let accepted = Instant::now();
+        while !client::send(c, client::get(replica.addr, "h", &path))
+            .await
+            .is_ok_and(|r| r.status == 200)
+        {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        change_times.push(accepted.elapsed());
+    }
+    let loaded = loaded.await.expect("wrk task");
+    let p99 = |out: &std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let errors = text
+            .lines()
+            .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+            .collect::<Vec<_>>();
+        assert!(errors.is_empty(), "wrk saw failures: {errors:?}\n{text}");
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("99%"))
+            .and_then(|v| wrk_ms(v.trim()))
+            .unwrap_or_else(|| panic!("no 99% line in wrk's output:\n{text}"))
+    };
+    let (steady, loaded) = (p99(&steady), p99(&loaded));
+    summary(
+        &format!("route change under load, {routes} routes"),
+        change_times,
+    );
+    println!(
+        "request p99 under load, {routes} routes: steady {steady:.2} ms, during changes {loaded:.2} ms ({:.2}x)",
+        loaded / steady
+    );
+}
+
+/// A wrk latency (`812.00us`, `1.20ms`, `2.01s`) in milliseconds.
+fn wrk_ms(value: &str) -> Option<f64> {
+    let split = value.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    match unit {
+        "us" => Some(number / 1e3),
+        "ms" => Some(number),
+        "s" => Some(number * 1e3),
+        "m" => Some(number * 60e3),
+        _ => None,
+    }
 }
 
 fn main() {
