@@ -323,9 +323,8 @@ struct Assembly {
 impl Assembly {
     /// Adds one placed route's problems, certificates and unresolved Services.
     fn place(&mut self, route: &cache::CachedRoute) {
-        let output = &route.output;
-        self.diagnostics.extend(output.diagnostics.iter().cloned());
-        for served in output.certificates.iter() {
+        self.diagnostics.extend(route.diagnostics().iter().cloned());
+        for served in route.certificates() {
             // The oldest route keeps a host's certificate, as it keeps its paths.
             if !self.tls.insert(
                 &served.host,
@@ -342,7 +341,7 @@ impl Assembly {
                 });
             }
         }
-        self.failed.extend(route.failed.iter().cloned());
+        self.failed.extend(route.failed().iter().cloned());
     }
 }
 

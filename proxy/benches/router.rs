@@ -6,7 +6,9 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method};
-use sluice_proxy::router::{Candidate, HostPattern, PathMatch, RequestView, Router, RouterBuilder};
+use sluice_proxy::router::{
+    Candidate, Conditions, HostPattern, PathMatch, RequestView, Router, RouterBuilder,
+};
 
 /// `n` routes shaped like a real fleet: a tenth on their own hostname, the rest on shared
 /// hosts, each with a prefix and an exact health path, plus a few regexes.
@@ -21,9 +23,7 @@ fn router(n: usize) -> Router {
         let candidate = |rule: usize, path: PathMatch| Candidate {
             rule: rule as u32,
             path,
-            method: None,
-            headers: Box::default(),
-            query: Box::default(),
+            conditions: Conditions::default(),
             tiebreak: rule as u64,
         };
         b.add(

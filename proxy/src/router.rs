@@ -32,7 +32,10 @@ use crate::snapshot::RuleId;
 /// non-cryptographic hash is safe here and saves a SipHash of the path on every request.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-pub use matching::{Candidate, HeaderMatch, PathMatch, QueryMatch, RequestView, ValueMatch};
+pub use matching::{
+    Candidate, ConditionSet, Conditions, HeaderMatch, PathMatch, QueryMatch, RequestView,
+    ValueMatch,
+};
 pub(crate) use matching::{percent_decode, query_value};
 use sharded::Sharded;
 
@@ -106,10 +109,10 @@ impl Router {
                     out.push(r);
                 }
                 let values = c
-                    .headers
+                    .headers()
                     .iter()
                     .map(|h| &h.value)
-                    .chain(c.query.iter().map(|q| &q.value));
+                    .chain(c.query().iter().map(|q| &q.value));
                 out.extend(values.filter_map(|v| match v {
                     ValueMatch::Regex(r) => Some(r),
                     ValueMatch::Exact(_) => None,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use kube::ResourceExt;
 
 use sluice_proxy::router::{Candidate, HostPattern, Router, RouterBuilder};
-use sluice_proxy::snapshot::{RuleId, Rules};
+use sluice_proxy::snapshot::{Rule, RuleId, Rules};
 
 use super::{
     FastMap, Inputs, StatusReport, endpoints, policies::PolicyIndex, route_secret_names, routes,
@@ -105,49 +105,127 @@ struct ServiceVersion {
     used: u64,
 }
 
-/// One route's output and what it was compiled from.
+/// One route's output ([`routes::RouteOutput`]) and what it was compiled from. Kept for every
+/// route, so kept small: what few routes have is boxed apart (at 10,000 routes, empty lists and
+/// a separate box of rule ids were a megabyte).
 pub(super) struct CachedRoute {
     pub source: Arc<GatewayRoute>,
     /// The version of every distinct Service the route names, in order of first reference
     /// (0: the Service did not exist), as compiled.
     services: Box<[u64]>,
+    /// The output's rules, each with its id once placed.
+    rules: Box<[(RuleId, Arc<Rule>)]>,
+    candidates: Box<[(HostPattern, Candidate)]>,
+    pub status: Option<Arc<StatusReport>>,
+    /// Precedence among routes (0 until placed).
+    rank: u64,
+    /// `None` when the route has none of it.
+    rare: Option<Box<Rare>>,
+}
+
+/// What a cached route seldom has.
+struct Rare {
     /// `namespace/name` of the Services among those that did not resolve.
-    pub failed: Box<[String]>,
+    failed: Box<[String]>,
     /// The address of every Secret object the route references, in reference order (0: it
     /// did not exist), as compiled.
     secrets: Box<[usize]>,
     /// The address of every RateLimitPolicy object targeting the route, as compiled.
     policies: Box<[usize]>,
-    pub output: routes::RouteOutput,
-    /// Precedence among routes (0 until placed).
-    rank: u64,
-    /// The id of each of the output's rules, once placed.
-    pub ids: Box<[RuleId]>,
+    diagnostics: Box<[super::Diagnostic]>,
+    certificates: Box<[super::edge::ServedCertificate]>,
 }
 
 impl CachedRoute {
+    fn new(
+        source: Arc<GatewayRoute>,
+        services: Box<[u64]>,
+        failed: Vec<String>,
+        secrets: Box<[usize]>,
+        policies: Box<[usize]>,
+        output: routes::RouteOutput,
+    ) -> Self {
+        let routes::RouteOutput {
+            rules,
+            candidates,
+            status,
+            diagnostics,
+            certificates,
+        } = output;
+        let rare = Rare {
+            failed: failed.into_boxed_slice(),
+            secrets,
+            policies,
+            diagnostics,
+            certificates,
+        };
+        let Rare {
+            failed,
+            secrets,
+            policies,
+            diagnostics,
+            certificates,
+        } = &rare;
+        let none = failed.is_empty()
+            && secrets.is_empty()
+            && policies.is_empty()
+            && diagnostics.is_empty()
+            && certificates.is_empty();
+        CachedRoute {
+            source,
+            services,
+            rules: rules.into_vec().into_iter().map(|r| (0, r)).collect(),
+            candidates,
+            status,
+            rank: 0,
+            rare: (!none).then(|| Box::new(rare)),
+        }
+    }
+
+    fn rare<T>(&self, field: impl FnOnce(&Rare) -> &[T]) -> &[T] {
+        self.rare.as_deref().map_or(&[], field)
+    }
+
+    /// `namespace/name` of the Services the route names that did not resolve.
+    pub fn failed(&self) -> &[String] {
+        self.rare(|r| &r.failed)
+    }
+
+    pub fn diagnostics(&self) -> &[super::Diagnostic] {
+        self.rare(|r| &r.diagnostics)
+    }
+
+    pub fn certificates(&self) -> &[super::edge::ServedCertificate] {
+        self.rare(|r| &r.certificates)
+    }
+
     /// Has anything besides rules and a status for the snapshot.
     fn notable(&self) -> bool {
-        !self.output.diagnostics.is_empty()
-            || !self.output.certificates.is_empty()
-            || !self.failed.is_empty()
+        !self.diagnostics().is_empty()
+            || !self.certificates().is_empty()
+            || !self.failed().is_empty()
+    }
+
+    /// The route's rules.
+    fn rules(&self) -> impl Iterator<Item = &Arc<Rule>> + '_ {
+        self.rules.iter().map(|(_, r)| r)
+    }
+
+    /// The ids of the route's rules, once placed.
+    fn ids(&self) -> impl Iterator<Item = RuleId> + '_ {
+        self.rules.iter().map(|(id, _)| *id)
     }
 
     /// The route's rules with their ids, once placed.
-    fn placed_rules(
-        &self,
-    ) -> impl Iterator<Item = (RuleId, Arc<sluice_proxy::snapshot::Rule>)> + '_ {
-        self.ids
-            .iter()
-            .zip(self.output.rules.iter())
-            .map(|(id, r)| (*id, Arc::clone(r)))
+    fn placed_rules(&self) -> impl Iterator<Item = (RuleId, Arc<Rule>)> + '_ {
+        self.rules.iter().map(|(id, r)| (*id, Arc::clone(r)))
     }
 
     /// The route's candidates as placed: rule ids and the rank in the tie-break.
     fn placed_candidates(&self) -> impl Iterator<Item = (HostPattern, Candidate)> + '_ {
-        self.output.candidates.iter().map(|(host, c)| {
+        self.candidates.iter().map(|(host, c)| {
             let mut c = c.clone();
-            c.rule = self.ids[c.rule as usize];
+            c.rule = self.rules[c.rule as usize].0;
             c.tiebreak |= self.rank << routes::RANK_SHIFT;
             (host.clone(), c)
         })
@@ -254,16 +332,14 @@ impl RouteCache {
         let mut gone = Vec::new();
         let mut compile_in = |this: &mut Self, route: &Arc<GatewayRoute>, gone: &mut Vec<_>| {
             let (output, failed) = compile_one(route);
-            let entry = CachedRoute {
-                source: Arc::clone(route),
-                services: route_service_versions(route, &versions).collect(),
-                failed: failed.into_boxed_slice(),
-                secrets: route_secret_addresses(route, &secret_addresses).collect(),
-                policies: policy_addresses(route),
+            let entry = CachedRoute::new(
+                Arc::clone(route),
+                route_service_versions(route, &versions).collect(),
+                failed,
+                route_secret_addresses(route, &secret_addresses).collect(),
+                policy_addresses(route),
                 output,
-                rank: 0,
-                ids: Box::default(),
-            };
+            );
             let key = Arc::as_ptr(route) as usize;
             gone.extend(
                 this.routes
@@ -307,8 +383,8 @@ impl RouteCache {
                         || (route_service_versions(route, &versions)
                             .eq(entry.services.iter().copied())
                             && route_secret_addresses(route, &secret_addresses)
-                                .eq(entry.secrets.iter().copied())
-                            && *policy_addresses(route) == *entry.policies);
+                                .eq(entry.rare(|r| &r.secrets).iter().copied())
+                            && *policy_addresses(route) == *entry.rare(|r| &r.policies));
                     *used = stamp;
                     same
                 });
@@ -347,18 +423,16 @@ impl RouteCache {
         let Update { mut fresh, gone } = update;
         // Identity headers depend on the authentication of every rule: they are worked out
         // again only when a rule that authenticates came or went.
-        let authenticates = |rules: &[Arc<sluice_proxy::snapshot::Rule>]| {
-            rules.iter().any(|r| {
+        let authenticates = |route: &CachedRoute| {
+            route.rules().any(|r| {
                 r.policy
                     .steps
                     .iter()
                     .any(|s| matches!(s, sluice_proxy::pipeline::Step::Authenticate(_)))
             })
         };
-        let auth_changed = gone.iter().any(|e| authenticates(&e.output.rules))
-            || fresh
-                .iter()
-                .any(|k| authenticates(&self.routes[k].1.output.rules));
+        let auth_changed = gone.iter().any(authenticates)
+            || fresh.iter().any(|k| authenticates(&self.routes[k].1));
         // A patch costs what the touched buckets hold; placing everything, what all do.
         let small = (fresh.len() + gone.len()) * 2 <= self.routes.len().max(64);
         let patched = match &self.router {
@@ -391,7 +465,7 @@ impl RouteCache {
         out.extend(
             self.order
                 .values()
-                .filter_map(|(k, _)| self.routes[k].1.output.status.clone()),
+                .filter_map(|(k, _)| self.routes[k].1.status.clone()),
         );
         out.extend(policies);
         out
@@ -422,10 +496,12 @@ impl RouteCache {
     /// Enters the route `key`, ranked already, into the placement: ids for its rules, and it
     /// counts among the notable routes and the senders to its Services.
     fn enter(&mut self, key: usize) -> Option<&CachedRoute> {
-        let rules = self.routes.get(&key)?.1.output.rules.len();
-        let ids: Box<[RuleId]> = (0..rules).map(|_| self.take_id()).collect();
+        let rules = self.routes.get(&key)?.1.rules.len();
+        let ids: Vec<RuleId> = (0..rules).map(|_| self.take_id()).collect();
         let entry = &mut self.routes.get_mut(&key)?.1;
-        entry.ids = ids;
+        for ((id, _), new) in entry.rules.iter_mut().zip(ids) {
+            *id = new;
+        }
         if entry.notable() {
             self.notable.insert(entry.rank, key);
         }
@@ -449,7 +525,7 @@ impl RouteCache {
         for entry in gone.iter().filter(|e| e.rank != 0) {
             let own = Arc::as_ptr(&entry.source) as usize;
             count_services(&mut self.sends_to, entry, -1);
-            changed.extend(entry.ids.iter().map(|id| (*id, None)));
+            changed.extend(entry.ids().map(|id| (id, None)));
             if self.notable.get(&entry.rank) == Some(&own) {
                 self.notable.remove(&entry.rank);
             }
@@ -499,7 +575,7 @@ impl RouteCache {
         // Ids of gone rules are reused only from the next compile on: the patch tells removed
         // candidates by their id.
         for entry in gone {
-            self.free_ids.extend(entry.ids.iter().copied());
+            self.free_ids.extend(entry.ids());
         }
         Some(router.patched(&removed, added))
     }
@@ -669,15 +745,11 @@ impl RouteCache {
         let mut before: FastMap<(Arc<str>, Arc<str>), ()> = update
             .gone
             .iter()
-            .flat_map(|e| e.output.rules.iter().map(key))
+            .flat_map(|e| e.rules().map(key))
             .map(|k| (k, ()))
             .collect();
         let mut changes = RuleChanges::default();
-        for rule in update
-            .fresh
-            .iter()
-            .flat_map(|k| self.routes[k].1.output.rules.iter())
-        {
+        for rule in update.fresh.iter().flat_map(|k| self.routes[k].1.rules()) {
             let k = key(rule);
             if before.remove(&k).is_some() {
                 changes.changed.push(k);
@@ -766,7 +838,7 @@ impl RouteCache {
 
 /// Adds `by` to the count of every Service `route`'s rules send to (once per backend).
 fn count_services(counts: &mut FastMap<Arc<str>, usize>, route: &CachedRoute, by: isize) {
-    for backend in route.output.rules.iter().flat_map(|r| r.backends.iter()) {
+    for backend in route.rules().flat_map(|r| r.backends.iter()) {
         let service = &backend.service;
         match counts.get_mut(&**service) {
             Some(n) => {

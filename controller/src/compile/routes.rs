@@ -713,9 +713,7 @@ fn compile_match(
     Ok(Candidate {
         rule: 0,
         path,
-        method,
-        headers: headers.into(),
-        query: query.into(),
+        conditions: router::Conditions::new(method, headers, query),
         tiebreak: ctx.tiebreak | j as u64,
     })
 }

@@ -7,9 +7,7 @@ fn cand(rule: u32, path: PathMatch) -> Candidate {
     Candidate {
         rule,
         path,
-        method: None,
-        headers: Box::default(),
-        query: Box::default(),
+        conditions: Conditions::default(),
         tiebreak: u64::from(rule),
     }
 }
@@ -123,17 +121,17 @@ fn regex_is_anchored_and_used_when_nothing_else_matches() {
 #[test]
 fn method_header_and_query_conditions_must_all_hold() {
     let mut c = cand(1, prefix("/api"));
-    c.method = Some(Method::POST);
-    c.headers = vec![HeaderMatch {
-        name: HeaderName::from_static("x-canary"),
-        value: ValueMatch::Exact("1".into()),
-    }]
-    .into();
-    c.query = vec![QueryMatch {
-        name: "v".into(),
-        value: ValueMatch::Regex(Regex::new("^(?:[0-9]+)$").expect("regex")),
-    }]
-    .into();
+    c.conditions = Conditions::new(
+        Some(Method::POST),
+        vec![HeaderMatch {
+            name: HeaderName::from_static("x-canary"),
+            value: ValueMatch::Exact("1".into()),
+        }],
+        vec![QueryMatch {
+            name: "v".into(),
+            value: ValueMatch::Regex(Regex::new("^(?:[0-9]+)$").expect("regex")),
+        }],
+    );
     let r = router(vec![(HostPattern::Any, c)]);
     let good = || {
         req("h", "/api/x")
@@ -157,13 +155,16 @@ fn method_header_and_query_conditions_must_all_hold() {
 #[test]
 fn more_specific_conditions_win_for_the_same_path() {
     let mut with_method = cand(5, prefix("/api"));
-    with_method.method = Some(Method::GET);
+    with_method.conditions = Conditions::new(Some(Method::GET), vec![], vec![]);
     let mut with_header = cand(6, prefix("/api"));
-    with_header.headers = vec![HeaderMatch {
-        name: HeaderName::from_static("x-canary"),
-        value: ValueMatch::Exact("1".into()),
-    }]
-    .into();
+    with_header.conditions = Conditions::new(
+        None,
+        vec![HeaderMatch {
+            name: HeaderName::from_static("x-canary"),
+            value: ValueMatch::Exact("1".into()),
+        }],
+        vec![],
+    );
     let r = router(vec![
         (HostPattern::Any, cand(1, prefix("/api"))),
         (HostPattern::Any, with_header),
@@ -236,11 +237,14 @@ fn a_less_specific_host_group_serves_when_the_specific_one_has_no_match() {
 #[test]
 fn header_conditions_accept_any_of_repeated_values() {
     let mut c = cand(1, prefix("/"));
-    c.headers = vec![HeaderMatch {
-        name: HeaderName::from_static("x-env"),
-        value: ValueMatch::Exact("beta".into()),
-    }]
-    .into();
+    c.conditions = Conditions::new(
+        None,
+        vec![HeaderMatch {
+            name: HeaderName::from_static("x-env"),
+            value: ValueMatch::Exact("beta".into()),
+        }],
+        vec![],
+    );
     let r = router(vec![(HostPattern::Any, c)]);
     assert_eq!(
         req("h", "/")
@@ -254,11 +258,14 @@ fn header_conditions_accept_any_of_repeated_values() {
 #[test]
 fn query_values_are_percent_decoded() {
     let mut c = cand(1, prefix("/"));
-    c.query = vec![QueryMatch {
-        name: "q".into(),
-        value: ValueMatch::Exact("a b".into()),
-    }]
-    .into();
+    c.conditions = Conditions::new(
+        None,
+        vec![],
+        vec![QueryMatch {
+            name: "q".into(),
+            value: ValueMatch::Exact("a b".into()),
+        }],
+    );
     let r = router(vec![(HostPattern::Any, c)]);
     assert_eq!(req("h", "/").query("q=a%20b").find(&r), Some(1));
     assert_eq!(req("h", "/").query("q=ab").find(&r), None);
@@ -315,12 +322,32 @@ fn a_patched_router_shares_each_path_with_the_candidate_it_was_given() {
     let patched = first.patched(&[], vec![(HostPattern::Any, cand(2, prefix("/api")))]);
     let found = |r: &Router, rule: u32| {
         let mut bucket = r.any_host.prefix.get("/api").expect("the bucket").iter();
-        bucket.find(|c| c.rule == rule).expect("the candidate").clone()
+        bucket
+            .find(|c| c.rule == rule)
+            .expect("the candidate")
+            .clone()
     };
     for r in [&first, &patched] {
         let PathMatch::Prefix(kept) = found(r, 1).path else {
             panic!("a prefix candidate");
         };
-        assert!(Arc::ptr_eq(&kept, &path), "the path is the one given, not a copy");
+        assert!(
+            Arc::ptr_eq(&kept, &path),
+            "the path is the one given, not a copy"
+        );
     }
+}
+
+#[test]
+fn a_candidate_shows_its_conditions_in_the_snapshot_whether_or_not_it_has_any() {
+    let plain = serde_json::to_value(cand(1, prefix("/api"))).expect("serialises");
+    assert_eq!(plain["method"], serde_json::Value::Null);
+    assert_eq!(plain["headers"], serde_json::json!([]));
+    assert_eq!(plain["query"], serde_json::json!([]));
+    let mut c = cand(2, exact("/x"));
+    c.conditions = Conditions::new(Some(Method::PUT), vec![], vec![]);
+    let with = serde_json::to_value(c).expect("serialises");
+    assert_eq!(with["method"], "PUT");
+    assert_eq!(with["rule"], 2);
+    assert_eq!(with["headers"], serde_json::json!([]));
 }
