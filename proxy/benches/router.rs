@@ -36,7 +36,10 @@ fn router(n: usize) -> Router {
         );
         if i % 100 == 0 {
             let re = regex::Regex::new(&format!("^(?:/re{i}/[0-9]+)$")).expect("regex");
-            b.add(HostPattern::Any, candidate(i, PathMatch::Regex(re)));
+            b.add(
+                HostPattern::Any,
+                candidate(i, PathMatch::Regex(Box::new(re))),
+            );
         }
     }
     b.build()

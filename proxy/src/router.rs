@@ -106,7 +106,7 @@ impl Router {
                 .chain(table.regex.iter());
             for c in candidates {
                 if let PathMatch::Regex(r) = &c.path {
-                    out.push(r);
+                    out.push(&**r);
                 }
                 let values = c
                     .headers()

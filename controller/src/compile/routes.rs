@@ -647,11 +647,11 @@ fn compile_match(
                 let trimmed = p.trim_end_matches('/');
                 router::PathMatch::Prefix(if trimmed.is_empty() { "/" } else { trimmed }.into())
             }
-            PathMatchType::RegularExpression => router::PathMatch::Regex(
+            PathMatchType::RegularExpression => router::PathMatch::Regex(Box::new(
                 regexes
                     .anchored(value)
                     .map_err(|r| err(field("path.value"), r))?,
-            ),
+            )),
         },
     };
     let method = method.map(|m| {

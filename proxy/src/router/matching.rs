@@ -36,7 +36,8 @@ pub enum PathMatch {
     /// (the root prefix is `/`).
     Prefix(Arc<str>),
     /// The whole path matches this (anchored) expression.
-    Regex(#[serde(serialize_with = "ser_regex")] Regex),
+    /// (Boxed: a regex is 32 bytes, and few paths are one.)
+    Regex(#[serde(serialize_with = "ser_regex")] Box<Regex>),
 }
 
 /// A header or query value condition.
@@ -253,8 +254,8 @@ pub(crate) fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
-fn ser_regex<S: Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(r.as_str())
+fn ser_regex<S: Serializer>(r: &impl std::borrow::Borrow<Regex>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.borrow().as_str())
 }
 
 fn ser_header_name<S: Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {

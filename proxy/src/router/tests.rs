@@ -21,7 +21,9 @@ fn exact(p: &str) -> PathMatch {
 }
 
 fn regex(p: &str) -> PathMatch {
-    PathMatch::Regex(Regex::new(&format!("^(?:{p})$")).expect("test regex"))
+    PathMatch::Regex(Box::new(
+        Regex::new(&format!("^(?:{p})$")).expect("test regex"),
+    ))
 }
 
 struct Req {
@@ -350,4 +352,11 @@ fn a_candidate_shows_its_conditions_in_the_snapshot_whether_or_not_it_has_any() 
     assert_eq!(with["method"], "PUT");
     assert_eq!(with["rule"], 2);
     assert_eq!(with["headers"], serde_json::json!([]));
+}
+
+#[test]
+fn a_candidate_without_conditions_is_48_bytes() {
+    // Every match of every route is kept twice (the route cache's copy and the router's): at
+    // 10,000 routes each 16 bytes here are a third of a megabyte.
+    assert_eq!(size_of::<Candidate>(), 48);
 }
