@@ -19,6 +19,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The endpoints of one Service port.
 #[derive(Debug, Clone)]
 pub struct Resolved {
+    /// `namespace/name` of the Service: one allocation shared by every backend naming it,
+    /// from one compile to the next while some rule has one of its lists.
+    pub service: Arc<str>,
     /// Ready endpoints.
     pub ready: Arc<[Endpoint]>,
     /// Known but not ready (or terminating) endpoints.
@@ -33,14 +36,15 @@ type Key<'a> = (&'a str, &'a str);
 /// a list lives while some rule has it. The route cache keeps these from one compile to the
 /// next, so that finding them does not walk the previous snapshot.
 #[derive(Default)]
-pub struct EndpointLists(FastMap<Box<str>, FastMap<u16, Weak<[Endpoint]>>>);
+pub struct EndpointLists(FastMap<Arc<str>, FastMap<u16, Weak<[Endpoint]>>>);
 
 impl EndpointLists {
     /// The lists of `snapshot`'s rules.
     pub fn of_snapshot(snapshot: &Snapshot) -> Self {
         let mut lists = EndpointLists::default();
         for backend in snapshot.rules.iter().flat_map(|r| r.backends.iter()) {
-            lists.keep(&backend.service, backend.port, &backend.endpoints);
+            let ports = lists.0.entry(Arc::clone(&backend.service)).or_default();
+            ports.insert(backend.port, Arc::downgrade(&backend.endpoints));
         }
         lists
     }
@@ -49,13 +53,20 @@ impl EndpointLists {
         self.0.get(service)?.get(&port)?.upgrade()
     }
 
-    fn keep(&mut self, service: &str, port: u16, list: &Arc<[Endpoint]>) {
-        if !self.0.contains_key(service) {
-            self.0.insert(service.into(), FastMap::default());
-        }
+    /// Keeps `list` as `service`'s for `port`; the Service's id as kept.
+    fn keep(&mut self, service: &str, port: u16, list: &Arc<[Endpoint]>) -> Arc<str> {
+        let id = match self.0.get_key_value(service) {
+            Some((id, _)) => Arc::clone(id),
+            None => {
+                let id: Arc<str> = service.into();
+                self.0.insert(Arc::clone(&id), FastMap::default());
+                id
+            }
+        };
         if let Some(ports) = self.0.get_mut(service) {
             ports.insert(port, Arc::downgrade(list));
         }
+        id
     }
 
     /// Forgets the lists no rule has any more.
@@ -277,13 +288,10 @@ impl<'a> Indexed<'a> {
             .filter(|old| old.iter().map(|e| e.addr).eq(ready.iter().copied()));
         let ready = match unchanged {
             Some(old) => old,
-            None => {
-                let list: Arc<[Endpoint]> = ready.into_iter().map(Endpoint::new).collect();
-                lists.keep(&service_id, port, &list);
-                list
-            }
+            None => ready.into_iter().map(Endpoint::new).collect(),
         };
         Ok(Resolved {
+            service: lists.keep(&service_id, port, &ready),
             ready,
             not_ready: not_ready.into(),
         })

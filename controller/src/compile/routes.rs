@@ -967,7 +967,7 @@ fn compile_backends(
                 .resolve(ctx.namespace, name, *port)
                 .map_err(|reason| RuleError::Unresolved(err(field(""), reason)))?;
             Ok(Backend::new(
-                format!("{}/{name}", ctx.namespace).into(),
+                resolved.service,
                 port_u16,
                 weight.unsigned_abs(),
                 resolved.ready,
