@@ -5,7 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::ObjectStatus;
+use super::BoxedStatus;
 
 /// How much traffic a target may take.
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -16,7 +16,7 @@ use super::ObjectStatus;
     derive = "PartialEq",
     plural = "ratelimitpolicies",
     namespaced,
-    status = "ObjectStatus",
+    status = "BoxedStatus",
     shortname = "rlp",
     category = "sluice",
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,

@@ -5,8 +5,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Authentication, Authorization, Cache, CircuitBreaker, Cors, HealthCheck, LoadBalancer,
-    ObjectStatus, Retry, RouteTls, SecurityHeaders,
+    Authentication, Authorization, BoxedStatus, Cache, CircuitBreaker, Cors, HealthCheck,
+    LoadBalancer, Retry, RouteTls, SecurityHeaders,
 };
 
 /// Where a request goes. Field names follow the Gateway API's HTTPRoute.
@@ -18,7 +18,7 @@ use super::{
     derive = "PartialEq",
     plural = "gatewayroutes",
     namespaced,
-    status = "ObjectStatus",
+    status = "BoxedStatus",
     shortname = "gr",
     category = "sluice",
     printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hostnames"}"#,

@@ -401,13 +401,13 @@ pub trait HasStatus {
 
 impl HasStatus for crate::resources::GatewayRoute {
     fn status(&self) -> Option<&ObjectStatus> {
-        self.status.as_ref()
+        self.status.as_deref()
     }
 }
 
 impl HasStatus for crate::resources::RateLimitPolicy {
     fn status(&self) -> Option<&ObjectStatus> {
-        self.status.as_ref()
+        self.status.as_deref()
     }
 }
 
@@ -415,6 +415,7 @@ impl HasStatus for crate::resources::RateLimitPolicy {
 mod tests {
     use super::*;
     use crate::compile::{Condition, ObjectRef};
+    use crate::resources::BoxedStatus;
 
     fn report(generation: i64, accepted: bool) -> StatusReport {
         StatusReport {
@@ -504,7 +505,12 @@ mod tests {
             "apiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: r, namespace: ns, generation: 3}\nspec: {rules: []}",
         )
         .expect("route");
-        route.status = Some(desired_status(&report(3, true), None, &live, "Invalid"));
+        route.status = Some(BoxedStatus(Box::new(desired_status(
+            &report(3, true),
+            None,
+            &live,
+            "Invalid",
+        ))));
         let route = Arc::new(route);
         let looked = std::cell::Cell::new(0);
         let lookup = |_: &str, _: &str| {
