@@ -205,6 +205,7 @@ pub fn compile_cached_without_route_statuses(
         endpoints::EndpointIndex::new(&inputs.services, &inputs.slices, cache.take_lists());
     let mut secrets = auth::SecretIndex::new(&inputs.secrets);
     let policies = policies::PolicyIndex::new(&inputs.policies);
+    let mut names = Names::default();
     let update = cache.update(inputs, &policies, |route| {
         let output = routes::compile_route(
             route,
@@ -212,6 +213,7 @@ pub fn compile_cached_without_route_statuses(
             &mut regexes,
             &mut secrets,
             &policies,
+            &mut names,
             !inputs.skip_statuses,
         );
         (output, endpoints.take_recent_failures())
@@ -418,6 +420,22 @@ pub fn refresh_endpoints(
         identity_headers: prev.identity_headers.clone(),
         tls: Arc::clone(&prev.tls),
     })
+}
+
+/// Rule names, one allocation per distinct name among the routes of one compile: most rules
+/// are called `main`, `api` or, unnamed, by their index.
+#[derive(Default)]
+pub(crate) struct Names(HashSet<Arc<str>, foldhash::fast::RandomState>);
+
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(name) {
+            return Arc::clone(known);
+        }
+        let name: Arc<str> = name.into();
+        self.0.insert(Arc::clone(&name));
+        name
+    }
 }
 
 /// Compiled regular expressions by their full (anchored) pattern.

@@ -339,7 +339,7 @@ pub(crate) fn upstream_path(
     candidate: &Candidate,
     hidden: &[&str],
 ) -> Option<PathAndQuery> {
-    let new_path: Cow<'_, str> = match &rule.policy.rewrite {
+    let new_path: Cow<'_, str> = match rule.policy.rewrite.as_deref() {
         None => Cow::Borrowed(normalized),
         Some(PathRewrite::ReplaceFullPath(p)) => Cow::Borrowed(p),
         Some(PathRewrite::ReplacePrefixMatch(r)) => {

@@ -181,8 +181,8 @@ pub struct RulePolicy {
     pub route: Arc<str>,
     /// The rule's name (its `name` field, or its index).
     pub name: Arc<str>,
-    /// Optional path rewrite.
-    pub rewrite: Option<PathRewrite>,
+    /// Optional path rewrite (boxed: few rules have one, every rule has the field).
+    pub rewrite: Option<Box<PathRewrite>>,
     /// Request and backend timeouts.
     pub timeouts: Timeouts,
     /// The rule's pipeline steps, in request order (see [`crate::pipeline`]).

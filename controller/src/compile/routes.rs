@@ -20,7 +20,7 @@ use super::edge::{self, ServedCertificate};
 use super::endpoints::EndpointIndex;
 use super::policies::PolicyIndex;
 use super::traffic;
-use super::{Condition, Diagnostic, ObjectRef, RegexCache, StatusReport};
+use super::{Condition, Diagnostic, Names, ObjectRef, RegexCache, StatusReport};
 use crate::resources::{
     Authentication, BackendRef, GatewayRoute, GatewayRouteSpec, HeaderMatch, HeaderModifier,
     HeaderValuePair, PathMatch, PathMatchType, PathModifier, PathModifierType, QueryParamMatch,
@@ -104,6 +104,7 @@ pub(super) fn compile_route(
     regexes: &mut RegexCache,
     secrets: &mut SecretIndex<'_>,
     policies: &PolicyIndex<'_>,
+    interned: &mut Names,
     statuses: bool,
 ) -> RouteOutput {
     let object = ObjectRef::of(route);
@@ -193,7 +194,7 @@ pub(super) fn compile_route(
             cache_id: fingerprint ^ ((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             https_redirect: https_redirect == &Some(true),
         };
-        match compile_rule(&ctx, name, rule, endpoints, regexes, secrets) {
+        match compile_rule(&ctx, interned.get(&name), rule, endpoints, regexes, secrets) {
             Ok((compiled, candidates, kept_unresolved, refused)) => {
                 unresolved_kept.extend(kept_unresolved);
                 match refused {
@@ -409,7 +410,7 @@ type CompiledRule = (Rule, Vec<Candidate>, Vec<FieldError>, Option<RuleError>);
 
 fn compile_rule(
     ctx: &RuleContext<'_>,
-    name: String,
+    name: Arc<str>,
     rule: &RouteRule,
     endpoints: &mut EndpointIndex<'_>,
     regexes: &mut RegexCache,
@@ -467,7 +468,6 @@ fn compile_rule(
             .as_deref()
             .or(ctx.route_auth)
             .is_some_and(|a| a.anonymous != Some(true) || a.jwt.is_some() || a.api_key.is_some());
-    let name: Arc<str> = name.into();
     match compile_rule_body(ctx, &name, rule, matches, endpoints, secrets) {
         Ok((compiled, unresolved)) => Ok((compiled, candidates, unresolved, None)),
         Err(e) if guarded => {
@@ -528,7 +528,7 @@ fn compile_rule_body(
         .map(|s| edge::compile_security_headers(&ctx.field("filters.securityHeaders"), &s))
         .transpose()?;
     let rewrite = url_rewrite
-        .map(|r| compile_rewrite(ctx, &r, matches))
+        .map(|r| compile_rewrite(ctx, &r, matches).map(Box::new))
         .transpose()?;
     let request_headers =
         compile_header_filter(&ctx.field("filters.requestHeaders"), request_headers)?;

@@ -246,7 +246,8 @@ fn typed<K>(
 where
     K: DeserializeOwned + kube::Resource,
 {
-    match serde_yaml::from_value::<K>(value.clone()) {
+    // From the value as it is: a clone to deserialise from would copy every document once more.
+    match K::deserialize(value) {
         Ok(mut k) => {
             if k.meta().namespace.is_none() {
                 // As `kubectl apply` does: no namespace means `default`.
