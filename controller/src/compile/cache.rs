@@ -112,15 +112,54 @@ pub(super) struct CachedRoute {
     pub source: Arc<GatewayRoute>,
     /// The version of every distinct Service the route names, in order of first reference
     /// (0: the Service did not exist), as compiled.
-    services: Box<[u64]>,
+    services: Few<u64>,
     /// The output's rules, each with its id once placed.
-    rules: Box<[(RuleId, Arc<Rule>)]>,
+    rules: Few<(RuleId, Arc<Rule>)>,
     candidates: Box<[(HostPattern, Candidate)]>,
     pub status: Option<Arc<StatusReport>>,
     /// Precedence among routes (0 until placed).
     rank: u64,
     /// `None` when the route has none of it.
     rare: Option<Box<Rare>>,
+}
+
+/// A list that mostly holds one element, which is then kept inline: a boxed slice of one is an
+/// allocation of its own (32 bytes with the allocator's header, for 8 or 16 of data).
+enum Few<T> {
+    One(T),
+    Many(Box<[T]>),
+}
+
+impl<T> std::ops::Deref for Few<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Few::One(one) => std::slice::from_ref(one),
+            Few::Many(many) => many,
+        }
+    }
+}
+
+impl<T> std::ops::DerefMut for Few<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match self {
+            Few::One(one) => std::slice::from_mut(one),
+            Few::Many(many) => many,
+        }
+    }
+}
+
+impl<T> FromIterator<T> for Few<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(items: I) -> Self {
+        let mut items: Vec<T> = items.into_iter().collect();
+        match (items.pop(), items.is_empty()) {
+            (Some(one), true) => Few::One(one),
+            (last, _) => {
+                items.extend(last);
+                Few::Many(items.into_boxed_slice())
+            }
+        }
+    }
 }
 
 /// What a cached route seldom has.
@@ -139,7 +178,7 @@ struct Rare {
 impl CachedRoute {
     fn new(
         source: Arc<GatewayRoute>,
-        services: Box<[u64]>,
+        services: Few<u64>,
         failed: Vec<String>,
         secrets: Box<[usize]>,
         policies: Box<[usize]>,
@@ -878,4 +917,21 @@ fn route_secret_addresses<'a>(
 ) -> impl Iterator<Item = usize> + 'a {
     let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
     route_secret_names(route).map(move |name| secrets.get(&(namespace, name)).copied().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Few;
+
+    #[test]
+    fn a_few_holds_what_it_was_collected_from_in_order_and_one_inline() {
+        for n in 0..4u32 {
+            let items: Vec<u32> = (10..10 + n).collect();
+            let mut few: Few<u32> = items.iter().copied().collect();
+            assert_eq!(&*few, &items[..]);
+            assert_eq!(matches!(few, Few::One(_)), n == 1, "{n} elements");
+            few.iter_mut().for_each(|x| *x += 1);
+            assert!(few.iter().zip(&items).all(|(a, b)| *a == b + 1));
+        }
+    }
 }
