@@ -82,7 +82,7 @@ fn change_one_route(inputs: &Inputs) -> Inputs {
         .first_mut()
         .and_then(|m| m.path.as_mut())
     {
-        m.value = "/changed".to_owned();
+        m.value = "/changed".into();
     }
     changed.routes[5] = Arc::new(route);
     changed

@@ -24,6 +24,7 @@ use http::HeaderName;
 use serde::Serialize;
 
 pub use maglev::Maglev;
+use schedule::Schedule;
 pub use schedule::{MAX_SCHEDULE, smooth_weighted_schedule};
 
 use crate::snapshot::{Backend, Endpoint};
@@ -74,7 +75,7 @@ enum Mode {
 #[derive(Debug)]
 pub(crate) struct Balancer {
     mode: Mode,
-    schedule: Box<[u32]>,
+    schedule: Schedule,
     cursor: AtomicUsize,
     tables: Box<[Maglev]>,
 }
@@ -99,7 +100,7 @@ impl Balancer {
         };
         Balancer {
             mode,
-            schedule: smooth_weighted_schedule(&weights),
+            schedule: Schedule::of(&weights),
             cursor: AtomicUsize::new(0),
             tables,
         }
@@ -107,7 +108,7 @@ impl Balancer {
 
     /// True when no backend has a ready endpoint.
     pub(crate) fn is_empty(&self) -> bool {
-        self.schedule.is_empty()
+        self.schedule.len() == 0
     }
 
     /// The endpoint for one attempt and the index of its backend. `hash` is the request's
@@ -129,7 +130,7 @@ impl Balancer {
             _ if n == 1 => 0,
             _ => fastrand::usize(..n),
         };
-        let first = self.schedule[slot] as usize;
+        let first = self.schedule.at(slot);
         let fresh = |e: &Endpoint| !tried.contains(&e.addr);
         let good = |e: &Endpoint| fresh(e) && e.state().eligible();
         let filters: [&dyn Fn(&Endpoint) -> bool; 3] = [&good, &fresh, &|_| true];

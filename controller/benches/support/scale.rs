@@ -65,7 +65,7 @@ pub fn inputs(routes: usize) -> Inputs {
     for r in 0..routes {
         let mut spec = GatewayRouteSpec {
             hostnames: if r % 10 == 0 {
-                vec![format!("r{r}.example.com")]
+                vec![format!("r{r}.example.com").into()]
             } else {
                 vec![]
             },
@@ -73,17 +73,17 @@ pub fn inputs(routes: usize) -> Inputs {
             https_redirect: None,
             authentication: None,
             rules: vec![RouteRule {
-                name: Some("main".to_owned()),
+                name: Some("main".into()),
                 matches: vec![RouteMatch {
                     path: Some(PathMatch {
                         match_type: PathMatchType::PathPrefix,
-                        value: format!("/api/r{r}"),
+                        value: format!("/api/r{r}").into(),
                     }),
                     ..RouteMatch::default()
                 }],
                 filters: None,
                 backend_refs: vec![BackendRef {
-                    name: format!("svc{}", r % SERVICES),
+                    name: format!("svc{}", r % SERVICES).into(),
                     port: 80,
                     weight: None,
                 }],
@@ -101,7 +101,7 @@ pub fn inputs(routes: usize) -> Inputs {
             spec.rules[0].matches.push(RouteMatch {
                 path: Some(PathMatch {
                     match_type: PathMatchType::RegularExpression,
-                    value: format!("/re{r}/[0-9]+"),
+                    value: format!("/re{r}/[0-9]+").into(),
                 }),
                 ..RouteMatch::default()
             });

@@ -8,6 +8,7 @@ use http::{HeaderName, HeaderValue, Method};
 use sluice_proxy::cache::CachePolicy;
 use sluice_proxy::cors::{Cors as CorsStep, OriginPattern};
 use sluice_proxy::security_headers::{DEFAULTS, SecurityHeaders as SecurityStep};
+use smol_str::SmolStr;
 
 use super::auth::SecretIndex;
 use super::routes::{FieldError, err};
@@ -34,7 +35,7 @@ pub(super) struct ServedCertificate {
 /// serves.
 pub(super) fn compile_tls(
     tls: &[RouteTls],
-    hostnames: &[String],
+    hostnames: &[SmolStr],
     namespace: &str,
     secrets: &mut SecretIndex<'_>,
 ) -> (Vec<ServedCertificate>, Vec<FieldError>, Vec<FieldError>) {

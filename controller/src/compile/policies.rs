@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 use sluice_proxy::limit::{Limit, LimitKey, Rate, Scope};
+use smol_str::{SmolStr, ToSmolStr};
 
 use super::routes::{FieldError, err};
 use super::{Condition, Diagnostic, FastMap, ObjectRef, StatusReport};
@@ -213,13 +214,13 @@ fn clone_error(e: &FieldError) -> FieldError {
 }
 
 /// The names rules of `route` go by: their `name`, or their index.
-fn route_rule_names(route: &GatewayRoute) -> impl Iterator<Item = String> + '_ {
+fn route_rule_names(route: &GatewayRoute) -> impl Iterator<Item = SmolStr> + '_ {
     route
         .spec
         .rules
         .iter()
         .enumerate()
-        .map(|(i, r)| r.name.clone().unwrap_or_else(|| i.to_string()))
+        .map(|(i, r)| r.name.clone().unwrap_or_else(|| i.to_smolstr()))
 }
 
 fn accepted_message(policy: &ValidPolicy) -> String {

@@ -14,6 +14,7 @@ use sluice_proxy::router::{self, Candidate, HostPattern};
 use sluice_proxy::snapshot::{
     Backend, HeaderFilter, PathRewrite, Rule, RulePolicy, Timeouts, Traffic,
 };
+use smol_str::{SmolStr, ToSmolStr};
 
 use super::auth::{self, SecretIndex};
 use super::edge::{self, ServedCertificate};
@@ -175,7 +176,7 @@ pub(super) fn compile_route(
     let mut unresolved_kept = tls_unresolved;
     let mut names = HashSet::new();
     for (i, rule) in rules.iter().enumerate() {
-        let name = rule.name.clone().unwrap_or_else(|| i.to_string());
+        let name = rule.name.clone().unwrap_or_else(|| i.to_smolstr());
         if !names.insert(name.clone()) {
             invalid.push(err(
                 format!("spec.rules[{i}].name"),
@@ -318,7 +319,7 @@ fn diagnostic(object: &ObjectRef, e: FieldError) -> Diagnostic {
     }
 }
 
-fn compile_hostnames(hostnames: &[String]) -> Result<Vec<HostPattern>, Vec<FieldError>> {
+fn compile_hostnames(hostnames: &[SmolStr]) -> Result<Vec<HostPattern>, Vec<FieldError>> {
     if hostnames.is_empty() {
         return Ok(vec![HostPattern::Any]);
     }

@@ -19,7 +19,7 @@ pub struct RouteTls {
             )
         )
     )]
-    pub hosts: Vec<String>,
+    pub hosts: Vec<smol_str::SmolStr>,
     /// A `kubernetes.io/tls` Secret in the route's namespace (`tls.crt`, `tls.key`).
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
