@@ -66,7 +66,7 @@ if [ -z "${OHA:-}" ]; then
     OHA=$PWD/target/bench-tools/bin/oha
   fi
 fi
-cargo build --release --locked -p sluice-controller --bin sluice >&2
+scripts/build-release.sh >&2
 SLUICE=$PWD/target/release/sluice
 
 # The tls scenario's certificate, the same for both proxies; SNI needs a name, resolved here.

@@ -24,7 +24,7 @@ SLUICE_PORT=$((BASE_PORT + 1)) ADMIN_PORT=$((BASE_PORT + 2)) UP_PORT=$((BASE_POR
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 install_missing wrk:wrk nginx:nginx-light curl:curl python3:python3
-cargo build --release --locked -p sluice-controller --bin sluice >&2
+scripts/build-release.sh >&2
 SLUICE=${SLUICE:-$PWD/target/release/sluice}
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 

@@ -20,7 +20,7 @@ N=${N:-20000}
 install_missing valgrind:valgrind h2load:nghttp2-client nginx:nginx-light curl:curl
 
 if [ $# -eq 0 ]; then
-  [ -x target/release/sluice ] || cargo build --release --locked -p sluice-controller --bin sluice >&2
+  [ -x target/release/sluice ] || scripts/build-release.sh >&2
   set -- target/release/sluice
 fi
 

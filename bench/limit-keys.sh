@@ -12,7 +12,7 @@ PORT=${PORT:-18200}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 install_missing wrk:wrk curl:curl
-cargo build --release --locked -p sluice-controller --bin sluice >&2
+scripts/build-release.sh >&2
 d="$work/m"
 mkdir -p "$d"
 # No backend listens on PORT+1: admitted requests get a quick 502, after the limit has counted

@@ -28,7 +28,7 @@ UP_PORTS=($((BASE_PORT + 11)) $((BASE_PORT + 12)) $((BASE_PORT + 13)))
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 install_missing wrk:wrk nginx:nginx-light curl:curl redis-server:redis-server
-cargo build --release --locked -p sluice-controller --bin sluice >&2
+scripts/build-release.sh >&2
 SLUICE=${SLUICE:-$PWD/target/release/sluice}
 m="$work/manifests"
 mkdir -p "$work/nginx" "$m"
