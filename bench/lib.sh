@@ -69,3 +69,14 @@ ok_upstream() {
 upstream_manifests() {
   printf 'apiVersion: v1\nkind: Service\nmetadata: {name: up, namespace: default}\nspec:\n  ports: [{name: http, port: 80}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: up-0, namespace: default, labels: {kubernetes.io/service-name: up}}\naddressType: IPv4\nports: [{name: http, port: %d}]\nendpoints: [{addresses: ["127.0.0.1"], conditions: {ready: true}}]\n' "$1"
 }
+
+# route_manifests N: N GatewayRoutes, prefix /rI/ to Service `up`, one in ten with a hostname
+# (as in a cluster where some teams have their own).
+route_manifests() {
+  awk -v n="$1" 'BEGIN {
+    for (r = 0; r < n; r++) {
+      host = (r % 10 == 0) ? sprintf("  hostnames: [r%d.example.com]\n", r) : ""
+      printf "---\napiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: r%d, namespace: default}\nspec:\n%s  rules:\n  - name: main\n    matches: [{path: {type: PathPrefix, value: /r%d/}}]\n    backendRefs: [{name: up, port: 80}]\n", r, host, r
+    }
+  }'
+}

@@ -37,13 +37,7 @@ write_manifests() { # ROUTES
   local d="$work/manifests"
   rm -rf "$d" && mkdir -p "$d"
   upstream_manifests "$UP_PORT" >"$d/backends.yaml"
-  # One in ten routes has a hostname, as in a cluster where some teams have their own.
-  awk -v n="$1" 'BEGIN {
-    for (r = 0; r < n; r++) {
-      host = (r % 10 == 0) ? sprintf("  hostnames: [r%d.example.com]\n", r) : ""
-      printf "---\napiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: r%d, namespace: default}\nspec:\n%s  rules:\n  - name: main\n    matches: [{path: {type: PathPrefix, value: /r%d/}}]\n    backendRefs: [{name: up, port: 80}]\n", r, host, r
-    }
-  }' >"$d/routes.yaml"
+  route_manifests "$1" >"$d/routes.yaml"
 }
 
 sluice_pid=

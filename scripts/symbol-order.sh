@@ -21,12 +21,7 @@ scripts/build-release.sh >&2
 ok_upstream "$UP"
 mkdir -p "$work/manifests"
 upstream_manifests "$UP" >"$work/manifests/backends.yaml"
-awk -v n="$ROUTES" 'BEGIN {
-  for (r = 0; r < n; r++) {
-    host = (r % 10 == 0) ? sprintf("  hostnames: [r%d.example.com]\n", r) : ""
-    printf "---\napiVersion: sluice.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: r%d, namespace: default}\nspec:\n%s  rules:\n  - name: main\n    matches: [{path: {type: PathPrefix, value: /r%d/}}]\n    backendRefs: [{name: up, port: 80}]\n", r, host, r
-  }
-}' >"$work/manifests/routes.yaml"
+route_manifests "$ROUTES" >"$work/manifests/routes.yaml"
 
 valgrind --tool=callgrind --demangle=no --compress-strings=no --dump-instr=no \
   --callgrind-out-file="$work/callgrind.out" \
