@@ -4,8 +4,9 @@
 # requests through them to a real upstream with the JSON access log on, answers a 404 and is
 # scraped, once standalone (reloading a new route file too) and once in cluster mode against
 # the fake API server (`fake-api`, tests/src/bin), and lists every function that ran, in the
-# order callgrind first saw it. Rerun it after changes that move much code (a dependency or toolchain upgrade
-# renames nearly every symbol); names that no longer exist only cost the pages they would save.
+# order callgrind first saw it. Rerun it after changes that move much code (a dependency or
+# toolchain upgrade renames nearly every symbol); names that no longer exist only cost the pages
+# they would have saved.
 #
 #   scripts/symbol-order.sh && scripts/build-release.sh
 set -euo pipefail
