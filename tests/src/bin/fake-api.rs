@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use serde::Deserialize;
 use serde_json::Value;
+use sluice_tests::cluster;
 use sluice_tests::fake_api::FakeApi;
 
 #[tokio::main]
@@ -35,10 +36,13 @@ async fn main() -> ExitCode {
                 }
             };
             let Some(resource) = resource_of(&object) else {
-                eprintln!("fake-api: {file}: an object without apiVersion and kind");
+                eprintln!(
+                    "fake-api: {file}: kind {} is not one the controller reads",
+                    object["kind"]
+                );
                 return ExitCode::FAILURE;
             };
-            api.apply(&resource, object);
+            api.apply(resource, object);
         }
     }
     let config = format!(
@@ -57,39 +61,33 @@ async fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `group/version/plural` of an object (`/v1/services` for the core group), the plural as the
-/// API server derives it for the kinds Sluice reads.
-fn resource_of(object: &Value) -> Option<String> {
-    let api_version = object["apiVersion"].as_str()?;
-    let kind = object["kind"].as_str()?.to_ascii_lowercase();
-    let plural = match kind.strip_suffix('y') {
-        Some(stem) => format!("{stem}ies"),
-        None => format!("{kind}s"),
-    };
-    let prefix = if api_version.contains('/') { "" } else { "/" };
-    Some(format!("{prefix}{api_version}/{plural}"))
+/// The collection the fake API serves an object of this kind under (the names the cluster tests
+/// use); `None` for a kind the controller does not read.
+fn resource_of(object: &Value) -> Option<&'static str> {
+    Some(match object["kind"].as_str()? {
+        "GatewayRoute" => cluster::ROUTES,
+        "RateLimitPolicy" => cluster::POLICIES,
+        "Service" => cluster::SERVICES,
+        "EndpointSlice" => cluster::SLICES,
+        "Secret" => cluster::SECRETS,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
-    use super::resource_of;
+    use super::{cluster, resource_of};
 
     #[test]
-    fn an_object_is_served_under_the_path_the_api_server_gives_its_kind() {
-        let of = |api_version: &str, kind: &str| {
-            resource_of(&json!({"apiVersion": api_version, "kind": kind}))
-        };
-        assert_eq!(of("v1", "Service").as_deref(), Some("/v1/services"));
-        assert_eq!(
-            of("discovery.k8s.io/v1", "EndpointSlice").as_deref(),
-            Some("discovery.k8s.io/v1/endpointslices")
-        );
-        assert_eq!(
-            of("sluice.dev/v1alpha1", "RateLimitPolicy").as_deref(),
-            Some("sluice.dev/v1alpha1/ratelimitpolicies")
-        );
-        assert_eq!(resource_of(&json!({"kind": "Service"})), None);
+    fn an_object_is_served_where_the_controller_watches_its_kind() {
+        let of = |kind: &str| resource_of(&json!({"apiVersion": "v1", "kind": kind}));
+        assert_eq!(of("Service"), Some(cluster::SERVICES));
+        assert_eq!(of("EndpointSlice"), Some(cluster::SLICES));
+        assert_eq!(of("GatewayRoute"), Some(cluster::ROUTES));
+        assert_eq!(of("RateLimitPolicy"), Some(cluster::POLICIES));
+        assert_eq!(of("Ingress"), None);
+        assert_eq!(resource_of(&json!({"apiVersion": "v1"})), None);
     }
 }
