@@ -5,7 +5,8 @@
 #   them instead of 500 KB that the loader would write, and keep resident, at every start;
 # - the functions in build/sluice.order (what a gateway runs to start, compile, serve and
 #   reload) placed first and together, so that the code it keeps resident is those pages, not
-#   every page the kernel faults in around each of them (10 MiB -> 4.5 MiB at 10,000 routes).
+#   every page the kernel faults in around each of them (at 10,000 routes, 10 -> 5 MiB
+#   standalone, 11 -> 6.4 MiB in cluster mode).
 #   scripts/symbol-order.sh regenerates the list; a name that no longer exists is skipped.
 #
 # Both are link arguments of the `sluice` binary only, not the workspace's config: a build on
